@@ -1,0 +1,182 @@
+"""Spiking BERT blocks: the input current of every neuron layer (SPEC §1.1).
+
+Each block only computes *currents*. Fed with spikes it drives the simulation;
+fed with average spiking rates (and followed by ``clip(c / vth, 0, 1)``) it is
+the equivalent rate function used by implicit differentiation (SPEC §1.3).
+Parameter names follow Hugging Face BERT (``attention.self.query``,
+``intermediate.dense``, ``output.LayerNorm``) so teacher weights map by key.
+
+Shapes: ``N`` is any number of independent sequences (``B``, or ``T*B`` with time
+folded into the batch), ``S`` sequence length, ``H`` hidden size, ``nh`` heads,
+``dh = H / nh``, ``I`` intermediate size. The additive attention mask is
+``(B, 1, 1, S)`` and is broadcast over time when ``N = T*B``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: ``scan(name, currents) -> spikes`` runs neuron layer ``name`` over a chunk of steps,
+#: with currents and spikes ``(Tc, B, S, width)``.
+ScanFn = Callable[[str, Tensor], Tensor]
+
+#: ``activate(name, currents) -> rates`` turns equivalent-network currents into rates.
+ActivateFn = Callable[[str, Tensor], Tensor]
+
+#: Neuron layers of one encoder layer, in chain order.
+NEURON_LAYERS = ("K", "V", "A", "O1", "I", "O2")
+
+
+class SpikingBertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings and LayerNorm: the constant current ``x`` of layer E."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """``input_ids``, ``token_type_ids`` ``(B, S)`` -> ``x`` ``(B, S, H)``."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class SpikingBertSelfAttention(nn.Module):
+    """Projections of neuron layers K, V (``key``, ``value``) and the query of layer A."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def key_value_query(self, s_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One GEMM for the three projections of the input layer: ``(N, S, H)`` -> 3 x ``(N, S, H)``."""
+        weight = torch.cat([self.key.weight, self.value.weight, self.query.weight])  # (3H, H)
+        bias = torch.cat([self.key.bias, self.value.bias, self.query.bias])
+        return F.linear(s_in, weight, bias).chunk(3, dim=-1)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Current of layer A: per head ``softmax(q k^T / sqrt(dh) + mask) v``.
+
+        ``q``, ``k``, ``v`` ``(N, S, H)``; returns the current ``(N, S, H)`` and the scores ``(N, nh, S, S)``.
+        """
+        n, s, h = q.shape
+        nh, dh = self.num_attention_heads, self.head_dim
+        q = q.view(n, s, nh, dh).transpose(1, 2)                     # (N, nh, S, dh)
+        k = k.view(n, s, nh, dh).transpose(1, 2)
+        v = v.view(n, s, nh, dh).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh)  # (N, nh, S, S)
+        b = mask.shape[0]
+        scores = (scores.view(n // b, b, nh, s, s) + mask).view(n, nh, s, s)
+        probs = self.dropout(torch.softmax(scores, dim=-1))
+        context = torch.matmul(probs, v)                             # (N, nh, S, dh)
+        return context.transpose(1, 2).reshape(n, s, h), scores
+
+
+class SpikingBertSelfOutput(nn.Module):
+    """Current of layer O1: ``LayerNorm(W_O s_A + b_O + s_in)``."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, s_a: Tensor, s_in: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(s_a)) + s_in)
+
+
+class SpikingBertAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = SpikingBertSelfAttention(config)
+        self.output = SpikingBertSelfOutput(config)
+
+
+class SpikingBertIntermediate(nn.Module):
+    """Current of layer I: ``GELU(W_I s_O1 + b_I)`` (erf form), width ``intermediate_size``."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, s_o1: Tensor) -> Tensor:
+        return F.gelu(self.dense(s_o1))
+
+
+class SpikingBertOutput(nn.Module):
+    """Current of layer O2: ``LayerNorm(W_2 s_I + b_2 + s_O1)``."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, s_i: Tensor, s_o1: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(s_i)) + s_o1)
+
+
+class SpikingBertLayer(nn.Module):
+    """One encoder layer: the six neuron layers K, V, A, O1, I, O2."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = SpikingBertAttention(config)
+        self.intermediate = SpikingBertIntermediate(config)
+        self.output = SpikingBertOutput(config)
+
+    def simulate(self, s_in: Tensor, mask: Tensor, scan: ScanFn, keep_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        """Advance the six neuron layers over a chunk of steps, each layer over all steps at once.
+
+        ``s_in`` ``(Tc, B, S, H)`` spikes of the input layer. Returns the O2 spikes ``(Tc, B, S, H)`` and,
+        if ``keep_scores``, the attention scores summed over the chunk ``(B, nh, S, S)``.
+        """
+        tc, b, s, h = s_in.shape
+        s_flat = s_in.reshape(tc * b, s, h)                                   # (Tc*B, S, H)
+        k, v, q = self.attention.self.key_value_query(s_flat)
+        s_k = scan("K", k.view(tc, b, s, h))
+        s_v = scan("V", v.view(tc, b, s, h))
+        att, scores = self.attention.self.attend(q, s_k.view(tc * b, s, h), s_v.view(tc * b, s, h), mask)
+        s_a = scan("A", att.view(tc, b, s, h))
+        s_o1 = scan("O1", self.attention.output(s_a, s_in))
+        s_i = scan("I", self.intermediate(s_o1))
+        s_o2 = scan("O2", self.output(s_i, s_o1))
+        score_sum = scores.view(tc, b, *scores.shape[1:]).sum(0) if keep_scores else None
+        return s_o2, score_sum
+
+    def equivalent(self, a_in: Tensor, mask: Tensor, activate: ActivateFn) -> tuple[Tensor, Tensor]:
+        """Equivalent rate function of the layer: ``a_in`` ``(B, S, H)`` -> ``a_O2`` ``(B, S, H)`` and scores ``(B, nh, S, S)``.
+
+        ``activate(name, current)`` maps each neuron layer's current to its rate (clip and, for the
+        ``snn`` IDE point, substitution of the simulated rate).
+        """
+        k, v, q = self.attention.self.key_value_query(a_in)
+        a_k = activate("K", k)
+        a_v = activate("V", v)
+        att, scores = self.attention.self.attend(q, a_k, a_v, mask)
+        a_a = activate("A", att)
+        a_o1 = activate("O1", self.attention.output(a_a, a_in))
+        a_i = activate("I", self.intermediate(a_o1))
+        a_o2 = activate("O2", self.output(a_i, a_o1))
+        return a_o2, scores
+
+
+class SpikingBertEncoder(nn.Module):
+    """``num_hidden_layers`` encoder layers (``encoder.layer.{k}``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(SpikingBertLayer(config) for _ in range(config.num_hidden_layers))

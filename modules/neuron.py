@@ -1,0 +1,110 @@
+"""Integrate-and-fire neuron dynamics (SPEC §1.2), independent of any network.
+
+Tensors are time-first: ``currents`` has shape ``(T, *N)`` where ``*N`` is any
+neuron shape (for SpikingBERT ``(B, S, H)``). The membrane potential is passed in
+and returned explicitly; nothing is stored on a module between calls.
+
+One step, for every neuron::
+
+    charge:  u = u + c_t
+    fire:    s_t = 1 if u >= vth else 0
+    reset:   u = u - vth * s_t        (reset by subtraction)
+    leak:    u = leak * u             (leak = 1.0: plain integrate-and-fire)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "if_scan",
+    "if_scan_surrogate",
+    "SpikeFunction",
+    "SURROGATES",
+    "leaky_rate_normaliser",
+]
+
+
+@torch.no_grad()
+def if_scan(currents: Tensor, u: Tensor, vth: float, leak: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Run the neuron over ``T`` steps without autograd.
+
+    Args:
+        currents: ``(T, *N)`` input current of each step.
+        u: ``(*N)`` membrane potential before the first step (updated in place).
+        vth: firing threshold (> 0).
+        leak: membrane leak factor in (0, 1].
+
+    Returns:
+        spikes ``(T, *N)`` (0/1, dtype of ``currents``) and the membrane ``(*N)`` after the last step.
+    """
+    spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
+    fired = torch.empty(u.shape, dtype=torch.bool, device=u.device)
+    for t in range(currents.shape[0]):
+        u.add_(currents[t])                     # charge
+        torch.ge(u, vth, out=fired)             # fire
+        s = spikes[t]
+        s.copy_(fired)
+        u.sub_(s, alpha=vth)                    # reset by subtraction
+        if leak != 1.0:
+            u.mul_(leak)                        # leak
+    return spikes, u
+
+
+class SpikeFunction(torch.autograd.Function):
+    """Heaviside step ``s = [v >= 0]`` with a surrogate derivative in the backward pass.
+
+    ``surrogate`` names an entry of :data:`SURROGATES`; ``alpha`` sets its sharpness.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, surrogate: str, alpha: float) -> Tensor:
+        ctx.save_for_backward(v)
+        ctx.surrogate = surrogate
+        ctx.alpha = alpha
+        return (v >= 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (v,) = ctx.saved_tensors
+        return grad_out * SURROGATES[ctx.surrogate](v, ctx.alpha), None, None
+
+
+def _sigmoid_grad(v: Tensor, alpha: float) -> Tensor:
+    sg = torch.sigmoid(alpha * v)
+    return alpha * sg * (1.0 - sg)
+
+
+def _arctan_grad(v: Tensor, alpha: float) -> Tensor:
+    return (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * v) ** 2)
+
+
+#: Surrogate derivatives ``dS/dv`` of the spike function, keyed by name.
+SURROGATES = {"sigmoid": _sigmoid_grad, "arctan": _arctan_grad}
+
+
+def if_scan_surrogate(
+    currents: Tensor, u: Tensor, vth: float, leak: float = 1.0, surrogate: str = "sigmoid", alpha: float = 4.0
+) -> tuple[Tensor, Tensor]:
+    """Differentiable version of :func:`if_scan` (BPTT baseline): same dynamics, surrogate spike gradient.
+
+    Shapes as in :func:`if_scan`; ``u`` is not modified in place.
+    """
+    spikes = []
+    for t in range(currents.shape[0]):
+        u = u + currents[t]                                    # charge
+        s = SpikeFunction.apply(u - vth, surrogate, alpha)     # fire
+        u = u - vth * s                                        # reset by subtraction
+        if leak != 1.0:
+            u = leak * u                                       # leak
+        spikes.append(s)
+    return torch.stack(spikes), u
+
+
+def leaky_rate_normaliser(leak: float, t_conv: int) -> float:
+    """Denominator of the leak-weighted average spiking rate: ``sum_{i<T} leak**i``."""
+    if leak == 1.0:
+        return float(t_conv)
+    return (1.0 - leak**t_conv) / (1.0 - leak)
