@@ -42,7 +42,7 @@ LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 VOCAB_NAME = "vocab.txt"
 
 #: Elements of the largest per-chunk current tensor the fast schedule aims for (bounds eval memory).
-_CHUNK_BUDGET = 1 << 24
+_CHUNK_BUDGET = 1 << 22
 
 
 class SpikingConfigError(ValueError):

@@ -41,12 +41,10 @@ def if_scan(currents: Tensor, u: Tensor, vth: float, leak: float = 1.0) -> tuple
         spikes ``(T, *N)`` (0/1, dtype of ``currents``) and the membrane ``(*N)`` after the last step.
     """
     spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
-    fired = torch.empty(u.shape, dtype=torch.bool, device=u.device)
     for t in range(currents.shape[0]):
-        u.add_(currents[t])                     # charge
-        torch.ge(u, vth, out=fired)             # fire
         s = spikes[t]
-        s.copy_(fired)
+        u.add_(currents[t])                     # charge
+        torch.ge(u, vth, out=s)                 # fire
         u.sub_(s, alpha=vth)                    # reset by subtraction
         if leak != 1.0:
             u.mul_(leak)                        # leak

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from models.spiking_bert import SpikingBertConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(layers=2, hidden=32, heads=2, inter=64, vocab=120, t_conv=8, **kw) -> SpikingBertConfig:
