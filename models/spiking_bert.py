@@ -163,6 +163,7 @@ class SpikingBertOutput:
         layer_rates: rates of every neuron layer keyed ``"E"``, ``"{k}.K"`` … ``"{k}.O2"``
             (``(B, S, width)``), when ``output_layer_rates``.
         solver_info: filled during backward with one :class:`SolverInfo` per implicit solve (feedback only).
+        steps: simulation steps that ran (``t_conv`` unless adaptive stopping ended early).
     """
 
     rates: tuple[Tensor, ...]
@@ -171,6 +172,7 @@ class SpikingBertOutput:
     logits: Optional[Tensor] = None
     layer_rates: Optional[dict[str, Tensor]] = None
     solver_info: list[SolverInfo] = field(default_factory=list)
+    steps: int = 0
 
 
 class SpikingBertModel(nn.Module):
@@ -194,11 +196,16 @@ class SpikingBertModel(nn.Module):
         output_attentions: bool = False,
         output_layer_rates: bool = False,
         recorder: Optional[Callable[[str, int, Tensor], None]] = None,
+        adaptive_tol: Optional[float] = None,
+        adaptive_window: int = 8,
     ) -> SpikingBertOutput:
         """``input_ids`` ``(B, S)`` -> rates of E and each O2 (see :class:`SpikingBertOutput`).
 
         ``t_conv``/``vth``/``leak`` override the config for this call. ``recorder(key, t0, spikes)``
         is called with every chunk of spikes ``(Tc, B, S, width)`` starting at step ``t0``.
+        ``adaptive_tol``: stop before ``t_conv`` once the last layer's [CLS] rate (what the classifier
+        reads) moved by less than this over the last ``adaptive_window`` steps (evaluation only);
+        ``out.steps`` tells how many steps ran.
         """
         cfg = self.config
         t_conv = cfg.t_conv if t_conv is None else int(t_conv)
@@ -218,13 +225,14 @@ class SpikingBertModel(nn.Module):
         track_all = output_layer_rates or (implicit and cfg.ide_point == "snn")
 
         with torch.set_grad_enabled(bptt):
-            sim_rates, sim_scores = self._simulate(
+            sim_rates, sim_scores, steps = self._simulate(
                 x if bptt else x.detach(), mask, t_conv, vth, leak,
                 keep_scores=(output_attentions or bptt) and not implicit,
                 track_all=track_all, differentiable=bptt, recorder=recorder,
+                adaptive=None if (adaptive_tol is None or torch.is_grad_enabled()) else (adaptive_tol, adaptive_window),
             )
         keys = ["E"] + [f"{k}.O2" for k in range(cfg.num_hidden_layers)]
-        out = SpikingBertOutput(rates=tuple(sim_rates[key] for key in keys), attention_scores=tuple(sim_scores))
+        out = SpikingBertOutput(rates=tuple(sim_rates[key] for key in keys), attention_scores=tuple(sim_scores), steps=steps)
         if implicit:
             out.rates, out.attention_scores = self._implicit(x, mask, vth, sim_rates, keys, out.solver_info)
         if output_layer_rates:
@@ -246,10 +254,16 @@ class SpikingBertModel(nn.Module):
         self, x: Tensor, mask: Tensor, t_conv: int, vth: float, leak: float, *,
         keep_scores: bool, track_all: bool, differentiable: bool,
         recorder: Optional[Callable[[str, int, Tensor], None]],
-    ) -> tuple[dict[str, Tensor], list[Tensor]]:
-        """Run ``t_conv`` steps; returns rates keyed by neuron layer and time-averaged scores (if kept)."""
+        adaptive: Optional[tuple[float, int]] = None,
+    ) -> tuple[dict[str, Tensor], list[Tensor], int]:
+        """Run up to ``t_conv`` steps; returns rates keyed by neuron layer, time-averaged scores (if kept)
+        and the number of steps run (``t_conv`` unless ``adaptive = (tol, window)`` stopped it early)."""
         cfg = self.config
         chunk = self.time_chunk(t_conv, x.shape[0], x.shape[1])
+        if adaptive is not None:
+            chunk = min(chunk, adaptive[1])
+        last_key = f"{cfg.num_hidden_layers - 1}.O2"
+        previous_cls: Optional[Tensor] = None
         membranes: dict[str, Tensor] = {}
         counts: dict[str, Tensor] = {}
         clock = {"t0": 0}
@@ -290,9 +304,15 @@ class SpikingBertModel(nn.Module):
                 if keep_scores:
                     score_sums[k] = scores if score_sums[k] is None else score_sums[k] + scores
             s_last = s[-1]
-        rates = {key: count / t_conv for key, count in counts.items()}
-        mean_scores = [s / t_conv for s in score_sums] if keep_scores else []
-        return rates, mean_scores
+            steps = t0 + tc
+            if adaptive is not None:
+                cls_rate = counts[last_key][:, 0] / steps                     # (B, H)
+                if previous_cls is not None and (cls_rate - previous_cls).abs().max() < adaptive[0]:
+                    break
+                previous_cls = cls_rate
+        rates = {key: count / steps for key, count in counts.items()}
+        mean_scores = [s / steps for s in score_sums] if keep_scores else []
+        return rates, mean_scores, steps
 
     # ---- implicit differentiation ---------------------------------------------------------------
     def equivalent(

@@ -154,3 +154,16 @@ def test_reference_student_config_loads():
     cfg = SpikingBertConfig.from_pretrained("spiking_student_model")
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (4, 768, 12, 3072)
     assert (cfg.t_conv, cfg.vth, cfg.leak) == (100, 1.0, 1.0)
+
+
+def test_adaptive_t_stops_early_and_matches_fixed_t_at_that_step():
+    torch.manual_seed(0)
+    model = SpikingBertForSequenceClassification(tiny_config(layers=2, t_conv=64)).double().eval()
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        early = model(*inputs, adaptive_tol=0.05, adaptive_window=4)
+        assert 8 <= early.steps < 64 and early.steps % 4 == 0
+        fixed = model(*inputs, t_conv=early.steps)
+        never = model(*inputs, adaptive_tol=0.0, adaptive_window=4)
+    assert torch.equal(early.logits, fixed.logits) and fixed.steps == early.steps
+    assert never.steps == 64
