@@ -1,0 +1,1 @@
+"""Vendored BERT teacher: modeling, WordPiece tokenization, BertAdam and file resolution."""

@@ -1,0 +1,153 @@
+"""BertAdam: the Adam variant used to train BERT (and TinyBERT / SpikingBERT students).
+
+Differences from ``torch.optim.AdamW``: no bias correction; weight decay is added to the Adam
+update (``update = m / (sqrt(v) + e) + weight_decay * p``) so that it is scaled by the scheduled
+learning rate; each parameter group's gradients are clipped to ``max_grad_norm`` (global norm
+over the group) before the moments are updated; the learning rate follows a schedule of the
+training progress ``step / t_total`` where ``step`` counts the updates already made.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch.optim import Optimizer
+
+
+def warmup_linear(progress: float, warmup: float) -> float:
+    """Linear warm-up to 1 at ``warmup``, then linear decay to 0 at progress 1."""
+    if progress < warmup:
+        return progress / warmup
+    return max((progress - 1.0) / (warmup - 1.0), 0.0)
+
+
+def warmup_constant(progress: float, warmup: float) -> float:
+    """Linear warm-up to 1 at ``warmup``, then constant 1."""
+    if progress < warmup:
+        return progress / warmup
+    return 1.0
+
+
+def warmup_cosine(progress: float, warmup: float) -> float:
+    """Linear warm-up to 1 at ``warmup``, then ``0.5 * (1 + cos(pi * progress))``."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def constant(progress: float, warmup: float) -> float:
+    return 1.0
+
+
+SCHEDULES: dict[str, Callable[[float, float], float]] = {
+    "warmup_linear": warmup_linear,
+    "warmup_constant": warmup_constant,
+    "warmup_cosine": warmup_cosine,
+    "none": constant,
+}
+
+
+class BertAdam(Optimizer):
+    """Adam without bias correction, with decoupled weight decay, gradient clipping and an LR schedule.
+
+    Args:
+        params: parameters or parameter groups (groups may override any of the settings below,
+            e.g. ``weight_decay=0.0`` for biases and LayerNorm weights).
+        lr: peak learning rate.
+        warmup: fraction of ``t_total`` spent warming up (``-1``: no warm-up).
+        t_total: total number of optimisation steps of the schedule (``-1``: constant ``lr``).
+        schedule: "warmup_linear", "warmup_constant", "warmup_cosine" or "none".
+        b1, b2: Adam moment decay rates. e: Adam epsilon (added to ``sqrt(v)``).
+        weight_decay: decoupled weight-decay coefficient.
+        max_grad_norm: gradient-norm clipping threshold (``<= 0``: no clipping).
+        clip_scope: "tensor" clips each parameter tensor's gradient on its own (the original
+            BertAdam, used by the published code); "group" clips the group's joint norm.
+
+    The scheduled rate of a step is ``lr * schedule(min(step / t_total, 1), warmup)``, ``step``
+    being the number of updates made before it (so a warm-up starts from 0).
+    """
+
+    def __init__(self, params: Iterable, lr: float, warmup: float = -1, t_total: int = -1,
+                 schedule: Optional[str] = "warmup_linear", b1: float = 0.9, b2: float = 0.999, e: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, clip_scope: str = "tensor"):
+        schedule = schedule or "none"
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate {lr}: must be >= 0")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"invalid schedule {schedule!r}: use one of {sorted(SCHEDULES)}")
+        if not (0.0 <= warmup < 1.0 or warmup == -1):
+            raise ValueError(f"invalid warmup {warmup}: must be in [0, 1) or -1")
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"invalid b1/b2 {b1}/{b2}: must be in [0, 1)")
+        if clip_scope not in ("tensor", "group"):
+            raise ValueError(f"invalid clip_scope {clip_scope!r}: use 'tensor' or 'group'")
+        if e < 0.0:
+            raise ValueError(f"invalid epsilon {e}: must be >= 0")
+        defaults = dict(lr=lr, schedule=schedule, warmup=warmup, t_total=t_total, b1=b1, b2=b2, e=e,
+                        weight_decay=weight_decay, max_grad_norm=max_grad_norm, clip_scope=clip_scope)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def scheduled_lr(group: dict, step: int) -> float:
+        """Learning rate of ``group`` for the update that follows ``step`` earlier updates."""
+        if group["t_total"] is None or group["t_total"] <= 0:
+            return group["lr"]
+        progress = min(step / group["t_total"], 1.0)
+        return group["lr"] * SCHEDULES[group["schedule"]](progress, max(group["warmup"], 0.0))
+
+    def get_lr(self) -> list[float]:
+        """The scheduled learning rate of each parameter group for the next step."""
+        lrs = []
+        for group in self.param_groups:
+            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state[p]]
+            lrs.append(self.scheduled_lr(group, max(steps, default=0)))
+        return lrs
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("BertAdam does not support sparse gradients")
+            grads = [p.grad for p in params]
+            if group["max_grad_norm"] > 0:
+                if group.get("clip_scope", "tensor") == "group":
+                    torch.nn.utils.clip_grad_norm_(params, group["max_grad_norm"])
+                else:                                   # each tensor on its own, without a host sync
+                    norms = torch._foreach_norm(grads)
+                    torch._foreach_add_(norms, 1e-6)
+                    scales = torch._foreach_reciprocal(norms)
+                    torch._foreach_mul_(scales, group["max_grad_norm"])
+                    torch._foreach_clamp_max_(scales, 1.0)
+                    torch._foreach_mul_(grads, scales)
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            states = [self.state[p] for p in params]
+            exp_avg = [s["next_m"] for s in states]
+            exp_avg_sq = [s["next_v"] for s in states]
+
+            torch._foreach_mul_(exp_avg, group["b1"])
+            torch._foreach_add_(exp_avg, grads, alpha=1.0 - group["b1"])
+            torch._foreach_mul_(exp_avg_sq, group["b2"])
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - group["b2"])
+            denom = torch._foreach_sqrt(exp_avg_sq)
+            torch._foreach_add_(denom, group["e"])
+            update = torch._foreach_div(exp_avg, denom)
+            if group["weight_decay"] > 0.0:
+                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            torch._foreach_mul_(update, [self.scheduled_lr(group, s["step"]) for s in states])
+            torch._foreach_sub_(params, update)
+            for s in states:
+                s["step"] += 1
+        return loss
