@@ -1,0 +1,44 @@
+"""Download the GLUE tasks into DIR/<Task>/ (train.tsv, dev.tsv, test.tsv; MNLI dev_matched.tsv, ...).
+
+    python download_glue_data.py --data_dir glue_data --tasks all
+    python download_glue_data.py --data_dir glue_data --tasks MRPC --path_to_mrpc msr_corpus/
+    python download_glue_data.py --data_dir glue_data --tasks CoLA,SST --mirror /data/glue_archives
+
+Logic: spikingbert/glue_download.py.
+"""
+import argparse
+import logging
+from typing import List
+
+from spikingbert.errors import run_cli
+from spikingbert.glue_download import TASKS, DownloadConfig, download_glue, parse_tasks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="directory to put the task directories in")
+    parser.add_argument("--tasks", default="all",
+                        help=f"'all' or a comma list of {','.join(task.name for task in TASKS)} (case-insensitive)")
+    parser.add_argument("--path_to_mrpc", default=None,
+                        help="directory with msr_paraphrase_train.txt and msr_paraphrase_test.txt "
+                             "(default: download them)")
+    parser.add_argument("--mirror", default=None,
+                        help="local directory or base URL holding the archives under their standard names "
+                             "(CoLA.zip, SST-2.zip, QQP-clean.zip, ..., mrpc_dev_ids.tsv)")
+    parser.add_argument("--retries", type=int, default=5, help="further tries after a failed download")
+    parser.add_argument("--retry_wait", type=float, default=2.0,
+                        help="seconds before the first retry, doubled after each failure")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: List[str]) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    config = DownloadConfig(retries=max(args.retries, 0), retry_wait=max(args.retry_wait, 0.0))
+    installed = download_glue(args.data_dir, parse_tasks(args.tasks), args.path_to_mrpc, args.mirror, config)
+    logging.getLogger(__name__).info("done: %d task(s) installed in %s", len(installed), args.data_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

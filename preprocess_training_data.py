@@ -1,0 +1,77 @@
+"""Turn a plain-text corpus into pre-generated BERT training epochs for general distillation.
+
+Corpus: one sentence per line, a blank line between documents. Writes
+epoch_{i}.json (one instance a line: tokens, segment_ids, is_random_next,
+masked_lm_positions, masked_lm_labels) and epoch_{i}_metrics.json
+(num_training_examples, max_seq_len) for i < --epochs_to_generate.
+
+    python preprocess_training_data.py --train_corpus wiki.txt --bert_model bert-base-uncased/ \
+        --do_lower_case --output_dir pregenerated/ --epochs_to_generate 3 --reduce_memory
+
+Logic: spikingbert/pretraining_data.py.
+"""
+import argparse
+import logging
+from typing import List
+
+from spikingbert.errors import UsageError, run_cli
+from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_corpus", required=True,
+                        help="text file: one sentence a line, blank line between documents")
+    parser.add_argument("--output_dir", required=True, help="directory for epoch_{i}.json and epoch_{i}_metrics.json")
+    parser.add_argument("--bert_model", required=True,
+                        help="BERT model directory holding vocab.txt (or a vocab.txt path or URL)")
+    parser.add_argument("--do_lower_case", action="store_true", help="lower-case the text (uncased models)")
+    parser.add_argument("--do_whole_word_mask", action="store_true",
+                        help="mask whole words rather than single WordPieces (only with --masked_lm_prob > 0)")
+    parser.add_argument("--reduce_memory", action="store_true",
+                        help="keep the tokenized corpus in memory-mapped files in a temporary directory")
+    parser.add_argument("--num_workers", type=int, default=1, help="processes generating epochs in parallel")
+    parser.add_argument("--epochs_to_generate", type=int, default=3, help="number of epochs (files) to write")
+    parser.add_argument("--max_seq_len", type=int, default=128, help="tokens per instance, [CLS] and [SEP] included")
+    parser.add_argument("--short_seq_prob", type=float, default=0.1,
+                        help="probability of a shorter random target length")
+    parser.add_argument("--masked_lm_prob", type=float, default=0.0,
+                        help="masking probability (0: no masked-LM targets, as distillation needs none)")
+    parser.add_argument("--max_predictions_per_seq", type=int, default=20, help="most masked tokens per instance")
+    parser.add_argument("--one_seq", action="store_true", help="single-segment instances, no sentence pairs")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (output depends on it only)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def load_tokenizer(bert_model: str, do_lower_case: bool):
+    """The vendored BertTokenizer for --bert_model; a loading problem becomes a UsageError."""
+    from transformer.file_utils import ModelLoadError
+    from transformer.tokenization import BertTokenizer
+
+    try:
+        return BertTokenizer.from_pretrained(bert_model, do_lower_case=do_lower_case)
+    except ModelLoadError as err:
+        raise UsageError(f"--bert_model: {err}") from err
+
+
+def main(argv: List[str]) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    config = PretrainingConfig(
+        max_seq_len=args.max_seq_len,
+        short_seq_prob=args.short_seq_prob,
+        masked_lm_prob=args.masked_lm_prob,
+        max_predictions_per_seq=args.max_predictions_per_seq,
+        whole_word_mask=args.do_whole_word_mask,
+        one_seq=args.one_seq,
+        seed=args.seed,
+    )
+    config.validate()
+    tokenizer = load_tokenizer(args.bert_model, args.do_lower_case)
+    generate_pretraining_data(args.train_corpus, args.output_dir, tokenizer, config, args.epochs_to_generate,
+                              reduce_memory=args.reduce_memory, num_workers=args.num_workers)
+
+
+if __name__ == "__main__":
+    run_cli(main)

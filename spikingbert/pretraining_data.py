@@ -1,0 +1,508 @@
+"""BERT pre-training instances from a plain-text corpus (logic of preprocess_training_data.py).
+
+Corpus format: one sentence per line, a blank line between documents. The corpus
+is tokenized once into a `DocumentStore` (flat token-id arrays, in memory or, with
+``reduce_memory``, memory-mapped files in a temporary directory). Each epoch then
+walks all documents and writes sentence-pair instances as in BERT pre-training
+data generation:
+
+* a target length of ``max_seq_len - 3`` tokens, or with probability
+  ``short_seq_prob`` a random length in ``[2, max_seq_len - 3]``;
+* sentences of a document are gathered into a chunk until the target length is
+  reached; a random prefix of the chunk is segment A; with probability 0.5
+  segment B is a random next (text from another document, picked with
+  probability proportional to its number of sentences; the chunk's unused
+  sentences go back to the document), otherwise the actual next: the rest of
+  the chunk;
+* a one-sentence chunk takes its actual next from the sentences after it (the
+  document's last sentence becomes B after the sentence before it). BERT's own
+  generator forces a random next there instead, which makes ~57% of the
+  instances random nexts; this keeps the ratio at 50%;
+* the pair is truncated to fit (a random end of the longer segment each step) and
+  written as ``[CLS] A [SEP] B [SEP]`` with segment ids 0 for ``[CLS] A [SEP]``;
+* with ``one_seq`` every instance is a single segment ``[CLS] A [SEP]``.
+
+Masking (``masked_lm_prob > 0``, off by default since distillation needs no
+masks) follows BERT: 80% ``[MASK]``, 10% the original token, 10% a random token.
+
+Epoch ``i`` draws from its own generator seeded by ``(seed, i)``, so the output is
+the same whatever ``reduce_memory`` and ``num_workers`` are. Files are written to
+a temporary name and renamed, so an interrupted run leaves no partial epoch file.
+"""
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from spikingbert.archive import atomic_output
+from spikingbert.errors import DataError, UsageError
+
+logger = logging.getLogger(__name__)
+
+TOKENIZE_BATCH_LINES = 4096
+
+
+@dataclass(frozen=True)
+class PretrainingConfig:
+    """How instances are built (see the module docstring)."""
+
+    max_seq_len: int = 128
+    short_seq_prob: float = 0.1
+    masked_lm_prob: float = 0.0
+    max_predictions_per_seq: int = 20
+    whole_word_mask: bool = False
+    one_seq: bool = False
+    seed: int = 42
+
+    def validate(self) -> None:
+        """Raise `UsageError` naming the flag whose value cannot work."""
+        min_len = 4 if self.one_seq else 5
+        if self.max_seq_len < min_len:
+            raise UsageError(f"--max_seq_len {self.max_seq_len} is too small: use at least {min_len}")
+        for flag, value in (("--short_seq_prob", self.short_seq_prob), ("--masked_lm_prob", self.masked_lm_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"{flag} {value} must be a probability in [0, 1]")
+        if self.masked_lm_prob > 0 and self.max_predictions_per_seq < 1:
+            raise UsageError(f"--max_predictions_per_seq {self.max_predictions_per_seq} must be >= 1 "
+                             "when --masked_lm_prob > 0")
+
+
+class DocumentStore:
+    """A tokenized corpus as three flat integer arrays.
+
+    Attributes:
+        token_ids: ``(num_tokens,)`` int32, all sentences back to back.
+        sent_starts: ``(num_sentences + 1,)`` int64, offset of each sentence in `token_ids`.
+        doc_starts: ``(num_documents + 1,)`` int64, index of each document's first sentence.
+    The arrays are either in memory or read-only memory maps of files in `directory`.
+    """
+
+    FILES = {"token_ids": np.int32, "sent_starts": np.int64, "doc_starts": np.int64}
+
+    def __init__(self, token_ids: np.ndarray, sent_starts: np.ndarray, doc_starts: np.ndarray,
+                 directory: Optional[str] = None):
+        self.token_ids = token_ids
+        self.sent_starts = sent_starts
+        self.doc_starts = doc_starts
+        self.directory = directory
+
+    def __len__(self) -> int:
+        return len(self.doc_starts) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sent_starts) - 1
+
+    def document(self, index: int) -> List[List[int]]:
+        """The sentences (token-id lists) of document `index`."""
+        first, last = int(self.doc_starts[index]), int(self.doc_starts[index + 1])
+        offsets = self.sent_starts[first:last + 1].tolist()
+        base = offsets[0]
+        ids = self.token_ids[base:offsets[-1]].tolist()
+        return [ids[a - base:b - base] for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def sample_other_document(self, rng: random.Random, exclude: int) -> int:
+        """A random document other than `exclude`, chosen with probability proportional to its sentences."""
+        first, last = int(self.doc_starts[exclude]), int(self.doc_starts[exclude + 1])
+        r = rng.randrange(self.num_sentences - (last - first))
+        if r >= first:
+            r += last - first
+        return int(np.searchsorted(self.doc_starts, r, side="right")) - 1
+
+    @classmethod
+    def open(cls, directory: str) -> "DocumentStore":
+        """Memory-map a store written by `build` with a directory."""
+        arrays = {name: _map_raw(os.path.join(directory, f"{name}.bin"), dtype) for name, dtype in cls.FILES.items()}
+        return cls(directory=directory, **arrays)
+
+    def __getstate__(self) -> Dict:
+        # A file-backed store travels to worker processes as its directory, not its data.
+        if self.directory is not None:
+            return {"directory": self.directory}
+        return {"arrays": (self.token_ids, self.sent_starts, self.doc_starts)}
+
+    def __setstate__(self, state: Dict) -> None:
+        if "directory" in state:
+            other = DocumentStore.open(state["directory"])
+            self.__dict__.update(other.__dict__)
+        else:
+            self.token_ids, self.sent_starts, self.doc_starts = state["arrays"]
+            self.directory = None
+
+    @classmethod
+    def build(cls, corpus_path: Path, tokenizer, directory: Optional[str] = None) -> "DocumentStore":
+        """Tokenize a corpus (one sentence a line, blank line between documents).
+
+        With `directory`, the arrays are streamed to raw ``.bin`` files there and memory-mapped,
+        so the corpus never has to fit in memory.
+        """
+        corpus_path = Path(corpus_path)
+        if not corpus_path.is_file():
+            raise DataError(f"--train_corpus {corpus_path} not found")
+        writers = {name: _ArrayWriter(dtype, directory, name) for name, dtype in cls.FILES.items()}
+        writers["sent_starts"].append([0])
+        writers["doc_starts"].append([0])
+        num_tokens = 0
+        num_sentences = 0
+        doc_sentences = 0
+        with tqdm(total=corpus_path.stat().st_size, unit="B", unit_scale=True, desc="tokenizing",
+                  disable=None) as bar:
+            for block in _read_line_blocks(corpus_path, bar):
+                texts = [text for text in block if text is not None]
+                encoded = iter(_encode_batch(tokenizer, texts))
+                block_ids: List[int] = []
+                sent_lengths: List[int] = []
+                doc_ends: List[int] = []
+                for text in block:
+                    if text is None:  # document break
+                        if doc_sentences:
+                            doc_ends.append(num_sentences + len(sent_lengths))
+                            doc_sentences = 0
+                        continue
+                    ids = next(encoded)
+                    if ids:
+                        block_ids.extend(ids)
+                        sent_lengths.append(len(ids))
+                        doc_sentences += 1
+                starts = num_tokens + np.cumsum(sent_lengths, dtype=np.int64)
+                writers["token_ids"].append(block_ids)
+                writers["sent_starts"].append(starts)
+                writers["doc_starts"].append(doc_ends)
+                num_tokens = int(starts[-1]) if len(starts) else num_tokens
+                num_sentences += len(sent_lengths)
+        if doc_sentences:
+            writers["doc_starts"].append([num_sentences])
+        arrays = {name: writer.finish() for name, writer in writers.items()}
+        store = cls(directory=directory, **arrays)
+        logger.info("corpus %s: %d documents, %d sentences, %d tokens",
+                    corpus_path, len(store), store.num_sentences, num_tokens)
+        return store
+
+
+class _ArrayWriter:
+    """Collects a 1-D integer array in memory, or streams it to the raw file ``<directory>/<name>.bin``."""
+
+    def __init__(self, dtype, directory: Optional[str], name: str):
+        self.dtype = np.dtype(dtype)
+        self.parts: List[np.ndarray] = []
+        self.path = os.path.join(directory, f"{name}.bin") if directory is not None else None
+        self.raw = open(self.path, "wb") if self.path is not None else None
+
+    def append(self, values: Sequence[int]) -> None:
+        array = np.asarray(values, dtype=self.dtype)
+        if self.raw is not None:
+            self.raw.write(array.tobytes())
+        else:
+            self.parts.append(array)
+
+    def finish(self) -> np.ndarray:
+        if self.raw is None:
+            return np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+        self.raw.close()
+        return _map_raw(self.path, self.dtype)
+
+
+def _map_raw(path: str, dtype) -> np.ndarray:
+    """Read-only memory map of a raw array file (numpy cannot map an empty file: that one is read)."""
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _read_line_blocks(path: Path, bar: tqdm) -> Iterator[List[Optional[str]]]:
+    """Blocks of stripped lines of the corpus, None standing for a blank line (document break)."""
+    block: List[Optional[str]] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            bar.update(len(raw))
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({err.reason}); "
+                                "convert the corpus to UTF-8") from err
+            block.append(text or None)
+            if len(block) >= TOKENIZE_BATCH_LINES:
+                yield block
+                block = []
+    if block:
+        yield block
+
+
+def _encode_batch(tokenizer, texts: List[str]) -> List[List[int]]:
+    """Token ids of each text; uses the tokenizer's batch encoder when it has one."""
+    if hasattr(tokenizer, "encode_batch"):
+        return tokenizer.encode_batch(texts)
+    return [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text)) for text in texts]
+
+
+def truncate_seq_pair(tokens_a: List[str], tokens_b: List[str], max_num_tokens: int, rng: random.Random) -> None:
+    """Shorten the pair in place to `max_num_tokens`, removing from a random end of the longer segment."""
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def create_masked_lm_predictions(
+    tokens: List[str], config: PretrainingConfig, vocab_list: Sequence[str], rng: random.Random
+) -> Tuple[List[str], List[int], List[str]]:
+    """Mask tokens for masked-LM; returns (tokens, sorted masked positions, original tokens there)."""
+    candidates: List[List[int]] = []
+    previous_special = True
+    for i, token in enumerate(tokens):
+        if token in ("[CLS]", "[SEP]"):
+            previous_special = True
+            continue
+        if config.whole_word_mask and token.startswith("##") and not previous_special:
+            candidates[-1].append(i)
+        else:
+            candidates.append([i])
+        previous_special = False
+    num_to_mask = min(config.max_predictions_per_seq, max(1, int(round(len(tokens) * config.masked_lm_prob))))
+    rng.shuffle(candidates)
+    masked: List[Tuple[int, str]] = []
+    for group in candidates:
+        if len(masked) >= num_to_mask:
+            break
+        if len(masked) + len(group) > num_to_mask:
+            continue
+        for index in group:
+            draw = rng.random()
+            if draw < 0.8:
+                replacement = "[MASK]"
+            elif draw < 0.9:
+                replacement = tokens[index]
+            else:
+                replacement = vocab_list[rng.randrange(len(vocab_list))]
+            masked.append((index, tokens[index]))
+            tokens[index] = replacement
+    masked.sort()
+    return tokens, [i for i, _ in masked], [label for _, label in masked]
+
+
+def _make_instance(tokens_a: List[str], tokens_b: Optional[List[str]], is_random_next: bool,
+                   config: PretrainingConfig, vocab_list: Sequence[str], rng: random.Random) -> Dict:
+    tokens = ["[CLS]"] + tokens_a + ["[SEP]"]
+    segment_ids = [0] * len(tokens)
+    if tokens_b is not None:
+        tokens += tokens_b + ["[SEP]"]
+        segment_ids += [1] * (len(tokens_b) + 1)
+    positions: List[int] = []
+    labels: List[str] = []
+    if config.masked_lm_prob > 0:
+        tokens, positions, labels = create_masked_lm_predictions(tokens, config, vocab_list, rng)
+    return {
+        "tokens": tokens,
+        "segment_ids": segment_ids,
+        "is_random_next": is_random_next,
+        "masked_lm_positions": positions,
+        "masked_lm_labels": labels,
+    }
+
+
+def _to_tokens(sentences: List[List[int]], vocab_list: Sequence[str]) -> List[List[str]]:
+    return [[vocab_list[i] for i in sentence] for sentence in sentences]
+
+
+def _concat(sentences: Sequence[List[str]]) -> List[str]:
+    return [token for sentence in sentences for token in sentence]
+
+
+def _pair_instance(
+    store: DocumentStore, doc_index: int, document: List[List[str]], chunk: List[List[str]], i: int,
+    target_seq_length: int, config: PretrainingConfig, vocab_list: Sequence[str], rng: random.Random,
+) -> Tuple[Dict, int]:
+    """A sentence pair from `chunk`, the document's sentences ending at index `i`.
+
+    Returns the instance and the index of the last sentence it consumed.
+    """
+    a_end = rng.randrange(1, len(chunk)) if len(chunk) >= 2 else 1
+    tokens_a = _concat(chunk[:a_end])
+    target_b_length = target_seq_length - len(tokens_a)
+    tokens_b: List[str] = []
+    is_random_next = rng.random() < 0.5
+    if not is_random_next:
+        if len(chunk) > 1:
+            tokens_b = _concat(chunk[a_end:])
+        elif i + 1 < len(document):  # one-sentence chunk: the sentences after it
+            while i + 1 < len(document) and (not tokens_b or len(tokens_b) < target_b_length):
+                i += 1
+                tokens_b.extend(document[i])
+        elif i > 0:  # the document's last sentence, after the sentence before it
+            tokens_a, tokens_b = list(document[i - 1]), tokens_a
+        else:  # a one-sentence document has no actual next
+            is_random_next = True
+    if is_random_next:
+        other = _to_tokens(store.document(store.sample_other_document(rng, doc_index)), vocab_list)
+        for sentence in other[rng.randrange(len(other)):]:
+            tokens_b.extend(sentence)
+            if len(tokens_b) >= target_b_length:
+                break
+        i -= len(chunk) - a_end  # the unused sentences start the next chunk
+    truncate_seq_pair(tokens_a, tokens_b, config.max_seq_len - 3, rng)
+    return _make_instance(tokens_a, tokens_b, is_random_next, config, vocab_list, rng), i
+
+
+def create_instances_from_document(
+    store: DocumentStore, doc_index: int, config: PretrainingConfig, vocab_list: Sequence[str], rng: random.Random
+) -> List[Dict]:
+    """All instances of one document for one epoch (see the module docstring)."""
+    document = _to_tokens(store.document(doc_index), vocab_list)
+    max_num_tokens = config.max_seq_len - (2 if config.one_seq else 3)
+    target_seq_length = max_num_tokens
+    if rng.random() < config.short_seq_prob:
+        target_seq_length = rng.randint(2, max_num_tokens)
+
+    instances: List[Dict] = []
+    chunk: List[List[str]] = []
+    chunk_length = 0
+    i = 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        if i == len(document) - 1 or chunk_length >= target_seq_length:
+            if config.one_seq:
+                tokens_a = _concat(chunk)
+                truncate_seq_pair(tokens_a, [], max_num_tokens, rng)
+                instances.append(_make_instance(tokens_a, None, False, config, vocab_list, rng))
+            else:
+                instance, i = _pair_instance(store, doc_index, document, chunk, i, target_seq_length,
+                                             config, vocab_list, rng)
+                instances.append(instance)
+            chunk = []
+            chunk_length = 0
+        i += 1
+    return instances
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch `epoch`'s generator, derived from (seed, epoch) only."""
+    digest = hashlib.sha256(f"spikingbert-pretraining:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def epoch_paths(output_dir: Union[str, Path], epoch: int) -> Tuple[Path, Path]:
+    """(``epoch_{i}.json``, ``epoch_{i}_metrics.json``) in `output_dir`."""
+    output_dir = Path(output_dir)
+    return output_dir / f"epoch_{epoch}.json", output_dir / f"epoch_{epoch}_metrics.json"
+
+
+def write_epoch(store: DocumentStore, vocab_list: Sequence[str], config: PretrainingConfig,
+                epoch: int, output_dir: Path, show_progress: bool = True) -> int:
+    """Write ``epoch_{epoch}.json`` and its metrics file; returns the number of instances."""
+    data_path, metrics_path = epoch_paths(output_dir, epoch)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.unlink(missing_ok=True)  # never leave old metrics next to a new epoch file
+    rng = random.Random(epoch_seed(config.seed, epoch))
+    count = 0
+    with atomic_output(data_path) as f:
+        for doc_index in tqdm(range(len(store)), desc=f"epoch {epoch}", unit="doc",
+                              disable=None if show_progress else True):
+            for instance in create_instances_from_document(store, doc_index, config, vocab_list, rng):
+                f.write(json.dumps(instance) + "\n")
+                count += 1
+    with atomic_output(metrics_path) as f:
+        json.dump({"num_training_examples": count, "max_seq_len": config.max_seq_len}, f)
+    return count
+
+
+_WORKER_STATE: Dict = {}
+
+
+def _init_worker(store: DocumentStore, vocab_list: List[str], config: PretrainingConfig, output_dir: str) -> None:
+    _WORKER_STATE.update(store=store, vocab_list=vocab_list, config=config, output_dir=Path(output_dir))
+
+
+def _worker_write_epoch(epoch: int) -> Tuple[int, int]:
+    s = _WORKER_STATE
+    return epoch, write_epoch(s["store"], s["vocab_list"], s["config"], epoch, s["output_dir"], show_progress=False)
+
+
+def _remove_stale_epochs(output_dir: Path, first_stale: int) -> None:
+    """Delete epoch files numbered from `first_stale` on, left by an earlier run with more epochs."""
+    epoch = first_stale
+    while any(path.exists() for path in epoch_paths(output_dir, epoch)):
+        for path in epoch_paths(output_dir, epoch):
+            if path.exists():
+                logger.warning("removing %s left by an earlier run", path)
+                path.unlink()
+        epoch += 1
+
+
+def vocab_list_of(tokenizer) -> List[str]:
+    """Tokens in id order."""
+    return [token for token, _ in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])]
+
+
+def generate_pretraining_data(
+    corpus_path: Union[str, Path],
+    output_dir: Union[str, Path],
+    tokenizer,
+    config: PretrainingConfig,
+    epochs_to_generate: int,
+    reduce_memory: bool = False,
+    num_workers: int = 1,
+) -> List[int]:
+    """Tokenize the corpus and write `epochs_to_generate` epochs; returns the instance count of each."""
+    config.validate()
+    if epochs_to_generate < 1:
+        raise UsageError(f"--epochs_to_generate {epochs_to_generate} must be >= 1")
+    if num_workers < 1:
+        raise UsageError(f"--num_workers {num_workers} must be >= 1")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    vocab_list = vocab_list_of(tokenizer)
+    with tempfile.TemporaryDirectory(prefix="spikingbert-docs-") as tmp_dir:
+        store = DocumentStore.build(Path(corpus_path), tokenizer, tmp_dir if reduce_memory else None)
+        if len(store) == 0:
+            raise DataError(f"--train_corpus {corpus_path} holds no text")
+        if len(store) < 2 and not config.one_seq:
+            raise DataError(f"--train_corpus {corpus_path} has a single document: random next sentences need at "
+                            "least two; separate documents (or chapters, sections) with blank lines")
+        _remove_stale_epochs(output_dir, epochs_to_generate)
+        counts = [0] * epochs_to_generate
+        workers = min(num_workers, epochs_to_generate)
+        if workers == 1:
+            for epoch in range(epochs_to_generate):
+                counts[epoch] = write_epoch(store, vocab_list, config, epoch, output_dir)
+        else:
+            context = multiprocessing.get_context("spawn")
+            pool = context.Pool(workers, initializer=_init_worker,
+                                initargs=(store, vocab_list, config, str(output_dir)))
+            try:
+                done = pool.imap_unordered(_worker_write_epoch, range(epochs_to_generate))
+                for epoch, count in tqdm(done, total=epochs_to_generate, desc="epochs", disable=None):
+                    counts[epoch] = count
+                pool.close()
+            except BaseException:
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
+    logger.info("wrote %d epochs to %s (%s instances; settings %s)",
+                epochs_to_generate, output_dir, counts, asdict(config))
+    return counts
+
+
+__all__ = [
+    "DocumentStore",
+    "PretrainingConfig",
+    "create_instances_from_document",
+    "create_masked_lm_predictions",
+    "epoch_paths",
+    "epoch_seed",
+    "generate_pretraining_data",
+    "truncate_seq_pair",
+    "write_epoch",
+]
