@@ -272,8 +272,8 @@ class SpikingBertModel(nn.Module):
             def scan(name: str, currents: Tensor) -> Tensor:      # currents (Tc, B, S, width)
                 key = prefix + name
                 u = membranes.get(key)
-                if u is None:
-                    u = currents.new_zeros(currents.shape[1:])
+                if u is None:                                      # membranes at least float32
+                    u = currents.new_zeros(currents.shape[1:], dtype=torch.promote_types(currents.dtype, torch.float32))
                 if differentiable:
                     spikes, u = if_scan_surrogate(currents, u, vth, leak, cfg.surrogate, cfg.surrogate_alpha)
                 else:

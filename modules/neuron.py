@@ -13,7 +13,10 @@ One step, for every neuron::
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -33,13 +36,17 @@ def if_scan(currents: Tensor, u: Tensor, vth: float, leak: float = 1.0) -> tuple
 
     Args:
         currents: ``(T, *N)`` input current of each step.
-        u: ``(*N)`` membrane potential before the first step (updated in place).
+        u: ``(*N)`` membrane potential before the first step (updated in place; keep it float32 or
+            wider when the currents are half precision).
         vth: firing threshold (> 0).
         leak: membrane leak factor in (0, 1].
 
     Returns:
         spikes ``(T, *N)`` (0/1, dtype of ``currents``) and the membrane ``(*N)`` after the last step.
+        CUDA tensors go through one fused Triton kernel when Triton is installed.
     """
+    if currents.is_cuda and u.dtype == torch.float32 and u.is_contiguous() and _fused_cuda_scan() is not None:
+        return _fused_cuda_scan()(currents, u, vth, leak)
     spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
     for t in range(currents.shape[0]):
         s = spikes[t]
@@ -49,6 +56,17 @@ def if_scan(currents: Tensor, u: Tensor, vth: float, leak: float = 1.0) -> tuple
         if leak != 1.0:
             u.mul_(leak)                        # leak
     return spikes, u
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_cuda_scan():
+    """The Triton kernel of :mod:`modules.triton_scan`, or ``None`` where Triton is not installed
+    (or ``SPIKINGBERT_NO_TRITON=1``)."""
+    if os.environ.get("SPIKINGBERT_NO_TRITON") == "1" or importlib.util.find_spec("triton") is None:
+        return None
+    from .triton_scan import if_scan_cuda
+
+    return if_scan_cuda
 
 
 class SpikeFunction(torch.autograd.Function):
