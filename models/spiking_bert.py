@@ -475,10 +475,13 @@ class SpikingBertForSequenceClassification(SpikingBertPreTrainedModel):
                 attention_mask: Optional[Tensor] = None, **kwargs) -> SpikingBertOutput:
         out = self.bert(input_ids, token_type_ids, attention_mask, **kwargs)
         out.reps = tuple(self.fit_dense(r) for r in out.rates)
-        cls = out.rates[-1][:, 0]                                           # (B, H)
-        pooled = torch.tanh(self.pooler(cls)) if self.pooler is not None else torch.relu(cls)
-        out.logits = self.classifier(pooled)                                # (B, num_labels)
+        out.logits = self.head(out.rates[-1][:, 0])
         return out
+
+    def head(self, cls_rate: Tensor) -> Tensor:
+        """Logits ``(B, num_labels)`` from the last layer's [CLS] rate ``(B, H)``."""
+        pooled = torch.tanh(self.pooler(cls_rate)) if self.pooler is not None else torch.relu(cls_rate)
+        return self.classifier(pooled)
 
 
 # ---- files --------------------------------------------------------------------------------------------
