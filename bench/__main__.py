@@ -1,0 +1,76 @@
+"""Benchmarks: ``python -m bench [--quick] [--cases eval,train,...] [--out FILE]``.
+
+Prints one JSON line per measurement (and appends them to ``--out`` when given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from itertools import product
+
+import torch
+
+from bench import cases
+from bench.cases import Setting
+
+ALL_CASES = ("eval", "train", "memory", "schedule", "data")
+
+
+def plan(args) -> list[tuple[str, object]]:
+    """The (case, setting) pairs to run."""
+    sizes = args.sizes.split(",")
+    jobs: list[tuple[str, object]] = []
+    if args.quick:
+        for size in sizes:
+            jobs += [("eval", Setting(size, 8, 64, 16, args.device)), ("eval", Setting(size, 1, 64, 125, args.device)),
+                     ("train", Setting(size, 8, 64, 16, args.device))]
+        jobs += [("schedule", Setting("small", 1, 64, 125, args.device)),
+                 ("memory", ("small", 8, 64, (8, 32, 128), (8, 16, 32))), ("data", None)]
+    else:
+        for size, b, s, t in product(sizes, (1, 8, 32), (64, 128), (16, 64, 125)):
+            jobs.append(("eval", Setting(size, b, s, t, args.device)))
+        for size, b in product(sizes, (1, 8, 32)):
+            jobs.append(("train", Setting(size, b, 64, 16, args.device)))
+        for size in sizes:
+            jobs += [("schedule", Setting(size, 1, 64, 125, args.device)),
+                     ("memory", (size, 8, 64, (8, 32, 128), (8, 16, 32)))]
+        jobs.append(("data", None))
+    wanted = set(args.cases.split(","))
+    return [(c, s) for c, s in jobs if c in wanted]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few representative settings (about 3 min on 2 cores)")
+    parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {ALL_CASES}")
+    parser.add_argument("--sizes", default="small,base")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", help="also append the JSON lines to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sink = open(args.out, "a") if args.out else None
+    for case, setting in plan(args):
+        if case == "memory":
+            rows = cases.case_memory(*setting, device=args.device)
+        elif case == "data":
+            from bench import data_bench
+            rows = data_bench.run(quick=args.quick)
+        else:
+            rows = [getattr(cases, f"case_{case}")(setting, args.repeats)]
+        for row in rows:
+            line = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+            print(line, flush=True)
+            if sink:
+                sink.write(line + "\n")
+                sink.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

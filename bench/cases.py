@@ -1,0 +1,204 @@
+"""Benchmark cases. Each returns a list of JSON-able result dicts.
+
+Every ratio is measured in one process, alternating its two sides, as the median
+of ``repeats`` timings after a warm-up (this machine is shared and noisy).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from transformer.modeling import BertConfig, BertModel
+from transformer.optimization import BertAdam
+
+SIZES = {
+    "small": dict(num_hidden_layers=4, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
+    "base": dict(num_hidden_layers=4, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+@dataclass
+class Setting:
+    size: str
+    batch: int
+    seq_len: int
+    t_conv: int
+    device: str = "cpu"
+
+    def describe(self) -> dict:
+        return {"size": self.size, **SIZES[self.size], "B": self.batch, "S": self.seq_len, "T": self.t_conv,
+                "device": self.device, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_alternating(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds of each function, the functions run in turn ``repeats`` times."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def build(setting: Setting, **student_kw):
+    """Student and same-size ANN BERT (teacher class) with random weights, plus inputs."""
+    dims = SIZES[setting.size]
+    torch.manual_seed(0)
+    student = SpikingBertForSequenceClassification(SpikingBertConfig(
+        **dims, t_conv=setting.t_conv, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **student_kw))
+    ann = BertModel(BertConfig(vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **dims))
+    ids = torch.randint(1000, 30000, (setting.batch, setting.seq_len))
+    mask = torch.ones_like(ids)
+    mask[1:, setting.seq_len * 3 // 4:] = 0                      # some padding, as in real batches
+    student, ann = student.to(setting.device), ann.to(setting.device)
+    return student, ann, ids.to(setting.device), torch.zeros_like(ids).to(setting.device), mask.to(setting.device)
+
+
+def case_eval(setting: Setting, repeats: int) -> dict:
+    """Student eval forward vs T x ANN forward: ``R_eval = t_snn / (T * t_ann)``."""
+    student, ann, ids, types, mask = build(setting)
+    student.eval(), ann.eval()
+
+    def snn():
+        with torch.inference_mode():
+            student(ids, types, mask)
+
+    def ann_fwd():
+        with torch.inference_mode():
+            ann(ids, types, mask)
+
+    ms = time_alternating({"snn": snn, "ann": ann_fwd}, setting.device, repeats)
+    return {"case": "eval", **setting.describe(), "ms_snn": ms["snn"], "ms_ann": ms["ann"],
+            "R_eval": ms["snn"] / (setting.t_conv * ms["ann"])}
+
+
+def case_schedule(setting: Setting, repeats: int) -> dict:
+    """Fast (time-batched) schedule vs the step-by-step schedule, eval forward."""
+    student, _, ids, types, mask = build(setting)
+    student.eval()
+
+    def run(schedule):
+        def fn():
+            student.config.schedule = schedule
+            with torch.inference_mode():
+                student(ids, types, mask)
+        return fn
+
+    ms = time_alternating({"fast": run("fast"), "step": run("step")}, setting.device, repeats)
+    return {"case": "schedule", **setting.describe(), "ms_fast": ms["fast"], "ms_step": ms["step"],
+            "speedup": ms["step"] / ms["fast"]}
+
+
+def _train_step_fn(student, ids, types, mask, setting: Setting):
+    """One IDE step: forward, intermediate + prediction KD losses against fixed targets, backward, BertAdam."""
+    from spikingbert.losses import att_loss, rep_loss, soft_cross_entropy
+
+    g = torch.Generator(device="cpu").manual_seed(1)
+    cfg = student.config
+    b, s = ids.shape
+    hidden = [torch.randn(b, s, cfg.fit_size, generator=g).to(ids.device) for _ in range(cfg.num_hidden_layers + 1)]
+    atts = [torch.randn(b, cfg.num_attention_heads, s, s, generator=g).to(ids.device) for _ in range(cfg.num_hidden_layers)]
+    logits_t = torch.randn(b, cfg.num_labels, generator=g).to(ids.device)
+    opt = BertAdam(student.parameters(), lr=1e-5, warmup=0.1, t_total=1000)
+    student.train()
+
+    def step():
+        out = student(ids, types, mask)
+        loss = rep_loss(out.reps, hidden, 1) + att_loss(out.attention_scores, atts, 1) + soft_cross_entropy(out.logits, logits_t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def case_train(setting: Setting, repeats: int) -> dict:
+    """IDE training step vs (student eval forward + ANN forward/backward): ``R_train``."""
+    student, ann, ids, types, mask = build(setting)
+    train_step = _train_step_fn(student, ids, types, mask, setting)
+    ann.train()
+
+    def snn_eval():
+        student.eval()
+        with torch.inference_mode():
+            student(ids, types, mask)
+        student.train()
+
+    def ann_fwd_bwd():
+        out = ann(ids, types, mask)
+        (sum(h.float().pow(2).mean() for h in out.hidden_states)).backward()
+        ann.zero_grad(set_to_none=True)
+
+    ms = time_alternating({"train": train_step, "snn_eval": snn_eval, "ann_fwd_bwd": ann_fwd_bwd}, setting.device, repeats)
+    return {"case": "train", **setting.describe(), "ms_train": ms["train"], "ms_snn_eval": ms["snn_eval"],
+            "ms_ann_fwd_bwd": ms["ann_fwd_bwd"], "R_train": ms["train"] / (ms["snn_eval"] + ms["ann_fwd_bwd"])}
+
+
+def measure_peak_memory(setting: Setting, mode: str) -> float:
+    """Peak memory (MiB) of one training step in a fresh process (``mode`` = ``ide`` or ``bptt``).
+
+    CUDA: ``max_memory_allocated`` beyond what the model and inputs hold. CPU: peak resident set
+    size beyond the resident size before the step.
+    """
+    args = [sys.executable, "-m", "bench.cases", json.dumps({**setting.__dict__, "mode": mode})]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(spec: dict) -> float:
+    import gc
+    import resource
+
+    setting = Setting(**{k: spec[k] for k in ("size", "batch", "seq_len", "t_conv", "device")})
+    student, ann, ids, types, mask = build(setting, train_mode=spec["mode"])
+    del ann
+    step = _train_step_fn(student, ids, types, mask, setting)
+    gc.collect()
+    if setting.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/statm") as f:
+        base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (peak - base) / 2**20
+
+
+def case_memory(size: str, batch: int, seq_len: int, ide_ts, bptt_ts, device: str) -> list[dict]:
+    """Peak training-step memory vs T for IDE and for the BPTT baseline."""
+    rows = []
+    for mode, ts in (("ide", ide_ts), ("bptt", bptt_ts)):
+        peaks = {t: measure_peak_memory(Setting(size, batch, seq_len, t, device), mode) for t in ts}
+        rows.append({"case": "memory", "mode": mode, **Setting(size, batch, seq_len, ts[0], device).describe(),
+                     "T": list(ts), "peak_mib": [round(peaks[t], 1) for t in ts],
+                     "growth": peaks[ts[-1]] / peaks[ts[0]]})
+    return rows
+
+
+if __name__ == "__main__":
+    print(_memory_probe(json.loads(sys.argv[1])))

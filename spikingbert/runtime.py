@@ -1,0 +1,230 @@
+"""Where training runs: devices, data/distributed parallelism, mixed precision, logging, RNG state.
+
+One process on CPU or one GPU; one process driving all visible GPUs through
+`torch.nn.DataParallel`; or one process per GPU (or CPU worker) under ``torchrun``
+with `DistributedDataParallel` (NCCL on GPU, gloo on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+__all__ = [
+    "Runtime",
+    "setup_runtime",
+    "setup_logging",
+    "set_seed",
+    "get_rng_state",
+    "set_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class Runtime:
+    """The devices and process group of this process.
+
+    Attributes:
+        device: where this process puts its model and batches.
+        n_gpu: GPUs this process drives (DataParallel when > 1, else 0 or 1).
+        rank, world_size: position in the torchrun process group (0 and 1 without one).
+        local_rank: GPU index of this process under torchrun, -1 otherwise.
+        fp16: mixed precision (fp16 with loss scaling on GPU, bf16 on CPU).
+    """
+
+    device: torch.device
+    n_gpu: int = 0
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = -1
+    fp16: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process logs to the console, writes files and saves checkpoints."""
+        return self.rank == 0
+
+    def autocast(self):
+        """Context for forward passes: autocast when ``fp16`` is on, a no-op otherwise."""
+        if not self.fp16:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """A loss scaler for fp16 on GPU; None elsewhere (bf16 needs none)."""
+        if self.fp16 and self.device.type == "cuda":
+            return torch.amp.GradScaler("cuda")
+        return None
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """Wrap a trainable module for this runtime (DDP, DataParallel or as is).
+
+        DDP looks for parameters that a step did not use, because a stage's loss may
+        leave some (e.g. the classifier during intermediate KD) out of the graph.
+        """
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(
+                module, device_ids=device_ids, find_unused_parameters=True
+            )
+        if self.n_gpu > 1:
+            return nn.DataParallel(module)
+        return module
+
+    def wrap_frozen(self, module: nn.Module) -> nn.Module:
+        """Wrap a module that is only run forward (the teacher): DataParallel over several GPUs."""
+        if not self.distributed and self.n_gpu > 1:
+            return nn.DataParallel(module)
+        return module
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
+        if not self.distributed:
+            return [obj]
+        gathered: List[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """The main process's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_runtime(no_cuda: bool = False, local_rank: int = -1, fp16: bool = False) -> Runtime:
+    """Pick devices and join the torchrun process group when there is one.
+
+    Under ``torchrun`` the environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``)
+    defines the group; ``--local_rank`` is accepted for the older launcher.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and not no_cuda
+    if world_size > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", local_rank if local_rank >= 0 else 0))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return Runtime(
+            device=device,
+            n_gpu=1 if use_cuda else 0,
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local_rank,
+            fp16=fp16,
+        )
+    if use_cuda:
+        return Runtime(device=torch.device("cuda"), n_gpu=torch.cuda.device_count(), fp16=fp16)
+    return Runtime(device=torch.device("cpu"), fp16=fp16)
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """A console handler that writes through tqdm, so log lines do not break progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def setup_logging(output_dir: Optional[Path], is_main: bool, debug: bool = False) -> None:
+    """Log to the console (main process: INFO, others: WARNING) and to ``output_dir/train.log``."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    level = logging.DEBUG if debug else logging.INFO
+    root.setLevel(level)
+    formatter = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    console = _TqdmHandler()
+    console.setLevel(level if is_main else logging.WARNING)
+    console.setFormatter(formatter)
+    root.addHandler(console)
+    if is_main and output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+        file_handler.setLevel(level)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """The RNG states of python, numpy, torch and CUDA as plain tensors/ints (loadable with weights_only)."""
+    version, py_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what `get_rng_state` returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda")
+    if cuda_states is not None and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            logger.warning(
+                "the checkpoint holds RNG states for %d GPUs but %d are visible: CUDA RNG not restored",
+                len(cuda_states), torch.cuda.device_count(),
+            )

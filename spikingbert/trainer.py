@@ -1,0 +1,500 @@
+"""The training loop shared by every distillation stage.
+
+A stage (see `spikingbert.distill`) supplies a `Stage`: its datasets, a teacher
+forward, an objective module (student + loss) and, optionally, an evaluation.
+The loop adds everything else: batching with a reproducible order, gradient
+accumulation, mixed precision, DataParallel / DistributedDataParallel, progress
+bar, metrics, NaN detection, checkpoints and exact resume.
+
+Resume is exact: the data order of epoch ``e`` is a permutation seeded with
+``seed + e`` (`DistributedSampler`, also with a single process), a resumed run
+skips the micro-batches already consumed, and the optimizer, loss scaler and
+every RNG state come back from the checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from .checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    install_model_files,
+    load_optimizer_state,
+    load_training_state,
+    optimizer_state_to_save,
+    save_checkpoint,
+)
+from .errors import UserError
+from .runtime import Runtime, get_rng_state, set_rng_state
+
+__all__ = ["TrainerConfig", "Stage", "Trainer", "TrainingProgress", "TrainingDiverged", "MetricsLog", "ResumableSampler"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainerConfig:
+    """Settings of the training loop.
+
+    Attributes:
+        micro_batch_size: examples per forward pass in one process (all its GPUs together).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        num_train_epochs: epochs (may be fractional); ignored when ``max_steps`` > 0.
+        max_steps: optimizer steps to run; 0 = derive from the epochs.
+        save_steps: write ``checkpoint-{step}`` every this many steps (0 = only at the end).
+        save_total_limit: keep only the newest this many checkpoints (None = all).
+        eval_steps: evaluate every this many steps and at every epoch end (0 = never).
+        logging_steps: log averaged losses every this many steps (the only host syncs of the loop).
+    """
+
+    output_dir: Path
+    micro_batch_size: int
+    num_train_epochs: float = 1.0
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 0
+    save_steps: int = 0
+    save_total_limit: Optional[int] = None
+    eval_steps: int = 0
+    logging_steps: int = 50
+    seed: int = 42
+    resume_from: Optional[Path] = None
+
+
+@dataclass
+class Stage:
+    """What one training stage plugs into the loop.
+
+    Attributes:
+        student: the model being trained (not wrapped).
+        objective: module holding ``student`` whose forward ``(batch, teacher_out)`` returns a
+            dict of scalar losses, ``"loss"`` (what is minimised) plus named parts.
+        make_optimizer: builds the optimizer for a given number of total optimizer steps.
+        train_dataset: the training set of an epoch (general KD reads one file per epoch).
+        num_train_examples: size of that set, without loading it.
+        save_student: writes a complete student dir into the given directory.
+        teacher_forward: the teacher's outputs for a batch (on the device), or None without teacher.
+        evaluate: dev metrics of the current student (called on every rank), or None.
+        main_metric: the key of ``evaluate``'s dict that selects the best model (higher is better).
+        describe: extra fields for the training state (e.g. the stage name), checked on resume.
+    """
+
+    student: nn.Module
+    objective: nn.Module
+    make_optimizer: Callable[[int], torch.optim.Optimizer]
+    train_dataset: Callable[[int], Dataset]
+    num_train_examples: Callable[[int], int]
+    save_student: Callable[[Path], None]
+    teacher_forward: Optional[Callable[[Sequence[Tensor]], Any]] = None
+    evaluate: Optional[Callable[[], Dict[str, float]]] = None
+    main_metric: Optional[str] = None
+    describe: Dict[str, Any] = field(default_factory=dict)
+
+
+class ResumableSampler(Sampler[int]):
+    """The indices of one epoch for this rank, seeded with ``seed + epoch``, minus the first ``skip``.
+
+    With one process this is a seeded random permutation; under torchrun each rank
+    gets its `DistributedSampler` share (padded with repeats to equal length).
+    """
+
+    def __init__(self, num_examples: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, skip: int = 0):
+        self._base = DistributedSampler(
+            range(num_examples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
+        self._base.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._base)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(len(self._base) - self.skip, 0)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, the file rewritten atomically on every append."""
+
+    def __init__(self, path: Path, keep_until_step: Optional[int] = None, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.records: List[Dict[str, Any]] = []
+        if enabled and keep_until_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    if record.get("step", 0) <= keep_until_step:
+                        self.records.append(record)
+            self._flush()
+
+    def append(self, record: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        self._flush()
+
+    def _flush(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run stands (saved in every checkpoint).
+
+    Attributes:
+        global_step: optimizer steps done.
+        epoch: the current epoch.
+        batches_done: micro-batches of ``epoch`` already consumed (by this rank).
+        best_metric, best_step: the best evaluation so far (prediction KD).
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+
+
+class Trainer:
+    """Runs a `Stage` to completion (or resumes it), saving checkpoints along the way."""
+
+    def __init__(self, config: TrainerConfig, runtime: Runtime, stage: Stage):
+        self.config = config
+        self.runtime = runtime
+        self.stage = stage
+        self.output_dir = Path(config.output_dir)
+        self.world_size = runtime.world_size
+        self.last_checkpoint: Optional[Path] = config.resume_from
+
+    # ---------------------------------------------------------------- schedule
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Micro-batches this rank sees in ``epoch``."""
+        per_rank = math.ceil(self.stage.num_train_examples(epoch) / self.world_size)
+        return math.ceil(per_rank / self.config.micro_batch_size)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return math.ceil(self.batches_in_epoch(epoch) / self.config.gradient_accumulation_steps)
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (``max_steps`` or the epochs' worth, rounded up)."""
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        whole = int(self.config.num_train_epochs)
+        total = sum(self.steps_in_epoch(e) for e in range(whole))
+        fraction = self.config.num_train_epochs - whole
+        if fraction > 0:
+            total += math.ceil(fraction * self.steps_in_epoch(whole))
+        return total
+
+    # ---------------------------------------------------------------- main loop
+
+    def train(self) -> TrainingProgress:
+        """Train (or finish a resumed run); return where it ended."""
+        cfg, rt, stage = self.config, self.runtime, self.stage
+        total_steps = self.total_steps()
+        if total_steps <= 0:
+            raise UserError("nothing to train: the training set is empty or --num_train_epochs/--max_steps is 0")
+        self.optimizer = stage.make_optimizer(total_steps)
+        self.scaler = rt.grad_scaler()
+        self.tracker = _LossTracker(rt.device)
+        progress = TrainingProgress()
+        if cfg.resume_from is not None:
+            progress = self._restore(total_steps)
+        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", enabled=rt.is_main,
+                                  keep_until_step=progress.global_step if cfg.resume_from else None)
+        model = rt.wrap(stage.objective)
+        model.train()
+        logger.info("training: %d optimizer steps, %d examples per step (%d per micro-batch x %d accumulation x %d "
+                    "processes)", total_steps, cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world_size,
+                    cfg.micro_batch_size, cfg.gradient_accumulation_steps, self.world_size)
+        bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
+                   disable=not rt.is_main, dynamic_ncols=True)
+        self._last_log = (time.perf_counter(), progress.global_step)
+
+        try:
+            while progress.global_step < total_steps:
+                self._run_epoch(model, progress, total_steps, bar)
+                if progress.global_step < total_steps:
+                    progress.epoch, progress.batches_done = progress.epoch + 1, 0
+        finally:
+            bar.close()
+
+        if rt.is_main and (stage.evaluate is None or progress.best_step is None):
+            install_model_files(self.output_dir, stage.save_student)
+        rt.barrier()
+        logger.info("training done: %d steps; final model in %s", progress.global_step, self.output_dir)
+        return progress
+
+    def _run_epoch(self, model: nn.Module, progress: TrainingProgress, total_steps: int, bar: tqdm) -> None:
+        """The rest of ``progress.epoch`` (or up to the last step): micro-batches grouped into optimizer steps."""
+        accum = self.config.gradient_accumulation_steps
+        n_batches = self.batches_in_epoch(progress.epoch)
+        if n_batches == 0:
+            raise UserError(f"the training data of epoch {progress.epoch} is empty")
+        if progress.batches_done >= n_batches:
+            return
+        loader = self._loader(progress.epoch, progress.batches_done)
+        for batch_index, batch in enumerate(loader, start=progress.batches_done):
+            group_start = batch_index - batch_index % accum
+            group_size = min(accum, n_batches - group_start)      # the epoch's last group may be shorter
+            is_step = batch_index + 1 == group_start + group_size
+            self._forward_backward(model, batch, group_size, sync=is_step, step=progress.global_step + 1)
+            if not is_step:
+                continue
+            self._optimizer_step()
+            progress.global_step += 1
+            progress.batches_done = batch_index + 1
+            bar.update(1)
+            self._after_step(model, progress, total_steps, epoch_end=batch_index + 1 == n_batches, bar=bar)
+            if progress.global_step >= total_steps:
+                return
+
+    def _forward_backward(self, model: nn.Module, batch: Sequence[Tensor], group_size: int, sync: bool,
+                          step: int) -> None:
+        """One micro-batch: teacher and student forward, loss / group_size backward (no host sync)."""
+        rt, stage = self.runtime, self.stage
+        batch = tuple(t.to(rt.device, non_blocking=True) for t in batch)
+        # Under DDP, gradients are all-reduced only on the last micro-batch of a step.
+        no_sync = model.no_sync() if (rt.distributed and not sync) else contextlib.nullcontext()
+        with no_sync:
+            with rt.autocast():
+                teacher_out = None
+                if stage.teacher_forward is not None:
+                    with torch.no_grad():
+                        teacher_out = stage.teacher_forward(batch)
+                losses = model(batch, teacher_out)
+            losses = {k: v.float().mean() for k, v in losses.items()}   # DataParallel: one value per GPU
+            loss = losses["loss"] / group_size
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        self.tracker.add(losses, step, group_size)
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.tracker.end_step()
+
+    def _after_step(self, model: nn.Module, progress: TrainingProgress, total_steps: int, epoch_end: bool,
+                    bar: tqdm) -> None:
+        """Logging, evaluation and checkpointing due after an optimizer step."""
+        cfg, step = self.config, progress.global_step
+        final = step >= total_steps
+        do_log = step % cfg.logging_steps == 0 or epoch_end or final
+        do_eval = self.stage.evaluate is not None and (
+            (cfg.eval_steps > 0 and step % cfg.eval_steps == 0) or epoch_end or final)
+        do_save = (cfg.save_steps > 0 and step % cfg.save_steps == 0) or final
+        if do_log or do_eval or do_save:
+            self._check_finite()
+        if do_log:
+            self._log(progress, bar)
+        if do_eval:
+            self._evaluate(progress)
+            model.train()
+        if do_save:
+            self._save(progress, total_steps)
+
+    # ---------------------------------------------------------------- pieces
+
+    def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        dataset = self.stage.train_dataset(epoch)
+        sampler = ResumableSampler(len(dataset), epoch, self.config.seed, rank=self.runtime.rank,
+                                   world_size=self.world_size, skip=skip_batches * self.config.micro_batch_size)
+        # An own generator keeps the loader from drawing on the global RNG.
+        generator = torch.Generator().manual_seed(self.config.seed + epoch)
+        return DataLoader(dataset, batch_size=self.config.micro_batch_size, sampler=sampler, generator=generator,
+                          pin_memory=self.runtime.device.type == "cuda")
+
+    def _log(self, progress: TrainingProgress, bar: tqdm) -> None:
+        now = time.perf_counter()
+        last_time, last_step = self._last_log
+        record = self.tracker.flush()
+        record.update(step=progress.global_step, epoch=progress.epoch, lr=_current_lr(self.optimizer),
+                      steps_per_sec=(progress.global_step - last_step) / max(now - last_time, 1e-9))
+        self._last_log = (now, progress.global_step)
+        self.metrics.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}",
+                        steps_s=f"{record['steps_per_sec']:.2f}")
+        logger.debug("step %d: %s", progress.global_step, record)
+
+    def _check_finite(self) -> None:
+        """Stop (on every rank) when some rank saw a NaN/inf loss since the last check."""
+        reports = self.runtime.all_gather_object(self.tracker.first_bad())
+        bad = next((r for r in reports if r is not None), None)
+        if bad is None:
+            return
+        step, parts = bad
+        parts_text = ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
+        where = (f"the last checkpoint is {self.last_checkpoint} (resume from it with --continue_train, e.g. "
+                 "with a lower --learning_rate)") if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDiverged(f"the loss is not finite at optimizer step {step} ({parts_text}); "
+                               f"training stopped; {where}")
+
+    def _evaluate(self, progress: TrainingProgress) -> None:
+        """Evaluate; on a new best, put the student into output_dir (the first evaluation always counts)."""
+        stage, rt, step = self.stage, self.runtime, progress.global_step
+        metrics = stage.evaluate()
+        self.metrics.append({"step": step, "epoch": progress.epoch, "eval": metrics})
+        logger.info("step %d dev: %s", step, _format_metrics(metrics))
+        value = metrics.get(stage.main_metric) if stage.main_metric else None
+        if value is None:
+            return
+        if progress.best_step is None or _rank(value) > _rank(progress.best_metric):
+            progress.best_metric, progress.best_step = float(value), step
+            if rt.is_main:
+                install_model_files(self.output_dir, stage.save_student)
+                atomic_write_json(self.output_dir / "best_results.json",
+                                  {"step": step, "epoch": progress.epoch, **metrics})
+            logger.info("new best %s = %.4f at step %d: saved to %s", stage.main_metric, value, step, self.output_dir)
+        rt.barrier()
+
+    def _save(self, progress: TrainingProgress, total_steps: int) -> None:
+        rt, step = self.runtime, progress.global_step
+        rng = rt.all_gather_object(get_rng_state())
+        if rt.is_main:
+            state = {
+                "version": STATE_VERSION,
+                "progress": asdict(progress),
+                "total_steps": total_steps,
+                "optimizer": optimizer_state_to_save(self.optimizer),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": rng,
+                "tracker": self.tracker.state_dict(),
+                "config": self._fingerprint(),
+            }
+            path = save_checkpoint(self.output_dir, step, self.stage.save_student, state, self.config.save_total_limit)
+            logger.info("saved %s", path)
+        self.last_checkpoint = self.output_dir / f"checkpoint-{step}"
+        rt.barrier()
+
+    def _restore(self, total_steps: int) -> TrainingProgress:
+        """Load optimizer, scaler, loss sums and RNG states from the checkpoint; return its progress."""
+        rt, path = self.runtime, self.config.resume_from
+        state = load_training_state(path)
+        self._check_resumable(state, total_steps)
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.tracker.load_state_dict(state["tracker"])
+        rng_states = state["rng"]
+        set_rng_state(rng_states[rt.rank] if rt.rank < len(rng_states) else rng_states[0])
+        progress = TrainingProgress(**state["progress"])
+        logger.info("resumed from %s: step %d, epoch %d, %d micro-batches of it done", path,
+                    progress.global_step, progress.epoch, progress.batches_done)
+        return progress
+
+    def _fingerprint(self) -> Dict[str, Any]:
+        cfg = self.config
+        return {"micro_batch_size": cfg.micro_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+                "world_size": self.world_size, "seed": cfg.seed, **self.stage.describe}
+
+    def _check_resumable(self, state: Dict[str, Any], total_steps: int) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise UserError(f"{self.config.resume_from} was written by an incompatible version; start over "
+                            "with --overwrite_output_dir")
+        saved, now = state["config"], self._fingerprint()
+        for key in sorted(set(saved) | set(now)):
+            if saved.get(key) != now.get(key):
+                if key in self.stage.describe:
+                    raise UserError(f"cannot resume {self.config.resume_from}: it was written with {key}="
+                                    f"{saved.get(key)!r}, this run has {now.get(key)!r}")
+                logger.warning("resuming with %s=%r (checkpoint: %r): the run will not repeat the original one",
+                               key, now.get(key), saved.get(key))
+        if state["total_steps"] != total_steps:
+            logger.warning("resuming with %d total steps (checkpoint: %d)", total_steps, state["total_steps"])
+
+
+class _LossTracker:
+    """Per-step means of the loss parts summed on the device, and the first non-finite step, without host syncs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.keys: Optional[List[str]] = None
+        self.sums: Optional[Tensor] = None
+        self.bad_parts: Optional[Tensor] = None
+        self.steps = 0
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, losses: Dict[str, Tensor], step: int, group_size: int) -> None:
+        """Add one micro-batch's losses (``group_size`` micro-batches make optimizer step ``step``)."""
+        if self.keys is None:
+            self.keys = list(losses)
+        values = torch.stack([losses[k].detach() for k in self.keys])
+        if self.sums is None:
+            self.sums = torch.zeros_like(values)
+            self.bad_parts = torch.zeros_like(values)
+        self.sums += values / group_size
+        newly_bad = (~torch.isfinite(values).all()) & (self.bad_step < 0)
+        self.bad_step = torch.where(newly_bad, torch.full_like(self.bad_step, step), self.bad_step)
+        self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The sums since the last log (so a resumed run logs the same means)."""
+        sums = self.sums.cpu() if self.sums is not None else None
+        return {"keys": list(self.keys or []), "sums": sums, "steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state["sums"] is not None:
+            self.keys = list(state["keys"])
+            self.sums = state["sums"].to(self.device)
+            self.bad_parts = torch.zeros_like(self.sums)
+            self.steps = int(state["steps"])
+
+    def end_step(self) -> None:
+        self.steps += 1
+
+    def first_bad(self):
+        """(step, parts) of the first non-finite loss seen, or None (one host sync)."""
+        step = int(self.bad_step.item())
+        if step < 0:
+            return None
+        return step, dict(zip(self.keys, self.bad_parts.tolist()))
+
+    def flush(self) -> Dict[str, float]:
+        """Mean of each loss part over the optimizer steps since the last flush (one host sync)."""
+        if self.sums is None or self.steps == 0:
+            return {}
+        record = {k: v / self.steps for k, v in zip(self.keys, self.sums.tolist())}
+        self.sums.zero_()
+        self.steps = 0
+        return record
+
+
+def _rank(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    get_lr = getattr(optimizer, "get_lr", None)
+    if callable(get_lr):
+        lrs = get_lr()
+        if lrs:
+            return float(lrs[0]) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _format_metrics(metrics: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

@@ -1,0 +1,189 @@
+"""Checkpoint directories, training state, RNG state and the output-dir rules (spikingbert/checkpoint.py)."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikingbert.checkpoint import (
+    TRAINING_STATE_NAME,
+    atomic_write_json,
+    install_model_files,
+    latest_checkpoint,
+    list_checkpoints,
+    load_optimizer_state,
+    load_training_state,
+    optimizer_state_to_save,
+    prepare_output_dir,
+    save_checkpoint,
+)
+from spikingbert.errors import UsageError, UserError
+from spikingbert.runtime import get_rng_state, set_rng_state
+from spikingbert.trainer import MetricsLog, ResumableSampler
+from transformer.optimization import BertAdam
+
+
+def _writer(tag: str):
+    """A stand-in for ``student.save_pretrained``: the files of a complete student dir."""
+    def write(directory):
+        (directory / "config.json").write_text(json.dumps({"tag": tag}))
+        (directory / "model.safetensors").write_bytes(tag.encode())
+        (directory / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    return write
+
+
+def _no_temporaries(directory) -> bool:
+    return not [p for p in directory.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_atomic_write_json_replaces_whole_file(tmp_path):
+    path = tmp_path / "args.json"
+    atomic_write_json(path, {"a": 1})
+    atomic_write_json(path, {"b": [1, 2]})
+    assert json.loads(path.read_text()) == {"b": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["args.json"]
+
+
+def test_save_checkpoint_writes_complete_dir_and_rotates(tmp_path):
+    for step in (2, 4, 6):
+        path = save_checkpoint(tmp_path, step, _writer(f"s{step}"), {"global_step": step}, save_total_limit=2)
+        assert path == tmp_path / f"checkpoint-{step}"
+        assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", TRAINING_STATE_NAME,
+                                                          "vocab.txt"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert load_training_state(latest_checkpoint(tmp_path)) == {"global_step": 6}
+    assert _no_temporaries(tmp_path)
+    # Re-saving a step replaces the directory as a whole.
+    save_checkpoint(tmp_path, 6, _writer("again"), {"global_step": 6, "x": 1})
+    assert json.loads((tmp_path / "checkpoint-6" / "config.json").read_text()) == {"tag": "again"}
+    assert _no_temporaries(tmp_path)
+
+
+def test_failed_checkpoint_write_leaves_nothing_and_incomplete_dirs_are_ignored(tmp_path):
+    save_checkpoint(tmp_path, 3, _writer("ok"), {"global_step": 3})
+
+    def broken(directory):
+        (directory / "config.json").write_text("{}")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 5, broken, {"global_step": 5})
+    assert not (tmp_path / "checkpoint-5").exists() and _no_temporaries(tmp_path)
+    # A directory without training state (e.g. copied by hand) is not a resumable checkpoint.
+    (tmp_path / "checkpoint-9").mkdir()
+    _writer("partial")(tmp_path / "checkpoint-9")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+
+
+def test_install_model_files_puts_student_into_output_dir(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    install_model_files(tmp_path, _writer("final"))
+    assert json.loads((tmp_path / "config.json").read_text()) == {"tag": "final"}
+    assert (tmp_path / "model.safetensors").read_bytes() == b"final"
+    assert (tmp_path / "metrics.jsonl").exists() and _no_temporaries(tmp_path)
+
+
+def test_prepare_output_dir_rules(tmp_path):
+    out = tmp_path / "run"
+    assert prepare_output_dir(out, continue_train=False, overwrite=False) is None    # created
+    assert out.is_dir()
+    save_checkpoint(out, 4, _writer("a"), {"global_step": 4})
+    (out / "train.log").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    (out / ".tmp-checkpoint-8-abc").mkdir()                                              # killed mid-save
+
+    with pytest.raises(UsageError) as err:
+        prepare_output_dir(out, continue_train=False, overwrite=False)
+    assert err.value.exit_code == 2
+    assert "--continue_train" in str(err.value) and "--overwrite_output_dir" in str(err.value)
+
+    assert prepare_output_dir(out, continue_train=True, overwrite=False) == out / "checkpoint-4"
+    assert _no_temporaries(out)
+
+    assert prepare_output_dir(out, continue_train=False, overwrite=True) is None
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]   # only the user's own file stays
+
+
+def test_rng_state_round_trip_through_weights_only_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.normal()                      # leaves a cached gaussian in numpy's state
+    torch.save(get_rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), np.random.normal(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.normal(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+class _Schedule:
+    """An object in a param group, as some optimizers keep (not loadable with weights_only)."""
+
+
+def _train(model, optimizer, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(4, 3, generator=gen)
+        loss = (model(x) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_optimizer_state_resumes_bertadam_schedule_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+    twin = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+    make = lambda m: BertAdam(m.parameters(), lr=0.05, warmup=0.2, t_total=10, schedule="warmup_linear")
+    opt = make(model)
+    opt.param_groups[0]["hook"] = _Schedule()
+    _train(model, opt, 4, seed=1)
+    torch.save(optimizer_state_to_save(opt), tmp_path / "opt.pt")
+
+    twin.load_state_dict(model.state_dict())
+    twin_opt = make(twin)
+    twin_opt.param_groups[0]["hook"] = _Schedule()
+    load_optimizer_state(twin_opt, torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert isinstance(twin_opt.param_groups[0]["hook"], _Schedule)   # non-plain values come from the live one
+    assert twin_opt.get_lr() == opt.get_lr()
+
+    _train(model, opt, 3, seed=2)
+    _train(twin, twin_opt, 3, seed=2)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_training_state_reports_corrupt_file(tmp_path):
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    (ckpt / TRAINING_STATE_NAME).write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="checkpoint-1"):
+        load_training_state(ckpt)
+
+
+def test_resumable_sampler_order_shards_and_skip():
+    full = list(ResumableSampler(11, epoch=0, seed=5))
+    assert sorted(full) == list(range(11))
+    assert full == list(ResumableSampler(11, epoch=0, seed=5))              # reproducible
+    assert full != list(ResumableSampler(11, epoch=1, seed=5))              # reshuffled per epoch
+    assert list(ResumableSampler(11, epoch=0, seed=5, skip=4)) == full[4:]
+    shards = [list(ResumableSampler(11, epoch=0, seed=5, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 6                           # padded to equal length
+    assert set(shards[0]) | set(shards[1]) == set(range(11))
+    # The two ranks together see the single-process order, interleaved.
+    assert [shards[i % 2][i // 2] for i in range(11)] == full
+
+
+def test_metrics_log_drops_records_past_the_resumed_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    for step in (2, 4, 6):
+        log.append({"step": step, "loss": float(step)})
+    resumed = MetricsLog(path, keep_until_step=4)
+    resumed.append({"step": 6, "loss": 60.0})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 4.0}, {"step": 6, "loss": 60.0}]

@@ -1,0 +1,312 @@
+"""End-to-end CLI runs of the pipeline on tiny models and data.
+
+preprocess -> general KD -> task IKD -> --pred_distill -> --do_eval, each step reading the
+previous step's output dir as is, for SST-2 (classification) and STS-B (regression). The
+teachers are tiny random BERTs (H 32, 4 layers) built here with the vendored
+`transformer.modeling`; the student has H 32, 2 layers, T = 4..8.
+
+The builders below (`build_world`, `run_script`, ...) are shared with test_resume.py and
+test_torchrun.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from scipy.stats import pearsonr
+
+from models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert import glue
+from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
+from transformer.tokenization import BertTokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = [f"w{i}" for i in range(120)] + ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TEACHER = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=128)
+# initializer_range 0.5: a random tiny student whose deeper layers spike (so predictions vary by input).
+STUDENT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=128, initializer_range=0.5, t_conv=4, vth=1.0)
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+
+
+@dataclass
+class World:
+    root: Path
+    vocab: Path
+    teacher_general: Path
+    teacher_sst2: Path
+    teacher_stsb: Path
+    student_config: Path
+    corpus: Path
+    sst2: Path
+    stsb: Path
+
+
+def _sentence(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def build_world(root: Path, seed: int = 0, dev_size: int = 11) -> World:
+    """Tiny teachers, a student config, a corpus and SST-2 / STS-B TSVs under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS + [".", ","]) + "\n")
+    vocab_size = len(SPECIAL) + len(WORDS) + 2
+    torch.manual_seed(seed)
+    teachers = {}
+    for name, cls, labels in (("teacher_general", BertForPreTraining, 2), ("teacher_sst2", BertForSequenceClassification, 2),
+                              ("teacher_stsb", BertForSequenceClassification, 1)):
+        model = cls(BertConfig(vocab_size=vocab_size, num_labels=labels, **TEACHER))
+        model.save_pretrained(root / name)
+        (root / name / "vocab.txt").write_text(vocab.read_text())
+        teachers[name] = root / name
+    student = root / "student_config"
+    student.mkdir(exist_ok=True)
+    (student / "config.json").write_text(json.dumps(dict(vocab_size=vocab_size, **STUDENT)))
+
+    rng = random.Random(seed)
+    corpus = root / "corpus.txt"
+    docs = ["\n".join(_sentence(rng, 4, 9) + " ." for _ in range(rng.randint(3, 6))) for _ in range(16)]
+    corpus.write_text("\n\n".join(docs) + "\n")
+    sst2 = root / "SST-2"
+    sst2.mkdir(exist_ok=True)
+    stsb = root / "STS-B"
+    stsb.mkdir(exist_ok=True)
+    for split, n in (("train", 40), ("dev", dev_size)):
+        rows = "".join(f"{_sentence(rng, 3, 8)}\t{rng.randint(0, 1)}\n" for _ in range(n))
+        (sst2 / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+        rows = "".join(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{_sentence(rng, 3, 7)}\t{_sentence(rng, 3, 7)}\t"
+                       f"{rng.uniform(0, 5):.3f}\n" for i in range(n))
+        (stsb / f"{split}.tsv").write_text(STSB_HEADER + rows)
+    rows = "".join(f"{_sentence(rng, 3, 8)}\t{rng.randint(0, 1)}\n" for _ in range(24))
+    (sst2 / "train_aug.tsv").write_text("sentence\tlabel\n" + rows)
+    return World(root, vocab, teachers["teacher_general"], teachers["teacher_sst2"], teachers["teacher_stsb"],
+                 student, corpus, sst2, stsb)
+
+
+def script_env() -> Dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run_script(script: str, *args, expect_rc: int = 0, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run one of the repository's entry scripts; assert its exit status."""
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=script_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == expect_rc, f"{script} exited {proc.returncode}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def task_args(world: World, task: str, student: Path, output: Path, *extra) -> List[str]:
+    data, teacher = (world.sst2, world.teacher_sst2) if task == "SST-2" else (world.stsb, world.teacher_stsb)
+    return ["--task_name", task, "--data_dir", data, "--teacher_model", teacher, "--spiking_student_model", student,
+            "--output_dir", output, "--do_lower_case", "--train_batch_size", "8", *extra]
+
+
+def weights(directory: Path) -> Dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def independent_dev_metrics(student_dir: Path, task: str, data_dir: Path, max_seq_length: int) -> Dict[str, float]:
+    """Dev metrics recomputed in this process from the saved student, with numpy/scipy."""
+    tokenizer = BertTokenizer.from_pretrained(student_dir, do_lower_case=True)
+    dataset, _, _ = glue.load_task_dataset(task, data_dir, "dev", tokenizer, max_seq_length)
+    input_ids, input_mask, segment_ids, labels, _ = dataset.tensors
+    num_labels = 1 if task == "STS-B" else 2
+    model = SpikingBertForSequenceClassification.from_pretrained(student_dir, num_labels=num_labels).eval()
+    with torch.no_grad():
+        logits = model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits.numpy()
+    if task == "STS-B":
+        return {"pearson": float(pearsonr(logits.reshape(-1), labels.numpy())[0])}
+    return {"acc": float((logits.argmax(1) == labels.numpy()).mean())}
+
+
+def assert_student_dir(directory: Path) -> None:
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        assert (directory / name).is_file(), f"{directory} lacks {name}"
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def general_dir(world) -> Path:
+    """preprocess_training_data.py, then general KD (shared by the task chains)."""
+    pregenerated = world.root / "pregenerated"
+    run_script("preprocess_training_data.py", "--train_corpus", world.corpus, "--output_dir", pregenerated,
+               "--bert_model", world.teacher_general, "--do_lower_case", "--epochs_to_generate", "2",
+               "--max_seq_len", "24")
+    out = world.root / "general"
+    run_script("spiking_bert_general_distill.py", "--pregenerated_data", pregenerated,
+               "--teacher_model", world.teacher_general, "--spiking_student_model", world.student_config,
+               "--output_dir", out, "--do_lower_case", "--train_batch_size", "16", "--num_train_epochs", "2",
+               "--t_conv", "6", "--eval_step", "2", "--save_total_limit", "2", "--learning_rate", "1e-3")
+    return out
+
+
+def test_general_distillation_output(general_dir, world):
+    assert_student_dir(general_dir)
+    config = json.loads((general_dir / "config.json").read_text())
+    assert config["t_conv"] == 6                                  # --t_conv is stored with the student
+    assert config["fit_size"] == TEACHER["hidden_size"]           # fit_dense projects to the teacher's width
+    assert config["num_hidden_layers"] == 2
+    assert (general_dir / "vocab.txt").read_text() == world.vocab.read_text()
+    args = json.loads((general_dir / "args.json").read_text())
+    assert args["layer_stride"] == 2 and args["stage"] == "general"
+    # 2 data epochs of ~40 instances, batch 16 -> 3 steps each; checkpoints every 2 steps, the last 2 kept.
+    steps = [int(p.name.split("-")[1]) for p in general_dir.glob("checkpoint-*")]
+    assert len(steps) == 2 and max(steps) == 6
+    assert max_weight_diff(general_dir, general_dir / "checkpoint-6") == 0.0   # final model == last checkpoint
+    records = read_jsonl(general_dir / "metrics.jsonl")
+    assert {"loss", "att_loss", "rep_loss", "lr", "steps_per_sec"} <= records[-1].keys()
+    for r in records:
+        assert r["loss"] == pytest.approx(r["att_loss"] + r["rep_loss"], rel=1e-5)
+    assert "train" in (general_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize("task", ["SST-2", "STS-B"])
+def test_task_chain_ikd_pred_eval(general_dir, world, task):
+    root = world.root / task
+    ikd, pred, evaluated = root / "ikd", root / "pred", root / "eval"
+
+    # Task IKD: no --num_train_epochs / --max_seq_length -> per-task defaults, capped by --max_steps.
+    # STS-B also runs with --fp16 (bf16 autocast on the CPU), SST-2 with --aug_train (train_aug.tsv).
+    variant = ["--fp16"] if task == "STS-B" else ["--aug_train"]
+    run_script("spiking_bert_task_distill.py", *task_args(world, task, general_dir, ikd, "--max_steps", "3", *variant))
+    assert_student_dir(ikd)
+    args = json.loads((ikd / "args.json").read_text())
+    assert args["fp16"] == (task == "STS-B") and args["aug_train"] == (task == "SST-2")
+    assert all(math.isfinite(r["loss"]) for r in read_jsonl(ikd / "metrics.jsonl"))
+    defaults = glue.default_task_settings(task)
+    assert args["num_train_epochs_used"] == defaults.num_train_epochs
+    assert args["max_seq_length_used"] == defaults.max_seq_length
+    assert args["stage"] == "intermediate"
+    log = (ikd / "train.log").read_text()
+    assert ("24 training examples (aug)" if task == "SST-2" else "40 training examples (train)") in log
+    assert f"max_seq_length {defaults.max_seq_length} (default for {task.lower()})" in log
+    teacher = json.loads((ikd / "teacher_results.json").read_text())
+    assert teacher["examples"] == 11 and glue.main_metric(task) in teacher
+    assert max_weight_diff(ikd, ikd / "checkpoint-3") == 0.0
+
+    # Prediction KD from the IKD dir as is: dev evaluation every 2 steps and at the end, best kept.
+    run_script("spiking_bert_task_distill.py", *task_args(world, task, ikd, pred, "--pred_distill",
+               "--num_train_epochs", "1", "--max_seq_length", "24", "--eval_step", "2", "--t_conv", "8"))
+    assert_student_dir(pred)
+    evals = [r for r in read_jsonl(pred / "metrics.jsonl") if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4, 5]                # every 2 steps + epoch end (40 / 8 = 5 steps)
+    metric = glue.main_metric(task)
+    best = json.loads((pred / "best_results.json").read_text())
+    scores = [r["eval"][metric] for r in evals]
+    assert best[metric] == max(s for s in scores if s == s)
+    assert best["step"] == next(r["step"] for r in evals if r["eval"][metric] == best[metric])
+    assert max_weight_diff(pred, pred / f"checkpoint-{best['step']}") == 0.0   # output_dir holds the best model
+    assert json.loads((pred / "config.json").read_text())["t_conv"] == 8
+
+    # --do_eval of the prediction-KD dir as is (no teacher); an independent recomputation agrees.
+    proc = run_script("spiking_bert_task_distill.py", "--do_eval", "--task_name", task, "--data_dir",
+                      world.sst2 if task == "SST-2" else world.stsb, "--spiking_student_model", pred,
+                      "--output_dir", evaluated, "--do_lower_case", "--max_seq_length", "24",
+                      "--eval_batch_size", "64", "--no_cuda")   # on the CPU, like the recomputation below
+    results = json.loads((evaluated / "eval_results.json").read_text())
+    assert {"t_conv", "vth", "examples", "seconds"} <= results.keys()
+    assert results["t_conv"] == 8 and results["vth"] == 1.0 and results["examples"] == 11
+    expected = independent_dev_metrics(pred, task, world.sst2 if task == "SST-2" else world.stsb, 24)
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-6)
+    if task == "STS-B":
+        assert {"pearson", "spearmanr", "corr"} <= results.keys()
+        assert np.isfinite(results["pearson"])                   # predictions vary across examples
+    assert metric in proc.stdout and "t_conv" in proc.stdout      # the printed table
+    # The evaluation in the pred-KD run at the best step gave the same score as --do_eval (both on the
+    # CPU: a GPU's different float rounding can flip spikes at the threshold).
+    if not torch.cuda.is_available():
+        assert best[metric] == pytest.approx(results[metric], abs=1e-6)
+
+
+def _single_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_layer_count_mismatch_is_one_clear_line(world, tmp_path):
+    student = tmp_path / "student3"
+    student.mkdir()
+    config = json.loads((world.student_config / "config.json").read_text())
+    (student / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    out = tmp_path / "out"
+    proc = run_script("spiking_bert_task_distill.py", *task_args(world, "SST-2", student, out), expect_rc=2)
+    line = _single_error_line(proc)
+    assert "teacher has 4 layers and the student 3" in line and "--spiking_student_model" in line
+    assert not out.exists()                                       # checked before anything is written
+
+
+def test_non_empty_output_dir_is_one_clear_line(world, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something.txt").write_text("x")
+    proc = run_script("spiking_bert_task_distill.py", *task_args(world, "SST-2", world.student_config, out),
+                      expect_rc=2)
+    line = _single_error_line(proc)
+    assert str(out) in line and "--continue_train" in line and "--overwrite_output_dir" in line
+    assert sorted(p.name for p in out.iterdir()) == ["something.txt"]
+
+
+def test_mnli_eval_reports_matched_and_mismatched(world, tmp_path):
+    """--do_eval on MNLI evaluates dev_matched and dev_mismatched (mm_ keys), each checked independently."""
+    data = tmp_path / "MNLI"
+    data.mkdir()
+    rng = random.Random(3)
+    header = "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    labels = ("contradiction", "entailment", "neutral")
+    for name, n in (("dev_matched.tsv", 7), ("dev_mismatched.tsv", 9)):
+        rows = "".join(f"{i}\t1\t1\tg\tx\tx\tx\tx\t{_sentence(rng, 3, 6)}\t{_sentence(rng, 3, 6)}\tl\t"
+                       f"{rng.choice(labels)}\n" for i in range(n))
+        (data / name).write_text(header + rows)
+    student = tmp_path / "student"
+    SpikingBertForSequenceClassification.from_pretrained(world.student_config, num_labels=3).save_pretrained(
+        student, vocab_file=world.vocab)
+    out = tmp_path / "eval"
+    run_script("spiking_bert_task_distill.py", "--do_eval", "--task_name", "MNLI", "--data_dir", data,
+               "--spiking_student_model", student, "--output_dir", out, "--do_lower_case", "--max_seq_length", "24",
+               "--eval_batch_size", "64", "--no_cuda")
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["examples"] == 16
+    tokenizer = BertTokenizer.from_pretrained(student, do_lower_case=True)
+    model = SpikingBertForSequenceClassification.from_pretrained(student, num_labels=3).eval()
+    for split, key in (("dev", "acc"), ("dev_mm", "mm_acc")):
+        dataset, _, _ = glue.load_task_dataset("MNLI", data, split, tokenizer, 24)
+        input_ids, input_mask, segment_ids, gold, _ = dataset.tensors
+        with torch.no_grad():
+            logits = model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits
+        assert results[key] == pytest.approx((logits.argmax(1) == gold).double().mean().item(), abs=1e-12)
