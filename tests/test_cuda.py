@@ -30,10 +30,14 @@ def test_cuda_schedules_and_cpu_agree():
     with torch.no_grad():
         cpu = model(*inputs).rates[-1]
         model.cuda()
-        fast = model(*(t.cuda() for t in inputs))
+        fast = model(*(t.cuda() for t in inputs), output_layer_rates=True)
         model.config.schedule = "step"
-        step = model(*(t.cuda() for t in inputs))
-    assert torch.equal(fast.logits, step.logits)
+        step = model(*(t.cuda() for t in inputs), output_layer_rates=True)
+    # float32 GEMMs of different heights round differently on the GPU: a membrane within rounding
+    # of the threshold may fire one step earlier or later, so compare spike counts, not bits
+    counts_fast = torch.cat([r.flatten() for r in fast.layer_rates.values()]) * 24
+    counts_step = torch.cat([r.flatten() for r in step.layer_rates.values()]) * 24
+    assert (counts_fast - counts_step).abs().sum() / counts_step.sum() < 1e-2
     differing = (fast.rates[-1].cpu() != cpu).float().mean().item()    # GEMM rounding differs between devices
     assert differing < 1e-2, differing
 
