@@ -10,12 +10,12 @@ import argparse
 import logging
 from typing import List
 
-from spikingbert.errors import run_cli
+from spikingbert.errors import ArgumentParser, run_cli
 from spikingbert.glue_download import TASKS, DownloadConfig, download_glue, parse_tasks
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="directory to put the task directories in")
     parser.add_argument("--tasks", default="all",
                         help=f"'all' or a comma list of {','.join(task.name for task in TASKS)} (case-insensitive)")

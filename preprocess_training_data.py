@@ -12,14 +12,15 @@ Logic: spikingbert/pretraining_data.py.
 """
 import argparse
 import logging
+from pathlib import Path
 from typing import List
 
-from spikingbert.errors import UsageError, run_cli
+from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
 from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_corpus", required=True,
                         help="text file: one sentence a line, blank line between documents")
     parser.add_argument("--output_dir", required=True, help="directory for epoch_{i}.json and epoch_{i}_metrics.json")
@@ -68,6 +69,8 @@ def main(argv: List[str]) -> None:
         seed=args.seed,
     )
     config.validate()
+    if not Path(args.train_corpus).is_file():
+        raise DataError(f"--train_corpus {args.train_corpus} not found")    # before --output_dir is created
     tokenizer = load_tokenizer(args.bert_model, args.do_lower_case)
     generate_pretraining_data(args.train_corpus, args.output_dir, tokenizer, config, args.epochs_to_generate,
                               reduce_memory=args.reduce_memory, num_workers=args.num_workers)

@@ -9,10 +9,11 @@ resolved per task (SPEC §3) by `spikingbert.distill`.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .errors import UsageError
+from .errors import ArgumentParser, UsageError
 
 __all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args"]
 
@@ -45,7 +46,11 @@ def _common(parser: argparse.ArgumentParser, default_eval_step: int, default_bat
       help="evaluate (prediction KD) every this many steps; also the default --save_steps")
     p("--save_steps", type=int, default=None, help="write checkpoint-{step} every this many steps (default: --eval_step)")
     p("--save_total_limit", type=int, default=None, help="keep only the newest this many checkpoints")
+    p("--logging_steps", type=int, default=10, help="log the averaged losses to metrics.jsonl every this many steps")
     p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
+    p("--skip_nan_batches", type=int, default=0,
+      help="skip (no update) up to this many optimizer steps whose loss or gradient is NaN/inf, then stop; "
+           "0: stop at the first one")
     p("--do_eval", action="store_true", help="evaluate --spiking_student_model instead of training")
     p("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
     spiking = parser.add_argument_group("spiking student (default: the value in the student's config.json)")
@@ -60,8 +65,33 @@ def _common(parser: argparse.ArgumentParser, default_eval_step: int, default_bat
       help="implicit differentiation (ide) or backpropagation through time (bptt)")
 
 
+def _demo_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
+    """``--init_from_teacher`` (both scripts) and the ``--do_eval`` report flags (task script)."""
+    p = parser.add_argument
+    p("--init_from_teacher", action="store_true",
+      help="a new student (no weights) starts from the teacher's embeddings and every k-th teacher layer "
+           "(student layer j <- teacher layer j*k+k-1, k = teacher layers / student layers)")
+    if evaluation:
+        p("--report", action="store_true",
+          help="--do_eval: also write the spike and energy report (report.json, report.md, PNGs) into "
+               "OUTPUT_DIR/report/")
+        p("--adaptive_t", type=float, default=None, metavar="TOL",
+          help="--do_eval: also evaluate with adaptive stopping (stop once the [CLS] rate of the last layer moves "
+               "by less than TOL over --adaptive_window steps) and compare with the fixed T")
+        p("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks (--adaptive_t)")
+
+
+def _validate_report_flags(args: argparse.Namespace) -> None:
+    if args.adaptive_t is not None and not (math.isfinite(args.adaptive_t) and args.adaptive_t >= 0):
+        raise UsageError(f"--adaptive_t must be a number >= 0 (got {args.adaptive_t})")
+    if args.adaptive_window < 1:
+        raise UsageError(f"--adaptive_window must be >= 1 (got {args.adaptive_window})")
+    if (args.report or args.adaptive_t is not None) and not args.do_eval:
+        raise UsageError("--report and --adaptive_t only work with --do_eval")
+
+
 def general_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="General distillation: train a spiking student from a pre-trained BERT on pregenerated data.")
     parser.add_argument("--pregenerated_data", type=Path, required=True,
                         help="directory written by preprocess_training_data.py (epoch_{i}.json files)")
@@ -69,11 +99,12 @@ def general_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reduce_memory", action="store_true", help="keep the pregenerated data on disk (memmap)")
     parser.add_argument("--num_train_epochs", type=float, default=3.0)
     _common(parser, default_eval_step=1000, default_batch=32)
+    _demo_flags(parser, evaluation=False)
     return parser
 
 
 def task_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Task distillation (intermediate KD, --pred_distill prediction KD) and --do_eval evaluation "
                     "of a spiking student on a GLUE task.")
     p = parser.add_argument
@@ -90,6 +121,7 @@ def task_parser() -> argparse.ArgumentParser:
     p("--data_url", type=str, default=None, help="accepted for compatibility with the published scripts; unused")
     p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows instead of stopping")
     _common(parser, default_eval_step=50, default_batch=32)
+    _demo_flags(parser, evaluation=True)
     return parser
 
 
@@ -109,6 +141,7 @@ def parse_task_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.temperature <= 0:
         raise UsageError(f"--temperature must be > 0 (got {args.temperature})")
     _validate_common(args)
+    _validate_report_flags(args)
     _require_dir(args.data_dir, "--data_dir", "download the task with download_glue_data.py")
     return args
 
@@ -130,6 +163,8 @@ def _validate_common(args: argparse.Namespace) -> None:
         (args.save_total_limit is None or args.save_total_limit >= 1,
          f"--save_total_limit must be >= 1 (got {args.save_total_limit})"),
         (args.max_steps >= 0, f"--max_steps must be >= 0 (got {args.max_steps})"),
+        (args.logging_steps >= 1, f"--logging_steps must be >= 1 (got {args.logging_steps})"),
+        (args.skip_nan_batches >= 0, f"--skip_nan_batches must be >= 0 (got {args.skip_nan_batches})"),
         (args.num_train_epochs is None or args.num_train_epochs > 0,
          f"--num_train_epochs must be > 0 (got {args.num_train_epochs})"),
         (args.max_seq_length is None or args.max_seq_length >= 3,
@@ -148,6 +183,9 @@ def _validate_common(args: argparse.Namespace) -> None:
                          "pass a student config directory (e.g. spiking_student_model/) or a saved student")
     if args.teacher_model is not None and "://" not in args.teacher_model:
         _require_dir(Path(args.teacher_model), "--teacher_model", "pass the directory of a saved BERT")
+        if not (Path(args.teacher_model) / "config.json").is_file():
+            raise UsageError(f"--teacher_model {args.teacher_model} has no config.json: pass the directory of a "
+                             "saved BERT (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
 
 
 def _require_dir(path: Path, flag: str, hint: str) -> None:

@@ -10,7 +10,11 @@ Layout of an output directory::
 Every checkpoint directory is written into a temporary directory next to it and
 renamed into place, so ``checkpoint-{step}/`` either exists complete or not at
 all. ``training_state.pt`` holds only tensors, numbers, strings and containers
-of them (loaded back with ``weights_only=True``).
+of them (loaded back with ``weights_only=True``). Old checkpoints are renamed
+to a temporary name before they are deleted, and a killed run's temporaries are
+removed when the directory is next prepared, so a run killed at any moment
+leaves a directory that ``--continue_train`` resumes from its latest complete
+checkpoint.
 """
 from __future__ import annotations
 
@@ -33,12 +37,14 @@ __all__ = [
     "OUTPUT_ARTIFACTS",
     "atomic_write_text",
     "atomic_write_json",
+    "check_output_dir",
     "prepare_output_dir",
     "list_checkpoints",
     "latest_checkpoint",
     "save_checkpoint",
     "install_model_files",
     "load_training_state",
+    "describe_load_error",
     "optimizer_state_to_save",
     "load_optimizer_state",
 ]
@@ -75,6 +81,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def check_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) -> Optional[Path]:
+    """The output-dir rules of `prepare_output_dir`, without touching anything; returns the checkpoint
+    ``--continue_train`` would resume from (None without the flag or without a complete checkpoint)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} exists and is not a directory: choose another --output_dir")
+    entries = [p.name for p in output_dir.iterdir()] if output_dir.is_dir() else []
+    if entries and not (continue_train or overwrite):
+        raise UsageError(
+            f"--output_dir {output_dir} is not empty: pass --continue_train to resume from its latest "
+            "checkpoint, --overwrite_output_dir to start over, or choose another directory"
+        )
+    return latest_checkpoint(output_dir) if continue_train else None
+
+
 def prepare_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) -> Optional[Path]:
     """Check (and create) ``output_dir``; return the checkpoint to resume from, if any.
 
@@ -82,18 +103,11 @@ def prepare_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) 
     checkpoint) or ``--overwrite_output_dir`` (remove this project's files from it).
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output_dir {output_dir} exists and is not a directory")
+    resume_from = check_output_dir(output_dir, continue_train, overwrite)
     entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
-    if entries and not (continue_train or overwrite):
-        raise UsageError(
-            f"--output_dir {output_dir} is not empty: pass --continue_train to resume from its latest "
-            "checkpoint, --overwrite_output_dir to start over, or choose another directory"
-        )
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(output_dir)
     if continue_train:
-        resume_from = latest_checkpoint(output_dir)
         if resume_from is None:
             logger.warning("--continue_train: no complete checkpoint in %s, starting from the beginning", output_dir)
         return resume_from
@@ -159,7 +173,7 @@ def save_checkpoint(
         raise
     if save_total_limit is not None and save_total_limit > 0:
         for _, old in list_checkpoints(output_dir)[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_dir(old)
             logger.info("removed old checkpoint %s (--save_total_limit %d)", old.name, save_total_limit)
     return final
 
@@ -181,15 +195,34 @@ def install_model_files(output_dir: Path, write_model: Callable[[Path], None]) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_training_state(checkpoint_dir: Path) -> Dict[str, Any]:
+def load_training_state(checkpoint_dir: Path, mmap: bool = False) -> Dict[str, Any]:
+    """``training_state.pt`` of a checkpoint (``weights_only``); ``mmap=True`` maps the tensors instead of
+    reading them (a quick check that the file is complete and safe to load)."""
     path = Path(checkpoint_dir) / TRAINING_STATE_NAME
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise UserError(
-            f"cannot read the training state {path} ({err}); delete that checkpoint directory to resume "
-            "from the one before it"
+            f"cannot read the training state {path} ({describe_load_error(err)}); delete that checkpoint "
+            "directory to resume from the one before it"
         ) from err
+
+
+def describe_load_error(err: BaseException) -> str:
+    """A short, one-line reason why ``torch.load(..., weights_only=True)`` refused or failed to read a file.
+
+    torch's own message for a refused global spans many lines and suggests loading with
+    ``weights_only=False``, which would run whatever code the file carries; it is not repeated.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if isinstance(err, pickle.UnpicklingError) and found:
+        return (f"it refers to the Python object {found.group(1)}, which only an unsafe load that can run code "
+                "would create; it was refused (only plain tensors are loaded)")
+    if isinstance(err, pickle.UnpicklingError):
+        return "it is not a valid torch file (damaged, truncated or of another format)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"{type(err).__name__}: {first[:200]}"
 
 
 def optimizer_state_to_save(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
@@ -234,6 +267,13 @@ def _remove_temporaries(output_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 _remove_quietly(path)
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a directory without ever leaving it half deleted under its own name."""
+    doomed = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stale-", dir=path.parent))
+    os.replace(path, doomed / path.name)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_dir_files(directory: Path) -> None:

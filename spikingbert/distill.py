@@ -35,8 +35,8 @@ from models.spiking_bert import (
 from transformer.file_utils import ModelLoadError
 from transformer.tokenization import BertTokenizer
 
-from . import glue
-from .checkpoint import atomic_write_json, prepare_output_dir
+from . import glue, preflight
+from .checkpoint import atomic_write_json, check_output_dir, prepare_output_dir
 from .errors import UsageError, UserError
 from .losses import att_loss, layer_stride, rep_loss, soft_cross_entropy
 from .runtime import Runtime, set_seed, setup_logging, setup_runtime
@@ -276,6 +276,66 @@ def _load_teacher(cls, path: str, **kwargs) -> nn.Module:
         raise UserError(f"--teacher_model {path}: {err}") from err
 
 
+# ------------------------------------------------------------------------------------------ --init_from_teacher
+
+def teacher_init_map(teacher_state: Dict[str, Tensor], student_state: Dict[str, Tensor], stride: int
+                     ) -> Dict[str, str]:
+    """Student key -> teacher key of the tensors ``--init_from_teacher`` copies.
+
+    The embeddings (``bert.embeddings.*``) map to the teacher's, student layer ``j``
+    (``bert.encoder.layer.{j}.*``) to teacher layer ``j*stride + stride - 1`` (the layer
+    whose attention the attention loss matches, SPEC §3). Only tensors present in both
+    models with the same shape are mapped; the heads (fit_dense, classifier, pooler) never are.
+    """
+    mapping = {}
+    for key in student_state:
+        if key.startswith("bert.embeddings."):
+            source = key
+        elif key.startswith("bert.encoder.layer."):
+            layer, rest = key[len("bert.encoder.layer."):].split(".", 1)
+            source = f"bert.encoder.layer.{int(layer) * stride + stride - 1}.{rest}"
+        else:
+            continue
+        if source in teacher_state and teacher_state[source].shape == student_state[key].shape:
+            mapping[key] = source
+    return mapping
+
+
+@torch.no_grad()
+def init_student_from_teacher(student: nn.Module, teacher: nn.Module, stride: int) -> Dict[str, str]:
+    """Copy the teacher's embeddings and every ``stride``-th layer into ``student`` (see `teacher_init_map`).
+
+    Returns the student key -> teacher key map of what was copied; logs it and what was not.
+    """
+    teacher_state = teacher.state_dict()
+    own = student.state_dict()
+    mapping = teacher_init_map(teacher_state, own, stride)
+    for key, source in mapping.items():
+        own[key].copy_(teacher_state[source])
+    layers = sorted({(int(k.split(".")[3]), int(v.split(".")[3])) for k, v in mapping.items()
+                     if k.startswith("bert.encoder.layer.")})
+    skipped = sorted(k for k in own if k.startswith("bert.") and k not in mapping)
+    logger.info("--init_from_teacher: copied %d tensors: the embeddings (%d) and student layer <- teacher layer %s",
+                len(mapping), sum(k.startswith("bert.embeddings.") for k in mapping),
+                ", ".join(f"{j} <- {t}" for j, t in layers) or "none")
+    if skipped:
+        logger.warning("--init_from_teacher: %d student tensors have no teacher tensor of the same name and shape "
+                       "and keep their random initialisation: %s", len(skipped), ", ".join(skipped[:8]))
+    return mapping
+
+
+def _maybe_init_from_teacher(args: argparse.Namespace, student: nn.Module, teacher: nn.Module, stride: int,
+                             source: Path, resume: Optional[Path]) -> Optional[int]:
+    """``--init_from_teacher`` for a new student (no weights, not resuming); returns the tensors copied."""
+    if not getattr(args, "init_from_teacher", False):
+        return None
+    if resume is not None or _has_weights(source):
+        logger.warning("--init_from_teacher ignored: %s already holds trained weights",
+                       resume if resume is not None else source)
+        return None
+    return len(init_student_from_teacher(student, teacher, stride))
+
+
 def _load_tokenizer(path, flag: str, do_lower_case: bool) -> BertTokenizer:
     try:
         return BertTokenizer.from_pretrained(path, do_lower_case=do_lower_case)
@@ -298,6 +358,9 @@ def _check_compatibility(teacher_config, student_config: SpikingBertConfig, toke
     if len(tokenizer.vocab) > student_config.vocab_size:
         raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the student's config.json has "
                          f"vocab_size {student_config.vocab_size}: set vocab_size to at least {len(tokenizer.vocab)}")
+    if len(tokenizer.vocab) > teacher_config.vocab_size:
+        raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the --teacher_model config.json has "
+                         f"vocab_size {teacher_config.vocab_size}: use the vocab.txt the teacher was trained with")
     _check_seq_length(max_seq_length, student_config.max_position_embeddings, "--spiking_student_model")
     _check_seq_length(max_seq_length, teacher_config.max_position_embeddings, "--teacher_model")
     return stride
@@ -319,6 +382,21 @@ def _session(args: argparse.Namespace) -> Iterator[Runtime]:
         yield runtime
     finally:
         runtime.close()
+
+
+def _check_training_output(args: argparse.Namespace, runtime: Runtime) -> Optional[Path]:
+    """The output-dir rules, checked (on the main process) without writing; returns the checkpoint to resume."""
+    outcome: Tuple[Optional[str], Optional[UserError]] = (None, None)
+    if runtime.is_main:
+        try:
+            resume = check_output_dir(args.output_dir, args.continue_train, args.overwrite_output_dir)
+            outcome = (str(resume) if resume else None, None)
+        except UserError as err:
+            outcome = (None, err)
+    resume, error = runtime.broadcast_object(outcome)
+    if error is not None:
+        raise error
+    return Path(resume) if resume else None
 
 
 def _prepare_training_output(args: argparse.Namespace, runtime: Runtime) -> Optional[Path]:
@@ -364,9 +442,11 @@ def _trainer_config(args: argparse.Namespace, micro_batch_size: int, resume: Opt
         max_steps=args.max_steps,
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps,
         eval_steps=eval_steps,
         seed=args.seed,
         resume_from=resume,
+        skip_nan_batches=args.skip_nan_batches,
     )
 
 
@@ -390,16 +470,20 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         if seq_len != args.max_seq_length:
             logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
                         seq_len, args.max_seq_length)
-        stride = _check_compatibility(_teacher_config(args.teacher_model), student_config, tokenizer, seq_len)
-        resume = _prepare_training_output(args, runtime)
+        teacher_config = _teacher_config(args.teacher_model)
+        stride = _check_compatibility(teacher_config, student_config, tokenizer, seq_len)
+        resume = _check_training_output(args, runtime)
+        preflight.check_training_inputs(args, student_config.hidden_size, teacher_config.hidden_size, resume)
         set_seed(args.seed)
         teacher = _load_teacher(BertForPreTraining, args.teacher_model)
         source = resume or args.spiking_student_model
         student = _load_student(SpikingBertForDistillation, source, "--spiking_student_model",
                                 **_student_overrides(args),
                                 **_fit_size_override(source, teacher.config.hidden_size))
+        copied = _maybe_init_from_teacher(args, student, teacher, stride, args.spiking_student_model, resume)
         student.to(runtime.device)
         teacher.to(runtime.device).eval().requires_grad_(False)
+        _prepare_training_output(args, runtime)     # only now, so that a failed start leaves no output dir
 
         if args.num_train_epochs > num_data_epochs:
             logger.warning("%d epochs of pregenerated data for %g training epochs: epochs will be reused",
@@ -432,7 +516,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
             describe={"stage": "general"},
         )
         _write_args(args, runtime, stage="general", layer_stride=stride,
-                    resumed_from=str(resume) if resume else None)
+                    resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
         config = _trainer_config(args, micro_batch_size, resume, args.num_train_epochs, eval_steps=0)
         Trainer(config, runtime, stage).train()
     return 0
@@ -478,9 +562,12 @@ def _load_split(task: str, args: argparse.Namespace, split: str, tokenizer, max_
     return dataset
 
 
+def _dev_splits(task: str) -> List[str]:
+    return ["dev", "dev_mm"] if task == "mnli" else ["dev"]
+
+
 def _dev_sets(task: str, args, tokenizer, max_seq_length: int) -> Dict[str, Dataset]:
-    splits = ["dev", "dev_mm"] if task == "mnli" else ["dev"]
-    return {s: _load_split(task, args, s, tokenizer, max_seq_length) for s in splits}
+    return {s: _load_split(task, args, s, tokenizer, max_seq_length) for s in _dev_splits(task)}
 
 
 def _task_tokenizer(args: argparse.Namespace) -> BertTokenizer:
@@ -520,6 +607,7 @@ def _run_eval(args: argparse.Namespace, runtime: Runtime, task: str, processor) 
     max_seq_length, _, notes = _resolve_task_settings(args, task, prediction=True)
     for note in notes:
         logger.info(note)
+    preflight.check_eval_inputs(args, task, _dev_splits(task))
     tokenizer = _task_tokenizer(args)
     config = _student_config(args.spiking_student_model, "--spiking_student_model")
     _check_seq_length(max_seq_length, config.max_position_embeddings, "--spiking_student_model")
@@ -540,12 +628,67 @@ def _run_eval(args: argparse.Namespace, runtime: Runtime, task: str, processor) 
         "max_seq_length": max_seq_length, "examples": sum(len(d) for d in dev_sets.values()),
         "seconds": round(seconds, 3),
     }
+    if runtime.is_main and (args.report or args.adaptive_t is not None):
+        results.update(_spike_report(args, runtime, task, student, dev_sets["dev"], metrics))
     if runtime.is_main:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.output_dir / "eval_results.json", results)
-        _print_table(f"{task} dev evaluation of {args.spiking_student_model}", results)
+        _print_table(f"{task} dev evaluation of {args.spiking_student_model}", _flat(results))
         logger.info("wrote %s", args.output_dir / "eval_results.json")
     return 0
+
+
+def _spike_report(args: argparse.Namespace, runtime: Runtime, task: str, student: nn.Module, dev_set: Dataset,
+                  metrics: Dict[str, float]) -> Dict[str, Any]:
+    """``--report`` (spike/energy report into ``output_dir/report/``) and ``--adaptive_t`` of ``--do_eval``.
+
+    Returns the fields added to eval_results.json: ``report`` (the written paths) and ``adaptive_t``
+    (mean steps used, the metric with adaptive stopping and at the fixed T, their difference).
+    """
+    from . import report
+
+    loader = DataLoader(dev_set, batch_size=args.eval_batch_size, shuffle=False)
+    teacher_config = _teacher_config(args.teacher_model) if args.teacher_model is not None else None
+    added: Dict[str, Any] = {}
+    stats = None
+    if args.report:
+        stats = report.collect_spike_stats(student, loader, device=runtime.device, task=task,
+                                           teacher_config=teacher_config)
+    adaptive = None
+    if args.adaptive_t is not None:
+        adaptive = report.adaptive_t_eval(student, loader, args.adaptive_t, args.adaptive_window, task,
+                                          device=runtime.device, reference=stats)
+        metric, t_conv = adaptive.metric, adaptive.t_conv
+        value, fixed = adaptive.metrics.get(metric), adaptive.metrics_fixed.get(metric)
+        added["adaptive_t"] = {
+            "tol": adaptive.tol, "window": adaptive.window, "t_conv": t_conv,
+            "mean_steps": adaptive.mean_steps, "min_steps": int(adaptive.steps_per_example.min()),
+            "max_steps": int(adaptive.steps_per_example.max()),
+            "step_reduction": 1.0 - adaptive.mean_steps / t_conv,
+            metric: value, f"{metric}_fixed_T": fixed, f"{metric}_change": value - fixed,
+            "agreement_with_fixed_T": adaptive.agreement,
+            "sops_per_example": adaptive.sops_per_example,
+        }
+    if stats is not None:
+        extra = {"task": task, "model": str(args.spiking_student_model), **metrics,
+                 "teacher_model": str(args.teacher_model) if args.teacher_model is not None else None}
+        paths = report.write_report(stats, args.output_dir / "report", extra, adaptive=adaptive)
+        added["report"] = {"dir": str(args.output_dir / "report"), **{k: str(v) for k, v in paths.items()}}
+        added["spikes_per_example"] = stats.total_spikes_per_example
+        added["energy_uj_per_example"] = {"snn": stats.energy_snn_uj,
+                                          **{f"ann_{name}": stats.energy_ann_uj(name) for name in stats.ann_sizes}}
+    return added
+
+
+def _flat(record: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested dicts as ``outer.inner`` keys (for the printed table)."""
+    flat: Dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _teacher_dev_score(args, runtime: Runtime, task: str, output_mode: str, teacher: nn.Module,
@@ -581,22 +724,27 @@ def _run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, pr
     tokenizer = _task_tokenizer(args)
     student_config = _student_config(args.spiking_student_model, "--spiking_student_model")
     max_seq_length, epochs, notes = _resolve_task_settings(args, task, prediction)
-    stride = _check_compatibility(_teacher_config(args.teacher_model), student_config, tokenizer, max_seq_length)
-    resume = _prepare_training_output(args, runtime)
-    for note in notes:
-        logger.info(note)
+    teacher_config = _teacher_config(args.teacher_model)
+    stride = _check_compatibility(teacher_config, student_config, tokenizer, max_seq_length)
+    resume = _check_training_output(args, runtime)
+    train_split = "aug" if args.aug_train else "train"
+    preflight.check_task_data(task, args.data_dir, [train_split, *_dev_splits(task)], args.skip_bad_rows)
+    preflight.check_training_inputs(args, student_config.hidden_size, teacher_config.hidden_size, resume)
     set_seed(args.seed)
     teacher = _load_teacher(BertForSequenceClassification, args.teacher_model, num_labels=num_labels)
     source = resume or args.spiking_student_model
     student = _load_student(SpikingBertForSequenceClassification, source, "--spiking_student_model",
                             num_labels=num_labels, **_student_overrides(args),
                             **_fit_size_override(source, teacher.config.hidden_size))
+    copied = _maybe_init_from_teacher(args, student, teacher, stride, args.spiking_student_model, resume)
     student.to(runtime.device)
     teacher.to(runtime.device).eval().requires_grad_(False)
 
-    train_split = "aug" if args.aug_train else "train"
     train_set = _load_split(task, args, train_split, tokenizer, max_seq_length)
     dev_sets = _dev_sets(task, args, tokenizer, max_seq_length)
+    _prepare_training_output(args, runtime)         # only now, so that a failed start leaves no output dir
+    for note in notes:
+        logger.info(note)
     teacher_results = _teacher_dev_score(args, runtime, task, output_mode, teacher, dev_sets)
 
     if prediction:
@@ -633,7 +781,7 @@ def _run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, pr
     )
     _write_args(args, runtime, stage=stage_name, task=task, max_seq_length_used=max_seq_length,
                 num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
-                resumed_from=str(resume) if resume else None)
+                resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
     config = _trainer_config(args, micro_batch_size, resume, epochs, eval_steps=args.eval_step if prediction else 0)
     summary = Trainer(config, runtime, stage).train()
     if prediction and summary.best_step is not None:

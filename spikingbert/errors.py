@@ -5,9 +5,17 @@ names the file or flag at fault and says what to do. Entry scripts call their
 `main` through `run_cli`, which prints that line as ``error: <message>`` on stderr
 and exits with the error's `exit_code` (2: bad usage, 1: runtime problem), without
 a traceback unless the debug flag is on the command line.
+
+Errors of the same kind raised by code that cannot depend on this package (the
+student's `models.spiking_bert.SpikingConfigError`, the teacher's
+`transformer.file_utils.ModelLoadError`), command-line syntax errors (through
+`ArgumentParser`) and operating-system errors such as a full disk are reported
+the same way.
 """
+import argparse
+import errno
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
 
 
 class UserError(Exception):
@@ -30,6 +38,54 @@ class DownloadError(UserError):
     """A download failed or produced an unusable file."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose syntax errors (unknown or missing flags, bad values) raise
+    `UsageError`, so that `run_cli` reports them in its one-line format with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+#: Errors of packages that do not import this one: (module, class name, exit status).
+FOREIGN_USER_ERRORS: Tuple[Tuple[str, str, int], ...] = (
+    ("transformer.file_utils", "ModelLoadError", 1),
+    ("models.spiking_bert", "SpikingConfigError", 2),
+)
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined by spaces (messages of wrapped exceptions may span lines)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the quota, or the file-size limit) is full."""
+    return isinstance(err, OSError) and err.errno in _DISK_ERRNOS
+
+
+def describe_os_error(err: OSError) -> str:
+    """``cannot access <file>: <reason>`` of an `OSError`."""
+    where = err.filename if err.filename is not None else "a file"
+    return f"cannot access {where}: {err.strerror or err}"
+
+
+def user_error_status(err: BaseException) -> Optional[Tuple[str, int]]:
+    """``(message, exit status)`` when ``err`` is a mistake or condition the user can fix, else None."""
+    if isinstance(err, UserError):
+        return one_line(err), err.exit_code
+    for module_name, class_name, status in FOREIGN_USER_ERRORS:
+        module = sys.modules.get(module_name)   # not imported: ``err`` cannot be one of its errors
+        cls = getattr(module, class_name, None) if module is not None else None
+        if cls is not None and isinstance(err, cls):
+            return one_line(err), int(getattr(err, "exit_code", status))
+    if isinstance(err, OSError) and err.errno is not None:
+        hint = "; free some space (or write elsewhere) and run the command again" if is_disk_full(err) else ""
+        return one_line(describe_os_error(err) + hint), 1
+    return None
+
+
 def run_cli(
     main_fn: Callable[[List[str]], Optional[int]],
     argv: Optional[Sequence[str]] = None,
@@ -37,23 +93,26 @@ def run_cli(
 ) -> None:
     """Run ``main_fn(argv)`` and exit the process with its status.
 
-    A `UserError` becomes one line ``error: <message>`` on stderr and exit status
-    ``err.exit_code``; with `debug_flag` among the arguments it propagates with its
-    traceback instead. Ctrl-C exits with status 130. `main_fn` must accept (and
-    ignore) `debug_flag` in its argument parser.
+    A user error (see `user_error_status`) becomes one line ``<prefix>: <message>`` on
+    stderr (prefix ``error``, or the error's ``prefix``) and its exit status; with
+    `debug_flag` among the arguments it propagates with its traceback instead. Ctrl-C
+    exits with status 130. `main_fn` must accept (and ignore) `debug_flag` in its
+    argument parser.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_flag in args
     try:
         status = main_fn(args)
-    except UserError as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         if debug:
             raise
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        reported = user_error_status(err)
+        if reported is None or debug:
+            raise
+        message, exit_code = reported
+        print(f"{getattr(err, 'prefix', 'error')}: {message}", file=sys.stderr)
+        sys.exit(exit_code)
     sys.exit(status or 0)

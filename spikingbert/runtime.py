@@ -109,6 +109,15 @@ class Runtime:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` over all ranks (``value`` itself without a process group)."""
+        if not self.distributed:
+            return value
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor([value], dtype=torch.long, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def broadcast_object(self, obj: Any) -> Any:
         """The main process's ``obj`` on every rank."""
         if not self.distributed:
@@ -162,6 +171,16 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """``train.log``: when the file cannot be written (e.g. a full disk), one warning on stderr and the
+    file is dropped, instead of a traceback for every later record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        logging.getLogger().removeHandler(self)
+        print(f"warning: cannot write {self.baseFilename} ({err}); logging to the console only", file=sys.stderr)
+
+
 def setup_logging(output_dir: Optional[Path], is_main: bool, debug: bool = False) -> None:
     """Log to the console (main process: INFO, others: WARNING) and to ``output_dir/train.log``."""
     root = logging.getLogger()
@@ -177,7 +196,7 @@ def setup_logging(output_dir: Optional[Path], is_main: bool, debug: bool = False
     root.addHandler(console)
     if is_main and output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+        file_handler = _LogFileHandler(output_dir / "train.log", encoding="utf-8")
         file_handler.setLevel(level)
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)

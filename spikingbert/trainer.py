@@ -10,6 +10,13 @@ Resume is exact: the data order of epoch ``e`` is a permutation seeded with
 ``seed + e`` (`DistributedSampler`, also with a single process), a resumed run
 skips the micro-batches already consumed, and the optimizer, loss scaler and
 every RNG state come back from the checkpoint.
+
+Faults: a NaN/inf loss (or gradient norm) stops the run naming the step, the loss
+parts and the last good checkpoint, or, with ``skip_nan_batches`` N, the step is
+skipped (no update) up to N times. SIGINT/SIGTERM during training finish the
+current optimizer step, save a checkpoint and stop (`TrainingInterrupted`); a
+failed write (e.g. a full disk) stops with `OutputWriteError`, the previous
+checkpoints intact.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,18 +45,33 @@ from .checkpoint import (
     optimizer_state_to_save,
     save_checkpoint,
 )
-from .errors import UserError
+from .errors import UserError, describe_os_error, is_disk_full
 from .runtime import Runtime, get_rng_state, set_rng_state
 
-__all__ = ["TrainerConfig", "Stage", "Trainer", "TrainingProgress", "TrainingDiverged", "MetricsLog", "ResumableSampler"]
+__all__ = ["TrainerConfig", "Stage", "Trainer", "TrainingProgress", "TrainingDiverged", "TrainingInterrupted",
+           "OutputWriteError", "MetricsLog", "ResumableSampler"]
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2       # 2: gradient norm in the loss sums, skipped_steps in the progress
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved; exit status 128 + the signal number."""
+
+    prefix = "stopped"
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class OutputWriteError(UserError):
+    """A checkpoint, metrics or model file could not be written (e.g. the disk is full)."""
 
 
 @dataclass
@@ -63,6 +87,10 @@ class TrainerConfig:
         save_total_limit: keep only the newest this many checkpoints (None = all).
         eval_steps: evaluate every this many steps and at every epoch end (0 = never).
         logging_steps: log averaged losses every this many steps (the only host syncs of the loop).
+        skip_nan_batches: skip (no update) up to this many optimizer steps with a NaN/inf loss or gradient
+            norm, then stop; 0 = stop at the first (checked at the next log/eval/save without a host sync
+            per step; skipping needs one).
+        handle_signals: on SIGINT/SIGTERM, save a checkpoint after the current step and stop.
     """
 
     output_dir: Path
@@ -76,6 +104,8 @@ class TrainerConfig:
     logging_steps: int = 50
     seed: int = 42
     resume_from: Optional[Path] = None
+    skip_nan_batches: int = 0
+    handle_signals: bool = True
 
 
 @dataclass
@@ -163,6 +193,7 @@ class TrainingProgress:
         epoch: the current epoch.
         batches_done: micro-batches of ``epoch`` already consumed (by this rank).
         best_metric, best_step: the best evaluation so far (prediction KD).
+        skipped_steps: optimizer steps skipped for a non-finite loss (``skip_nan_batches``).
     """
 
     global_step: int = 0
@@ -170,6 +201,7 @@ class TrainingProgress:
     batches_done: int = 0
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
+    skipped_steps: int = 0
 
 
 class Trainer:
@@ -182,6 +214,8 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.world_size = runtime.world_size
         self.last_checkpoint: Optional[Path] = config.resume_from
+        self.params = [p for p in stage.objective.parameters() if p.requires_grad]
+        self._stop_signal = 0
 
     # ---------------------------------------------------------------- schedule
 
@@ -214,12 +248,13 @@ class Trainer:
             raise UserError("nothing to train: the training set is empty or --num_train_epochs/--max_steps is 0")
         self.optimizer = stage.make_optimizer(total_steps)
         self.scaler = rt.grad_scaler()
-        self.tracker = _LossTracker(rt.device)
+        self.tracker = _LossTracker(rt.device, check_grad_norm=self.scaler is None)
         progress = TrainingProgress()
         if cfg.resume_from is not None:
             progress = self._restore(total_steps)
-        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", enabled=rt.is_main,
-                                  keep_until_step=progress.global_step if cfg.resume_from else None)
+        with self._writing("metrics.jsonl"):
+            self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", enabled=rt.is_main,
+                                      keep_until_step=progress.global_step if cfg.resume_from else None)
         model = rt.wrap(stage.objective)
         model.train()
         logger.info("training: %d optimizer steps, %d examples per step (%d per micro-batch x %d accumulation x %d "
@@ -230,15 +265,17 @@ class Trainer:
         self._last_log = (time.perf_counter(), progress.global_step)
 
         try:
-            while progress.global_step < total_steps:
-                self._run_epoch(model, progress, total_steps, bar)
-                if progress.global_step < total_steps:
-                    progress.epoch, progress.batches_done = progress.epoch + 1, 0
+            with self._signals_stop_training():
+                while progress.global_step < total_steps:
+                    self._run_epoch(model, progress, total_steps, bar)
+                    if progress.global_step < total_steps:
+                        progress.epoch, progress.batches_done = progress.epoch + 1, 0
         finally:
             bar.close()
 
         if rt.is_main and (stage.evaluate is None or progress.best_step is None):
-            install_model_files(self.output_dir, stage.save_student)
+            with self._writing(f"the final model into {self.output_dir}"):
+                install_model_files(self.output_dir, stage.save_student)
         rt.barrier()
         logger.info("training done: %d steps; final model in %s", progress.global_step, self.output_dir)
         return progress
@@ -256,19 +293,19 @@ class Trainer:
             group_start = batch_index - batch_index % accum
             group_size = min(accum, n_batches - group_start)      # the epoch's last group may be shorter
             is_step = batch_index + 1 == group_start + group_size
-            self._forward_backward(model, batch, group_size, sync=is_step, step=progress.global_step + 1)
+            self._forward_backward(model, batch, group_size, sync=is_step)
             if not is_step:
                 continue
-            self._optimizer_step()
+            self._optimizer_step(progress)
             progress.global_step += 1
             progress.batches_done = batch_index + 1
             bar.update(1)
             self._after_step(model, progress, total_steps, epoch_end=batch_index + 1 == n_batches, bar=bar)
             if progress.global_step >= total_steps:
                 return
+            self._stop_if_signalled(progress, total_steps)
 
-    def _forward_backward(self, model: nn.Module, batch: Sequence[Tensor], group_size: int, sync: bool,
-                          step: int) -> None:
+    def _forward_backward(self, model: nn.Module, batch: Sequence[Tensor], group_size: int, sync: bool) -> None:
         """One micro-batch: teacher and student forward, loss / group_size backward (no host sync)."""
         rt, stage = self.runtime, self.stage
         batch = tuple(t.to(rt.device, non_blocking=True) for t in batch)
@@ -287,16 +324,40 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-        self.tracker.add(losses, step, group_size)
+        self.tracker.add(losses, group_size)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, progress: TrainingProgress) -> None:
+        """Update the weights (or skip a non-finite step, see `TrainerConfig.skip_nan_batches`); track the
+        gradient norm (of the unscaled gradients, before BertAdam's per-tensor clipping)."""
+        step = progress.global_step + 1
         if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.runtime.device)
+        skip = False
+        if self.config.skip_nan_batches > 0:
+            skip = self.runtime.max_over_ranks(int(not self.tracker.step_is_finite(grad_norm))) > 0
+        if skip:
+            self._skip_step(progress, step, self.tracker.step_parts(grad_norm))
+            if self.scaler is not None:
+                self.scaler.update()
+        elif self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.tracker.end_step()
+        self.tracker.end_step(grad_norm, step, skipped=skip)
+
+    def _skip_step(self, progress: TrainingProgress, step: int, parts: Dict[str, float]) -> None:
+        progress.skipped_steps += 1
+        limit = self.config.skip_nan_batches
+        if progress.skipped_steps > limit:
+            raise TrainingDiverged(f"the loss is not finite at optimizer step {step} ({_format_parts(parts)}): "
+                                   f"{progress.skipped_steps} such steps, more than --skip_nan_batches {limit}; "
+                                   f"training stopped; {self._last_checkpoint_hint()}")
+        logger.warning("optimizer step %d: the loss is not finite (%s): step skipped, no update (%d of at most %d)",
+                       step, _format_parts(parts), progress.skipped_steps, limit)
 
     def _after_step(self, model: nn.Module, progress: TrainingProgress, total_steps: int, epoch_end: bool,
                     bar: tqdm) -> None:
@@ -334,9 +395,12 @@ class Trainer:
         record = self.tracker.flush()
         record.update(step=progress.global_step, epoch=progress.epoch, lr=_current_lr(self.optimizer),
                       steps_per_sec=(progress.global_step - last_step) / max(now - last_time, 1e-9))
+        if self.config.skip_nan_batches > 0:
+            record["skipped_steps"] = progress.skipped_steps
         self._last_log = (now, progress.global_step)
-        self.metrics.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}",
+        with self._writing("metrics.jsonl"):
+            self.metrics.append(record)
+        bar.set_postfix(loss=f"{record.get('loss', math.nan):.4g}", lr=f"{record['lr']:.3g}",
                         steps_s=f"{record['steps_per_sec']:.2f}")
         logger.debug("step %d: %s", progress.global_step, record)
 
@@ -347,17 +411,72 @@ class Trainer:
         if bad is None:
             return
         step, parts = bad
-        parts_text = ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
-        where = (f"the last checkpoint is {self.last_checkpoint} (resume from it with --continue_train, e.g. "
-                 "with a lower --learning_rate)") if self.last_checkpoint else "no checkpoint was written yet"
-        raise TrainingDiverged(f"the loss is not finite at optimizer step {step} ({parts_text}); "
-                               f"training stopped; {where}")
+        raise TrainingDiverged(f"the loss is not finite at optimizer step {step} ({_format_parts(parts)}); "
+                               f"training stopped; {self._last_checkpoint_hint()}, or skip such steps with "
+                               "--skip_nan_batches N")
+
+    def _last_checkpoint_hint(self) -> str:
+        if self.last_checkpoint:
+            return (f"the last checkpoint is {self.last_checkpoint} (resume from it with --continue_train, e.g. "
+                    "with a lower --learning_rate)")
+        return "no checkpoint was written yet"
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn an `OSError` while writing ``what`` (e.g. a full disk) into one message naming the last
+        complete checkpoint, which the atomic writes leave intact."""
+        try:
+            yield
+        except OSError as err:
+            first = "free some space, then " if is_disk_full(err) else "fix that, then "
+            if self.last_checkpoint:
+                todo = f"{first}resume from the intact {self.last_checkpoint} with --continue_train"
+            else:
+                todo = f"{first}start again (no checkpoint was written yet)"
+            raise OutputWriteError(f"{describe_os_error(err)} (writing {what}); {todo}") from err
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self) -> Iterator[None]:
+        """While training, SIGINT/SIGTERM only set a flag (see `_stop_if_signalled`); a second signal acts
+        as usual (Ctrl-C twice: stop at once)."""
+        if not self.config.handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _stop_if_signalled(self, progress: TrainingProgress, total_steps: int) -> None:
+        """After a SIGINT/SIGTERM (on any rank): save a checkpoint at this step, then stop."""
+        signum = self.runtime.max_over_ranks(self._stop_signal) if self.config.handle_signals else 0
+        if not signum:
+            return
+        step = progress.global_step
+        path = self.output_dir / f"checkpoint-{step}"
+        if self.last_checkpoint != path:
+            self._check_finite()
+            self._save(progress, total_steps)
+        raise TrainingInterrupted(signum, f"{signal.Signals(signum).name} received: training stopped after "
+                                          f"optimizer step {step} of {total_steps} and saved {path}; resume "
+                                          "with --continue_train")
 
     def _evaluate(self, progress: TrainingProgress) -> None:
         """Evaluate; on a new best, put the student into output_dir (the first evaluation always counts)."""
         stage, rt, step = self.stage, self.runtime, progress.global_step
         metrics = stage.evaluate()
-        self.metrics.append({"step": step, "epoch": progress.epoch, "eval": metrics})
+        with self._writing("metrics.jsonl"):
+            self.metrics.append({"step": step, "epoch": progress.epoch, "eval": metrics})
         logger.info("step %d dev: %s", step, _format_metrics(metrics))
         value = metrics.get(stage.main_metric) if stage.main_metric else None
         if value is None:
@@ -365,9 +484,10 @@ class Trainer:
         if progress.best_step is None or _rank(value) > _rank(progress.best_metric):
             progress.best_metric, progress.best_step = float(value), step
             if rt.is_main:
-                install_model_files(self.output_dir, stage.save_student)
-                atomic_write_json(self.output_dir / "best_results.json",
-                                  {"step": step, "epoch": progress.epoch, **metrics})
+                with self._writing(f"the best model into {self.output_dir}"):
+                    install_model_files(self.output_dir, stage.save_student)
+                    atomic_write_json(self.output_dir / "best_results.json",
+                                      {"step": step, "epoch": progress.epoch, **metrics})
             logger.info("new best %s = %.4f at step %d: saved to %s", stage.main_metric, value, step, self.output_dir)
         rt.barrier()
 
@@ -385,7 +505,9 @@ class Trainer:
                 "tracker": self.tracker.state_dict(),
                 "config": self._fingerprint(),
             }
-            path = save_checkpoint(self.output_dir, step, self.stage.save_student, state, self.config.save_total_limit)
+            with self._writing(f"checkpoint-{step}"):
+                path = save_checkpoint(self.output_dir, step, self.stage.save_student, state,
+                                       self.config.save_total_limit)
             logger.info("saved %s", path)
         self.last_checkpoint = self.output_dir / f"checkpoint-{step}"
         rt.barrier()
@@ -428,26 +550,56 @@ class Trainer:
 
 
 class _LossTracker:
-    """Per-step means of the loss parts summed on the device, and the first non-finite step, without host syncs."""
+    """Per-step means of the loss parts and of the gradient norm, summed on the device since the last
+    log, and the first non-finite step, without host syncs.
 
-    def __init__(self, device: torch.device):
+    ``keys``: the objective's loss parts, then ``grad_norm``. With ``check_grad_norm`` off (fp16 with a
+    loss scaler, whose overflow steps have infinite gradients by design) only the losses are checked.
+    """
+
+    def __init__(self, device: torch.device, check_grad_norm: bool = True):
         self.device = device
+        self.check_grad_norm = check_grad_norm
         self.keys: Optional[List[str]] = None
         self.sums: Optional[Tensor] = None
+        self.pending: Optional[Tensor] = None      # this step's loss parts so far (P,)
         self.bad_parts: Optional[Tensor] = None
         self.steps = 0
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
 
-    def add(self, losses: Dict[str, Tensor], step: int, group_size: int) -> None:
-        """Add one micro-batch's losses (``group_size`` micro-batches make optimizer step ``step``)."""
+    def add(self, losses: Dict[str, Tensor], group_size: int) -> None:
+        """Add one micro-batch's losses (``group_size`` micro-batches make the current optimizer step)."""
         if self.keys is None:
-            self.keys = list(losses)
-        values = torch.stack([losses[k].detach() for k in self.keys])
+            self.keys = list(losses) + ["grad_norm"]
+        values = torch.stack([losses[k].detach() for k in self.keys[:-1]]) / group_size
+        self.pending = values if self.pending is None else self.pending + values
+
+    def _step_values(self, grad_norm: Tensor) -> Tensor:
+        """This step's loss parts and gradient norm (P+1,)."""
+        return torch.cat([self.pending, grad_norm.detach().float().reshape(1).to(self.pending.device)])
+
+    def _finite(self, values: Tensor) -> Tensor:
+        return torch.isfinite(values if self.check_grad_norm else values[:-1]).all()
+
+    def step_is_finite(self, grad_norm: Tensor) -> bool:
+        """Whether this step's losses (and gradient norm) are finite (one host sync)."""
+        return bool(self._finite(self._step_values(grad_norm)))
+
+    def step_parts(self, grad_norm: Tensor) -> Dict[str, float]:
+        return dict(zip(self.keys, self._step_values(grad_norm).tolist()))
+
+    def end_step(self, grad_norm: Tensor, step: int, skipped: bool = False) -> None:
+        """Count optimizer step ``step`` (a skipped one is left out of the means)."""
+        values = self._step_values(grad_norm)
+        self.pending = None
+        if skipped:
+            return
         if self.sums is None:
             self.sums = torch.zeros_like(values)
             self.bad_parts = torch.zeros_like(values)
-        self.sums += values / group_size
-        newly_bad = (~torch.isfinite(values).all()) & (self.bad_step < 0)
+        self.sums += values
+        self.steps += 1
+        newly_bad = ~self._finite(values) & (self.bad_step < 0)
         self.bad_step = torch.where(newly_bad, torch.full_like(self.bad_step, step), self.bad_step)
         self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
 
@@ -463,18 +615,16 @@ class _LossTracker:
             self.bad_parts = torch.zeros_like(self.sums)
             self.steps = int(state["steps"])
 
-    def end_step(self) -> None:
-        self.steps += 1
-
     def first_bad(self):
-        """(step, parts) of the first non-finite loss seen, or None (one host sync)."""
+        """(step, parts) of the first non-finite step seen, or None (one host sync)."""
         step = int(self.bad_step.item())
         if step < 0:
             return None
         return step, dict(zip(self.keys, self.bad_parts.tolist()))
 
     def flush(self) -> Dict[str, float]:
-        """Mean of each loss part over the optimizer steps since the last flush (one host sync)."""
+        """Mean of each loss part and of the gradient norm over the optimizer steps since the last flush
+        (one host sync)."""
         if self.sums is None or self.steps == 0:
             return {}
         record = {k: v / self.steps for k, v in zip(self.keys, self.sums.tolist())}
@@ -494,6 +644,10 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
         if lrs:
             return float(lrs[0]) + 0.0  # + 0.0 turns -0.0 into 0.0
     return float(optimizer.param_groups[0]["lr"])
+
+
+def _format_parts(parts: Dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
 
 
 def _format_metrics(metrics: Dict[str, Any]) -> str:
