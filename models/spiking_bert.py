@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +32,7 @@ from modules.blocks import SpikingBertEmbeddings, SpikingBertEncoder
 from modules.implicit import implicit_reattach, replace
 from modules.neuron import SURROGATES, if_scan, if_scan_surrogate
 from modules.solvers import SOLVERS, SolverInfo
+from transformer.file_utils import atomic_write, atomic_write_text, cached_path, describe_load_error
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class SpikingBertConfig:
         return {**self.extra, **data}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        _atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -388,12 +388,12 @@ class SpikingBertPreTrainedModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         self.config.extra["architectures"] = [type(self).__name__]
         self.config.save_pretrained(directory)
         vocab = Path(vocab_file) if vocab_file is not None else self.vocab_file
         if vocab is not None and vocab.resolve() != (directory / VOCAB_NAME).resolve():
-            _atomic_write(directory / VOCAB_NAME, lambda tmp: shutil.copyfile(vocab, tmp))
+            atomic_write(directory / VOCAB_NAME, lambda tmp: shutil.copyfile(vocab, tmp))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides):
@@ -488,11 +488,7 @@ class SpikingBertForSequenceClassification(SpikingBertPreTrainedModel):
 def _resolve(path: str | os.PathLike) -> str:
     """Local paths as they are; URLs, ``s3://`` and archives through the shared download cache."""
     text = str(path)
-    if "://" in text:
-        from transformer.file_utils import cached_path
-
-        return str(cached_path(text))
-    return text
+    return str(cached_path(text)) if "://" in text else text
 
 
 def _find_weights(directory: Path) -> Optional[Path]:
@@ -514,26 +510,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise SpikingConfigError(f"{path}: no such file") from None
     except Exception as e:  # truncated/corrupt files, pickled code refused by weights_only
-        raise SpikingConfigError(f"{path}: cannot be read as a weights file ({type(e).__name__}: {str(e)[:200]}); "
+        raise SpikingConfigError(f"{path}: cannot be read as a weights file ({describe_load_error(e)}); "
                                  f"it may be truncated or not a plain tensor checkpoint") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise SpikingConfigError(f"{path}: expected a flat dict of tensors")
     return dict(state)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))

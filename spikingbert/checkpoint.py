@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from transformer.file_utils import atomic_write_text, describe_load_error
+
 from .errors import UsageError, UserError
 
 __all__ = [
@@ -60,21 +62,6 @@ OUTPUT_ARTIFACTS = (
     "config.json", "model.safetensors", "vocab.txt", "args.json", "metrics.jsonl", "train.log",
     "eval_results.json", "teacher_results.json", "best_results.json",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(Path(tmp))
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -206,23 +193,6 @@ def load_training_state(checkpoint_dir: Path, mmap: bool = False) -> Dict[str, A
             f"cannot read the training state {path} ({describe_load_error(err)}); delete that checkpoint "
             "directory to resume from the one before it"
         ) from err
-
-
-def describe_load_error(err: BaseException) -> str:
-    """A short, one-line reason why ``torch.load(..., weights_only=True)`` refused or failed to read a file.
-
-    torch's own message for a refused global spans many lines and suggests loading with
-    ``weights_only=False``, which would run whatever code the file carries; it is not repeated.
-    """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if isinstance(err, pickle.UnpicklingError) and found:
-        return (f"it refers to the Python object {found.group(1)}, which only an unsafe load that can run code "
-                "would create; it was refused (only plain tensors are loaded)")
-    if isinstance(err, pickle.UnpicklingError):
-        return "it is not a valid torch file (damaged, truncated or of another format)"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
-    return f"{type(err).__name__}: {first[:200]}"
 
 
 def optimizer_state_to_save(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:

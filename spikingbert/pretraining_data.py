@@ -461,7 +461,6 @@ def generate_pretraining_data(
     if num_workers < 1:
         raise UsageError(f"--num_workers {num_workers} must be >= 1")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     vocab_list = vocab_list_of(tokenizer)
     with tempfile.TemporaryDirectory(prefix="spikingbert-docs-") as tmp_dir:
         store = DocumentStore.build(Path(corpus_path), tokenizer, tmp_dir if reduce_memory else None)
@@ -470,6 +469,7 @@ def generate_pretraining_data(
         if len(store) < 2 and not config.one_seq:
             raise DataError(f"--train_corpus {corpus_path} has a single document: random next sentences need at "
                             "least two; separate documents (or chapters, sections) with blank lines")
+        output_dir.mkdir(parents=True, exist_ok=True)                 # only once the corpus is known good
         _remove_stale_epochs(output_dir, epochs_to_generate)
         counts = [0] * epochs_to_generate
         workers = min(num_workers, epochs_to_generate)

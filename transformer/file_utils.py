@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
+import re
 import shutil
 import stat
 import tarfile
@@ -39,6 +41,49 @@ class ModelLoadError(ValueError):
 
 class DownloadError(ModelLoadError):
     """A remote file could not be downloaded (HTTP error, timeout, truncated body, S3 error)."""
+
+
+def describe_load_error(err: BaseException) -> str:
+    """A short, one-line reason why ``torch.load(..., weights_only=True)`` refused or failed to read a file.
+
+    torch's own message for a refused global spans many lines and suggests loading with
+    ``weights_only=False``, which would run whatever code the file carries; it is not repeated.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if isinstance(err, pickle.UnpicklingError) and found:
+        return (f"it refers to the Python object {found.group(1)}, which only an unsafe load that can run code "
+                "would create; it was refused (only plain tensors are loaded)")
+    if isinstance(err, pickle.UnpicklingError):
+        return "it is not a valid torch file (damaged, truncated or of another format)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"{type(err).__name__}: {first[:200]}"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], prefix: str = ".tmp-") -> None:
+    """Write ``path`` all at once: ``write(tmp)`` fills a temporary file beside it, which is synced
+    and renamed into place. On any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{path.name}.")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)                       # the usual permissions, not mkstemp's 0600
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of a UTF-8 text."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def default_cache_dir() -> Path:

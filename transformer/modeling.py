@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,7 +26,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
-from .file_utils import ModelLoadError, cached_path
+from .file_utils import ModelLoadError, atomic_write, cached_path, describe_load_error
 
 logger = logging.getLogger(__name__)
 
@@ -144,20 +143,7 @@ class BertConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        _atomic_write(Path(path), lambda tmp: tmp.write_text(self.to_json_string(), encoding="utf-8"))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write(Path(path), lambda tmp: tmp.write_text(self.to_json_string(), encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,7 +477,7 @@ class BertPreTrainedModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {key: tensor.detach().contiguous().cpu() for key, tensor in self.state_dict().items()
                  if key != "cls.predictions.decoder.weight"}
-        _atomic_write(directory / SAFE_WEIGHTS_NAME,
+        atomic_write(directory / SAFE_WEIGHTS_NAME,
                       lambda tmp: save_safetensors(state, str(tmp), metadata={"format": "pt"}))
         self.config.to_json_file(directory / CONFIG_NAME)
         return directory
@@ -590,7 +576,7 @@ def _read_weights(model_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
-            raise ModelLoadError(f"cannot read {path}: {err}; the file is damaged or not a weights file") from err
+            raise ModelLoadError(f"cannot read {path} ({describe_load_error(err)}); the file is damaged or not a weights file") from err
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelLoadError(f"{path} does not hold a flat dict of tensors; save the model's state_dict()")
         return path, state

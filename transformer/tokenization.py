@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Iterable, Sequence
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from .file_utils import ModelLoadError, cached_path
+from .file_utils import ModelLoadError, atomic_write_text, cached_path
 
 logger = logging.getLogger(__name__)
 
@@ -228,15 +227,8 @@ class BertTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / VOCAB_NAME
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{VOCAB_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as writer:
-                for token, _ in sorted(self.vocab.items(), key=lambda kv: kv[1]):
-                    writer.write(token + "\n")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        tokens = sorted(self.vocab, key=self.vocab.__getitem__)
+        atomic_write_text(target, "".join(token + "\n" for token in tokens))
         return target
 
     # ----------------------------------------------------------------------------------------------
