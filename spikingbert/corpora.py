@@ -181,7 +181,6 @@ def build_rotten_tomatoes_task(
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m spikingbert.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
-    import argparse
     import logging
 
     from .errors import ArgumentParser

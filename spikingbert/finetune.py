@@ -1,0 +1,230 @@
+"""Fine-tune a BERT on a GLUE-format task: the task teacher of task distillation (SPEC §3, stages 2-3).
+
+A standard `transformer.modeling.BertForSequenceClassification` fine-tune
+(``classifier(dropout(pooled))``, cross-entropy; MSE for STS-B) with BertAdam
+(warm-up linear schedule), run by the same training loop as the distillation
+stages (`spikingbert.trainer.Trainer` with a `Stage`): checkpoints, exact resume
+(``--continue_train``), dev evaluation at every epoch end (and every
+``--eval_step`` steps), the best model kept in ``--output_dir``.
+
+``--output_dir`` ends up a complete teacher directory (``config.json`` with
+``num_labels``, ``model.safetensors``, ``vocab.txt``) that the distillation
+scripts take as ``--teacher_model``, plus ``eval_results.json`` (the kept model's
+dev metrics and the majority-class baseline)::
+
+    python -m spikingbert.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
+        --bert_model all-MiniLM-L6-v2/ --output_dir runs/teacher-sst2 --do_lower_case \
+        --max_seq_length 64 --num_train_epochs 3 --learning_rate 5e-5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer.file_utils import ModelLoadError
+
+from . import glue
+from .checkpoint import atomic_write_json
+from .distill import (
+    LogitsOnly,
+    _dev_sets,
+    _labels,
+    _load_split,
+    _load_tokenizer,
+    _micro_batch_size,
+    _prepare_training_output,
+    _print_table,
+    _session,
+    _write_args,
+    build_optimizer,
+    chance_level,
+    evaluate_task,
+)
+from .errors import UsageError, UserError, run_cli
+from .runtime import set_seed
+from .trainer import Stage, Trainer, TrainerConfig
+
+__all__ = ["ClassificationObjective", "finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_NAME = "eval_results.json"
+
+
+class ClassificationObjective(nn.Module):
+    """Forward + loss of a plain fine-tune: cross-entropy to the gold labels (MSE for regression).
+
+    ``forward(batch, teacher_out)`` with ``batch = (input_ids, input_mask, segment_ids, label_ids, ...)``
+    (each (B, S), labels (B,)); ``teacher_out`` is unused (there is no teacher).
+    """
+
+    def __init__(self, model: nn.Module, output_mode: str):
+        super().__init__()
+        self.model = model
+        self.output_mode = output_mode
+
+    def forward(self, batch: Sequence[Tensor], teacher_out=None) -> Dict[str, Tensor]:
+        input_ids, input_mask, segment_ids, labels = batch[:4]
+        logits = self.model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits.float()
+        if self.output_mode == "regression":
+            loss = F.mse_loss(logits.view(-1), labels.view(-1).float())
+        else:
+            loss = F.cross_entropy(logits, labels.view(-1))
+        return {"loss": loss}
+
+
+def finetune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m spikingbert.finetune",
+        description="Fine-tune a BERT on a GLUE-format task (the task teacher of the distillation scripts).")
+    p = parser.add_argument
+    p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
+    p("--data_dir", type=Path, required=True, help="the task's directory (train.tsv, dev.tsv)")
+    p("--bert_model", type=str, required=True,
+      help="pre-trained BERT directory (or URL): config.json, model.safetensors or pytorch_model.bin, vocab.txt")
+    p("--output_dir", type=Path, required=True, help="where the fine-tuned teacher and checkpoints are written")
+    p("--do_lower_case", action="store_true", help="lower-case the input (uncased vocabularies)")
+    p("--cache_dir", type=Path, default=None, help="cache for tokenized features")
+    p("--max_seq_length", type=int, default=None, help="default: per task (SPEC §3)")
+    p("--train_batch_size", type=int, default=32,
+      help="examples per optimizer step, over all processes and accumulation steps")
+    p("--eval_batch_size", type=int, default=64)
+    p("--learning_rate", type=float, default=5e-5)
+    p("--num_train_epochs", type=float, default=3.0)
+    p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
+    p("--warmup_proportion", type=float, default=0.1, help="fraction of the steps with linear learning-rate warm-up")
+    p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
+    p("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    p("--eval_step", type=int, default=0, help="also evaluate every this many steps (0: at epoch ends only)")
+    p("--save_steps", type=int, default=0, help="write checkpoint-{step} every this many steps (0: at the end)")
+    p("--save_total_limit", type=int, default=1, help="keep only the newest this many checkpoints")
+    p("--seed", type=int, default=42)
+    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows instead of stopping")
+    p("--continue_train", action="store_true", help="resume from the latest complete checkpoint in --output_dir")
+    p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir")
+    p("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
+    p("--local_rank", "--local-rank", type=int, default=-1, help="set by the legacy launcher; torchrun uses LOCAL_RANK")
+    p("--fp16", action="store_true", help="mixed precision: fp16 + loss scaling on GPU, bf16 on CPU")
+    p("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
+    return parser
+
+
+def parse_finetune_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = finetune_parser().parse_args(argv)
+    checks = [
+        (args.train_batch_size >= 1, f"--train_batch_size must be >= 1 (got {args.train_batch_size})"),
+        (args.eval_batch_size >= 1, f"--eval_batch_size must be >= 1 (got {args.eval_batch_size})"),
+        (args.gradient_accumulation_steps >= 1,
+         f"--gradient_accumulation_steps must be >= 1 (got {args.gradient_accumulation_steps})"),
+        (args.learning_rate > 0, f"--learning_rate must be > 0 (got {args.learning_rate})"),
+        (args.num_train_epochs > 0, f"--num_train_epochs must be > 0 (got {args.num_train_epochs})"),
+        (args.max_steps >= 0, f"--max_steps must be >= 0 (got {args.max_steps})"),
+        (0 <= args.warmup_proportion < 1, f"--warmup_proportion must be in [0, 1) (got {args.warmup_proportion})"),
+        (args.weight_decay >= 0, f"--weight_decay must be >= 0 (got {args.weight_decay})"),
+        (args.eval_step >= 0, f"--eval_step must be >= 0 (got {args.eval_step})"),
+        (args.save_steps >= 0, f"--save_steps must be >= 0 (got {args.save_steps})"),
+        (args.save_total_limit >= 1, f"--save_total_limit must be >= 1 (got {args.save_total_limit})"),
+        (args.max_seq_length is None or args.max_seq_length >= 3,
+         f"--max_seq_length must be >= 3 (got {args.max_seq_length})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    glue.canonical_task_name(args.task_name)
+    if not args.data_dir.is_dir():
+        raise UsageError(f"--data_dir {args.data_dir} is not a directory: pass the task's directory (train.tsv, dev.tsv)")
+    if "://" not in args.bert_model and not Path(args.bert_model).is_dir():
+        raise UsageError(f"--bert_model {args.bert_model} is not a directory: pass the directory of a pre-trained BERT")
+    return args
+
+
+def _load_model(source: str, num_labels: int, flag: str):
+    from transformer.modeling import BertForSequenceClassification
+
+    try:
+        return BertForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+    except ModelLoadError as err:
+        raise UserError(f"{flag} {source}: {err}") from err
+
+
+def run_finetuning(args: argparse.Namespace) -> int:
+    """Fine-tune ``--bert_model`` on the task's train split; keep the best dev model in ``--output_dir``."""
+    task = glue.canonical_task_name(args.task_name)
+    processor = glue.get_processor(task)
+    metric = glue.main_metric(task)
+    with _session(args) as runtime:
+        micro_batch_size = _micro_batch_size(args, runtime)
+        tokenizer = _load_tokenizer(args.bert_model, "--bert_model", args.do_lower_case)
+        max_seq_length = args.max_seq_length or glue.default_task_settings(task).max_seq_length
+        resume = _prepare_training_output(args, runtime)
+        set_seed(args.seed)
+        model = _load_model(str(resume) if resume else args.bert_model, processor.num_labels,
+                            "--output_dir checkpoint" if resume else "--bert_model")
+        if model.config.max_position_embeddings < max_seq_length:
+            raise UsageError(f"--max_seq_length {max_seq_length} does not fit --bert_model (max_position_embeddings "
+                             f"{model.config.max_position_embeddings})")
+        model.config.extra["architectures"] = [type(model).__name__]
+        model.to(runtime.device).train()
+
+        train_set = _load_split(task, args, "train", tokenizer, max_seq_length)
+        dev_sets = _dev_sets(task, args, tokenizer, max_seq_length)
+        eval_model = LogitsOnly(model)
+        vocab_file = Path(tokenizer.vocab_file)
+
+        def save(directory: Path) -> None:
+            model.save_pretrained(directory)
+            shutil.copyfile(vocab_file, Path(directory) / "vocab.txt")
+
+        stage = Stage(
+            student=model,
+            objective=ClassificationObjective(model, processor.output_mode).to(runtime.device),
+            make_optimizer=lambda total: build_optimizer(model, args, "warmup_linear", total),
+            train_dataset=lambda epoch: train_set,
+            num_train_examples=lambda epoch: len(train_set),
+            save_student=save,
+            evaluate=lambda: evaluate_task(runtime.wrap_frozen(eval_model), task, processor.output_mode, dev_sets,
+                                           runtime, args.eval_batch_size),
+            main_metric=metric,
+            describe={"stage": "finetune", "task": task},
+        )
+        logger.info("fine-tuning %s on %s: %d training examples, max_seq_length %d", args.bert_model, task,
+                    len(train_set), max_seq_length)
+        _write_args(args, runtime, stage="finetune", task=task, max_seq_length_used=max_seq_length,
+                    resumed_from=str(resume) if resume else None)
+        config = TrainerConfig(
+            output_dir=args.output_dir, micro_batch_size=micro_batch_size, num_train_epochs=args.num_train_epochs,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
+            save_steps=args.save_steps, save_total_limit=args.save_total_limit, eval_steps=args.eval_step,
+            seed=args.seed, resume_from=resume,
+        )
+        start = time.perf_counter()
+        Trainer(config, runtime, stage).train()
+        if runtime.is_main:
+            best = json.loads((args.output_dir / "best_results.json").read_text(encoding="utf-8"))
+            results = {
+                "task": task, "bert_model": str(args.bert_model), "best_step": best.pop("step"),
+                **{k: v for k, v in best.items() if k != "epoch"},
+                f"chance_{metric}": chance_level(metric, _labels(dev_sets["dev"])),
+                "dev_examples": len(dev_sets["dev"]), "train_examples": len(train_set),
+                "max_seq_length": max_seq_length, "seconds": round(time.perf_counter() - start, 3),
+            }
+            atomic_write_json(args.output_dir / RESULTS_NAME, results)
+            _print_table(f"{task} dev evaluation of the fine-tuned {args.output_dir}", results)
+    return 0
+
+
+def main(argv: List[str]) -> int:
+    return run_finetuning(parse_finetune_args(argv))
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
