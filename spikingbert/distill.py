@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -384,12 +384,12 @@ def _session(args: argparse.Namespace) -> Iterator[Runtime]:
         runtime.close()
 
 
-def _check_training_output(args: argparse.Namespace, runtime: Runtime) -> Optional[Path]:
-    """The output-dir rules, checked (on the main process) without writing; returns the checkpoint to resume."""
+def _resume_point_on_main(runtime: Runtime, find: Callable[[], Optional[Path]]) -> Optional[Path]:
+    """Run ``find`` (an output-dir rule) on the main process only; every process gets its result or error."""
     outcome: Tuple[Optional[str], Optional[UserError]] = (None, None)
     if runtime.is_main:
         try:
-            resume = check_output_dir(args.output_dir, args.continue_train, args.overwrite_output_dir)
+            resume = find()
             outcome = (str(resume) if resume else None, None)
         except UserError as err:
             outcome = (None, err)
@@ -397,22 +397,20 @@ def _check_training_output(args: argparse.Namespace, runtime: Runtime) -> Option
     if error is not None:
         raise error
     return Path(resume) if resume else None
+
+
+def _check_training_output(args: argparse.Namespace, runtime: Runtime) -> Optional[Path]:
+    """The output-dir rules, checked (on the main process) without writing; returns the checkpoint to resume."""
+    return _resume_point_on_main(
+        runtime, lambda: check_output_dir(args.output_dir, args.continue_train, args.overwrite_output_dir))
 
 
 def _prepare_training_output(args: argparse.Namespace, runtime: Runtime) -> Optional[Path]:
     """Check the output dir on the main process, share the outcome, start logging into it."""
-    outcome: Tuple[Optional[str], Optional[UserError]] = (None, None)
-    if runtime.is_main:
-        try:
-            resume = prepare_output_dir(args.output_dir, args.continue_train, args.overwrite_output_dir)
-            outcome = (str(resume) if resume else None, None)
-        except UserError as err:
-            outcome = (None, err)
-    resume, error = runtime.broadcast_object(outcome)
-    if error is not None:
-        raise error
+    resume = _resume_point_on_main(
+        runtime, lambda: prepare_output_dir(args.output_dir, args.continue_train, args.overwrite_output_dir))
     setup_logging(args.output_dir, runtime.is_main, args.debug)
-    return Path(resume) if resume else None
+    return resume
 
 
 def _micro_batch_size(args: argparse.Namespace, runtime: Runtime) -> int:
