@@ -33,6 +33,7 @@ from modules.implicit import implicit_reattach, replace
 from modules.neuron import SURROGATES, if_scan, if_scan_surrogate
 from modules.solvers import SOLVERS, SolverInfo
 from transformer.file_utils import atomic_write, atomic_write_text, cached_path, describe_load_error
+from transformer.linear import Linear
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class SpikingBertModel(nn.Module):
         self.config = config
         self.embeddings = SpikingBertEmbeddings(config)
         self.encoder = SpikingBertEncoder(config)
-        self.feedback = nn.Linear(config.hidden_size, config.hidden_size, bias=False) if config.feedback else None
+        self.feedback = Linear(config.hidden_size, config.hidden_size, bias=False) if config.feedback else None
 
     def forward(
         self,
@@ -447,7 +448,7 @@ class SpikingBertForDistillation(SpikingBertPreTrainedModel):
     def __init__(self, config: SpikingBertConfig):
         super().__init__(config)
         self.bert = SpikingBertModel(config)
-        self.fit_dense = nn.Linear(config.hidden_size, config.fit_size)
+        self.fit_dense = Linear(config.hidden_size, config.fit_size)
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
@@ -466,9 +467,9 @@ class SpikingBertForSequenceClassification(SpikingBertPreTrainedModel):
     def __init__(self, config: SpikingBertConfig):
         super().__init__(config)
         self.bert = SpikingBertModel(config)
-        self.fit_dense = nn.Linear(config.hidden_size, config.fit_size)
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.use_pooler else None
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.fit_dense = Linear(config.hidden_size, config.fit_size)
+        self.pooler = Linear(config.hidden_size, config.hidden_size) if config.use_pooler else None
+        self.classifier = Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer.linear import Linear, linear
+
 #: ``scan(name, currents) -> spikes`` runs neuron layer ``name`` over a chunk of steps,
 #: with currents and spikes ``(Tc, B, S, width)``.
 ScanFn = Callable[[str, Tensor], Tensor]
@@ -56,16 +58,16 @@ class SpikingBertSelfAttention(nn.Module):
         super().__init__()
         self.num_attention_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def key_value_query(self, s_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One GEMM for the three projections of the input layer: ``(N, S, H)`` -> 3 x ``(N, S, H)``."""
         weight = torch.cat([self.key.weight, self.value.weight, self.query.weight])  # (3H, H)
         bias = torch.cat([self.key.bias, self.value.bias, self.query.bias])
-        return F.linear(s_in, weight, bias).chunk(3, dim=-1)
+        return linear(s_in, weight, bias).chunk(3, dim=-1)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Current of layer A: per head ``softmax(q k^T / sqrt(dh) + mask) v``.
@@ -90,7 +92,7 @@ class SpikingBertSelfOutput(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -110,7 +112,7 @@ class SpikingBertIntermediate(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, s_o1: Tensor) -> Tensor:
         return F.gelu(self.dense(s_o1))
@@ -121,7 +123,7 @@ class SpikingBertOutput(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

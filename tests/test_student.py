@@ -90,9 +90,10 @@ def test_published_checkpoint_fixture_reproduced_exactly(published_fixture_dir, 
     assert model.config.t_conv == 8 and model.config.num_labels == 3
     with torch.no_grad():
         out = model(expected["input_ids"], expected["token_type_ids"], expected["attention_mask"], vth=expected["vth"])
-    assert torch.equal(out.logits, expected["logits"])
-    for ours, ref in zip(out.reps, expected["reps"], strict=True):
+    for ours, ref in zip(out.reps, expected["reps"], strict=True):       # every spike count equal
         assert torch.equal(ours, ref)
+    # the classifier's GEMM may add up in another order than the published run's (oneDNN vs MKL)
+    torch.testing.assert_close(out.logits, expected["logits"], rtol=0, atol=1e-6)
 
 
 def test_save_load_round_trip(tmp_path, bert_vocab):
