@@ -205,8 +205,9 @@ class SpikingBertModel(nn.Module):
         ``t_conv``/``vth``/``leak`` override the config for this call. ``recorder(key, t0, spikes)``
         is called with every chunk of spikes ``(Tc, B, S, width)`` starting at step ``t0``.
         ``adaptive_tol``: stop before ``t_conv`` once the last layer's [CLS] rate (what the classifier
-        reads) moved by less than this over the last ``adaptive_window`` steps (evaluation only);
-        ``out.steps`` tells how many steps ran.
+        reads) moved by less than this over the last ``adaptive_window`` steps, as the mean absolute
+        change over the batch and the hidden units, and that layer has fired (evaluation only; checked
+        every ``adaptive_window`` steps, one host sync each); ``out.steps`` tells how many steps ran.
         """
         cfg = self.config
         t_conv = cfg.t_conv if t_conv is None else int(t_conv)
@@ -308,8 +309,10 @@ class SpikingBertModel(nn.Module):
             steps = t0 + tc
             if adaptive is not None:
                 cls_rate = counts[last_key][:, 0] / steps                     # (B, H)
-                if previous_cls is not None and (cls_rate - previous_cls).abs().max() < adaptive[0]:
-                    break
+                if previous_cls is not None:
+                    change = (cls_rate - previous_cls).abs().mean()           # mean over the batch and H
+                    if bool((change < adaptive[0]) & (previous_cls.sum() > 0)):
+                        break
                 previous_cls = cls_rate
         rates = {key: count / steps for key, count in counts.items()}
         mean_scores = [s / steps for s in score_sums] if keep_scores else []

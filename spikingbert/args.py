@@ -15,7 +15,14 @@ from typing import List, Optional, Sequence
 
 from .errors import ArgumentParser, UsageError
 
-__all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args"]
+__all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "GROUP_BY_LENGTH_HELP"]
+
+GROUP_BY_LENGTH_HELP = (
+    "train on batches of similar length: the epoch's shuffled examples are sorted by length within megabatches "
+    "of 50 micro-batches, and the batches run in a shuffled order. Where the loss reads only the logits "
+    "(--pred_distill, --train_true_labels, fine-tuning) each batch is also cut to its longest example, which "
+    "leaves every example's logits as they are; task intermediate KD only groups (its att/rep losses average "
+    "over the padded positions too, as published). Default off: the published random batches")
 
 
 def _common(parser: argparse.ArgumentParser, default_eval_step: int, default_batch: int) -> None:
@@ -76,8 +83,9 @@ def _demo_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
           help="--do_eval: also write the spike and energy report (report.json, report.md, PNGs) into "
                "OUTPUT_DIR/report/")
         p("--adaptive_t", type=float, default=None, metavar="TOL",
-          help="--do_eval: also evaluate with adaptive stopping (stop once the [CLS] rate of the last layer moves "
-               "by less than TOL over --adaptive_window steps) and compare with the fixed T")
+          help="--do_eval: also evaluate with adaptive stopping (stop once the last layer's [CLS] rate moves "
+               "by less than TOL over --adaptive_window steps, mean absolute change over the batch) and "
+               "compare with the fixed T")
         p("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks (--adaptive_t)")
 
 
@@ -120,6 +128,7 @@ def task_parser() -> argparse.ArgumentParser:
     p("--temperature", type=float, default=1.0, help="soft cross-entropy temperature")
     p("--data_url", type=str, default=None, help="accepted for compatibility with the published scripts; unused")
     p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows instead of stopping")
+    p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
     _common(parser, default_eval_step=50, default_batch=32)
     _demo_flags(parser, evaluation=True)
     return parser

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: Margin above the chance level under which a teacher's dev score triggers a warning.
 CHANCE_MARGIN = 0.05
+#: Evaluation batches are trimmed to a multiple of this many columns (see `predict_logits`).
+EVAL_WIDTH_MULTIPLE = 16
 
 
 # ------------------------------------------------------------------------------------------ objectives
@@ -177,9 +180,16 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, schedule: str, t
 def predict_logits(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_size: int) -> np.ndarray:
     """Logits (N, K) of ``model`` (a `LogitsOnly`) on ``dataset``, in dataset order.
 
+    The examples run longest first (by the sum of their ``input_mask``), each batch cut to
+    its longest example rounded up to `EVAL_WIDTH_MULTIPLE` columns (`glue.trim_batch`):
+    padded keys get -10000 in the attention, so the logits are those of the full padded
+    batches, with less padding to compute. The rounding keeps them bit-equal on the CPU (in
+    every check so far; cut to any width, vectorised softmax/matmul kernels sum a ragged
+    tail in another order, and a spiking threshold can turn that last-bit change into
+    another spike).
     Under torchrun each rank predicts its `DistributedSampler` share; the shares are
-    gathered and put back in order (the sampler's padding repeats are overwritten by
-    identical values, so every example counts once).
+    gathered and every logit is put back at its example's index (the sampler's padding
+    repeats are written twice, so every example counts once).
     """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -187,7 +197,10 @@ def predict_logits(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_s
     if runtime.distributed:
         indices = list(DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank,
                                           shuffle=False, drop_last=False))
+    lengths = glue.example_lengths(dataset).tolist()
+    indices.sort(key=lambda i: -lengths[i])                      # stable: equal lengths keep their order
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        collate_fn=functools.partial(glue.collate_trimmed, multiple_of=EVAL_WIDTH_MULTIPLE),
                         generator=torch.Generator())  # keeps the global RNG untouched
     chunks: List[Tensor] = []
     for batch in loader:
@@ -198,8 +211,6 @@ def predict_logits(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_s
     for module, training in modes:
         module.training = training
     logits = torch.cat(chunks).numpy() if chunks else np.zeros((0, 1), dtype=np.float32)
-    if not runtime.distributed:
-        return logits
     full: Optional[np.ndarray] = None
     for rank_indices, rank_logits in runtime.all_gather_object((indices, logits)):
         if full is None:
@@ -522,6 +533,23 @@ def run_general_distillation(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ task KD / eval
 
+def _length_grouping(args: argparse.Namespace, train_set: Dataset, trim: bool
+                     ) -> Tuple[Optional[Callable[[int], Tensor]], Optional[Callable]]:
+    """`Stage.example_lengths` and `Stage.collate` for ``--group_by_length`` (both None without it).
+
+    ``trim``: also cut each batch to its longest example, right only where the loss reads the
+    logits alone (an intermediate loss averages over every padded position, as published).
+    """
+    if not args.group_by_length:
+        return None, None
+    lengths = glue.example_lengths(train_set)
+    how = (", each trimmed to its longest example" if trim else
+           " (not trimmed: the intermediate losses average over the padded positions too)")
+    logger.info("--group_by_length: batches of similar length (mean %.1f real tokens of %d)%s",
+                lengths.float().mean().item(), train_set[0][0].numel(), how)
+    return (lambda epoch: lengths), (glue.collate_trimmed if trim else None)
+
+
 def _resolve_task_settings(args: argparse.Namespace, task: str, prediction: bool
                            ) -> Tuple[int, float, List[str]]:
     """``--max_seq_length`` and ``--num_train_epochs``, per-task defaults where the flag was not given.
@@ -763,6 +791,7 @@ def _run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, pr
     target = "gold labels" if prediction and not objective.needs_teacher else "teacher"
     logger.info("task %s, %s distillation (target: %s), %d training examples (%s)", task, stage_name, target,
                 len(train_set), train_split)
+    example_lengths, collate = _length_grouping(args, train_set, trim=prediction)
 
     vocab_file = tokenizer.vocab_file
     stage = Stage(
@@ -776,6 +805,8 @@ def _run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, pr
         evaluate=evaluate,
         main_metric=main_metric,
         describe={"stage": stage_name, "task": task},
+        example_lengths=example_lengths,
+        collate=collate,
     )
     _write_args(args, runtime, stage=stage_name, task=task, max_seq_length_used=max_seq_length,
                 num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,

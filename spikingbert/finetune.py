@@ -33,11 +33,13 @@ from torch import Tensor, nn
 from transformer.file_utils import ModelLoadError
 
 from . import glue
+from .args import GROUP_BY_LENGTH_HELP
 from .checkpoint import atomic_write_json
 from .distill import (
     LogitsOnly,
     _dev_sets,
     _labels,
+    _length_grouping,
     _load_split,
     _load_tokenizer,
     _micro_batch_size,
@@ -109,6 +111,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     p("--save_total_limit", type=int, default=1, help="keep only the newest this many checkpoints")
     p("--seed", type=int, default=42)
     p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows instead of stopping")
+    p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
     p("--continue_train", action="store_true", help="resume from the latest complete checkpoint in --output_dir")
     p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir")
     p("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
@@ -179,6 +182,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
         dev_sets = _dev_sets(task, args, tokenizer, max_seq_length)
         eval_model = LogitsOnly(model)
         vocab_file = Path(tokenizer.vocab_file)
+        example_lengths, collate = _length_grouping(args, train_set, trim=True)
 
         def save(directory: Path) -> None:
             model.save_pretrained(directory)
@@ -195,6 +199,8 @@ def run_finetuning(args: argparse.Namespace) -> int:
                                            runtime, args.eval_batch_size),
             main_metric=metric,
             describe={"stage": "finetune", "task": task},
+            example_lengths=example_lengths,
+            collate=collate,
         )
         logger.info("fine-tuning %s on %s: %d training examples, max_seq_length %d", args.bert_model, task,
                     len(train_set), max_seq_length)

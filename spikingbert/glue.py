@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from spikingbert.archive import atomic_output
 from spikingbert.errors import DataError, UsageError
@@ -481,6 +481,39 @@ def features_to_dataset(features: Sequence[InputFeatures], output_mode: str) -> 
     """
     tensors = _features_to_tensors(features, output_mode)
     return TensorDataset(*(tensors[name] for name in _TENSOR_NAMES))
+
+
+def example_lengths(dataset: Dataset) -> torch.Tensor:
+    """Real (non-padding) tokens of every example, the sum of its ``input_mask``: (N,) long.
+
+    ``dataset`` holds examples ``(input_ids, input_mask, segment_ids, ...)``, e.g. a `features_to_dataset`.
+    """
+    if isinstance(dataset, TensorDataset):
+        masks = dataset.tensors[1]
+    else:
+        masks = torch.stack([dataset[i][1] for i in range(len(dataset))]) if len(dataset) else torch.zeros(0, 0)
+    return masks.sum(dim=1).long()
+
+
+def trim_batch(batch: Sequence[torch.Tensor], multiple_of: int = 1) -> Tuple[torch.Tensor, ...]:
+    """A batch without its trailing padding columns.
+
+    ``batch = (input_ids, input_mask, segment_ids, *rest)``: the first three (B, S) become (B, S'),
+    S' = one past the last column in which some example has a real token (``input_mask`` 1), rounded
+    up to a multiple of ``multiple_of`` (at most S); ``rest`` (labels, seq_lengths) is returned as it
+    is. A model that masks padded keys out of its attention (the additive -10000 mask) gives every
+    real token the same output on either batch, up to float rounding.
+    """
+    input_ids, input_mask, segment_ids, *rest = batch
+    used = input_mask.any(dim=0).nonzero()
+    longest = int(used.max()) + 1 if used.numel() else 1
+    width = min(-(-longest // multiple_of) * multiple_of, input_ids.shape[1])
+    return (input_ids[:, :width], input_mask[:, :width], segment_ids[:, :width], *rest)
+
+
+def collate_trimmed(examples: Sequence[Sequence[torch.Tensor]], multiple_of: int = 1) -> Tuple[torch.Tensor, ...]:
+    """DataLoader ``collate_fn``: examples stacked into a batch (`default_collate`), then `trim_batch`."""
+    return trim_batch(default_collate(examples), multiple_of)
 
 
 def vocab_fingerprint(tokenizer) -> str:

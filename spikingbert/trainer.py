@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -49,11 +50,15 @@ from .errors import UserError, describe_os_error, is_disk_full
 from .runtime import Runtime, get_rng_state, set_rng_state
 
 __all__ = ["TrainerConfig", "Stage", "Trainer", "TrainingProgress", "TrainingDiverged", "TrainingInterrupted",
-           "OutputWriteError", "MetricsLog", "ResumableSampler"]
+           "OutputWriteError", "MetricsLog", "ResumableSampler", "group_by_length"]
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2       # 2: gradient norm in the loss sums, skipped_steps in the progress
+#: Micro-batches per megabatch of `group_by_length`.
+MEGABATCH_BATCHES = 50
+#: Fingerprint fields of checkpoints written before the field existed.
+_FINGERPRINT_DEFAULTS = {"group_by_length": False}
 
 
 class TrainingDiverged(UserError):
@@ -124,6 +129,10 @@ class Stage:
         evaluate: dev metrics of the current student (called on every rank), or None.
         main_metric: the key of ``evaluate``'s dict that selects the best model (higher is better).
         describe: extra fields for the training state (e.g. the stage name), checked on resume.
+        example_lengths: the real length of every example of an epoch's training set, (N,); with it the
+            training batches are grouped by length (`group_by_length`), without it they are random.
+        collate: the DataLoader's ``collate_fn`` for training batches (None: torch's default), e.g.
+            `spikingbert.glue.collate_trimmed` where the loss reads the logits only.
     """
 
     student: nn.Module
@@ -136,27 +145,58 @@ class Stage:
     evaluate: Optional[Callable[[], Dict[str, float]]] = None
     main_metric: Optional[str] = None
     describe: Dict[str, Any] = field(default_factory=dict)
+    example_lengths: Optional[Callable[[int], Sequence[int]]] = None
+    collate: Optional[Callable[[List[Any]], Any]] = None
 
 
 class ResumableSampler(Sampler[int]):
     """The indices of one epoch for this rank, seeded with ``seed + epoch``, minus the first ``skip``.
 
     With one process this is a seeded random permutation; under torchrun each rank
-    gets its `DistributedSampler` share (padded with repeats to equal length).
+    gets its `DistributedSampler` share (padded with repeats to equal length). With
+    ``lengths`` (every example's real length, (N,)) that share is reordered into batches
+    of ``batch_size`` examples of similar length (`group_by_length`); ``skip`` must then
+    be a multiple of ``batch_size`` (whole batches, as the trainer skips them).
     """
 
-    def __init__(self, num_examples: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, skip: int = 0):
-        self._base = DistributedSampler(
+    def __init__(self, num_examples: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, skip: int = 0,
+                 lengths: Optional[Sequence[int]] = None, batch_size: int = 1):
+        base = DistributedSampler(
             range(num_examples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
         )
-        self._base.set_epoch(epoch)
+        base.set_epoch(epoch)
+        self._indices = list(base)
+        if lengths is not None:
+            self._indices = group_by_length(self._indices, lengths, batch_size, seed, epoch)
         self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self._base)[self.skip:])
+        return iter(self._indices[self.skip:])
 
     def __len__(self) -> int:
-        return max(len(self._base) - self.skip, 0)
+        return max(len(self._indices) - self.skip, 0)
+
+
+def group_by_length(indices: Sequence[int], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                    megabatch_batches: int = MEGABATCH_BATCHES) -> List[int]:
+    """``indices`` reordered so that every ``batch_size`` consecutive ones form a batch of similar lengths.
+
+    The indices are cut into megabatches of ``megabatch_batches * batch_size``, each is sorted by
+    ``lengths`` (longest first, ties in the given order) and cut into batches, and the order of the
+    batches is shuffled (a generator seeded with ``seed`` and ``epoch``, the same on every rank) so
+    that long and short batches mix. A short last batch stays last: the k-th run of ``batch_size``
+    indices is always the k-th batch, so skipping ``k * batch_size`` indices skips k whole batches.
+    """
+    lengths = torch.as_tensor(lengths).tolist()
+    size = megabatch_batches * batch_size
+    batches: List[List[int]] = []
+    for start in range(0, len(indices), size):
+        megabatch = sorted(indices[start:start + size], key=lambda i: -lengths[i])
+        batches += [megabatch[i:i + batch_size] for i in range(0, len(megabatch), batch_size)]
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    rng = np.random.default_rng([seed % 2 ** 32, epoch])      # a stream of its own, apart from the permutation's
+    shuffled = [batches[j] for j in rng.permutation(len(batches))]
+    return [index for batch in shuffled + short for index in batch]
 
 
 class MetricsLog:
@@ -381,13 +421,15 @@ class Trainer:
     # ---------------------------------------------------------------- pieces
 
     def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
-        dataset = self.stage.train_dataset(epoch)
+        dataset, batch_size = self.stage.train_dataset(epoch), self.config.micro_batch_size
+        lengths = self.stage.example_lengths(epoch) if self.stage.example_lengths is not None else None
         sampler = ResumableSampler(len(dataset), epoch, self.config.seed, rank=self.runtime.rank,
-                                   world_size=self.world_size, skip=skip_batches * self.config.micro_batch_size)
+                                   world_size=self.world_size, skip=skip_batches * batch_size, lengths=lengths,
+                                   batch_size=batch_size)
         # An own generator keeps the loader from drawing on the global RNG.
         generator = torch.Generator().manual_seed(self.config.seed + epoch)
-        return DataLoader(dataset, batch_size=self.config.micro_batch_size, sampler=sampler, generator=generator,
-                          pin_memory=self.runtime.device.type == "cuda")
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
+                          collate_fn=self.stage.collate, pin_memory=self.runtime.device.type == "cuda")
 
     def _log(self, progress: TrainingProgress, bar: tqdm) -> None:
         now = time.perf_counter()
@@ -531,13 +573,14 @@ class Trainer:
     def _fingerprint(self) -> Dict[str, Any]:
         cfg = self.config
         return {"micro_batch_size": cfg.micro_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-                "world_size": self.world_size, "seed": cfg.seed, **self.stage.describe}
+                "world_size": self.world_size, "seed": cfg.seed,
+                "group_by_length": self.stage.example_lengths is not None, **self.stage.describe}
 
     def _check_resumable(self, state: Dict[str, Any], total_steps: int) -> None:
         if state.get("version") != STATE_VERSION:
             raise UserError(f"{self.config.resume_from} was written by an incompatible version; start over "
                             "with --overwrite_output_dir")
-        saved, now = state["config"], self._fingerprint()
+        saved, now = {**_FINGERPRINT_DEFAULTS, **state["config"]}, self._fingerprint()
         for key in sorted(set(saved) | set(now)):
             if saved.get(key) != now.get(key):
                 if key in self.stage.describe:
