@@ -262,8 +262,10 @@ class SpikingBertModel(nn.Module):
         and the number of steps run (``t_conv`` unless ``adaptive = (tol, window)`` stopped it early)."""
         cfg = self.config
         chunk = self.time_chunk(t_conv, x.shape[0], x.shape[1])
-        if adaptive is not None:
+        if adaptive is not None:                       # chunks that end on every window boundary
             chunk = min(chunk, adaptive[1])
+            while adaptive[1] % chunk:
+                chunk -= 1
         last_key = f"{cfg.num_hidden_layers - 1}.O2"
         previous_cls: Optional[Tensor] = None
         membranes: dict[str, Tensor] = {}
@@ -307,7 +309,7 @@ class SpikingBertModel(nn.Module):
                     score_sums[k] = scores if score_sums[k] is None else score_sums[k] + scores
             s_last = s[-1]
             steps = t0 + tc
-            if adaptive is not None:
+            if adaptive is not None and (steps % adaptive[1] == 0 or steps == t_conv):
                 cls_rate = counts[last_key][:, 0] / steps                     # (B, H)
                 if previous_cls is not None:
                     change = (cls_rate - previous_cls).abs().mean()           # mean over the batch and H

@@ -168,3 +168,9 @@ def test_adaptive_t_stops_early_and_matches_fixed_t_at_that_step():
         never = model(*inputs, adaptive_tol=0.0, adaptive_window=4)
     assert torch.equal(early.logits, fixed.logits) and fixed.steps == early.steps
     assert never.steps == 64
+    # The check runs on window boundaries whatever the time chunk (1 and 3 do not make 4-step chunks).
+    for chunk in (1, 3):
+        model.config.time_chunk = chunk
+        with torch.no_grad():
+            again = model(*inputs, adaptive_tol=0.05, adaptive_window=4)
+        assert again.steps == early.steps and torch.equal(again.logits, early.logits)
