@@ -96,7 +96,7 @@ class Recipe:
     pred_lr: float = 2e-4
     pred_eval_step: int = 90
     temperature: float = 1.0
-    adaptive_tol: float = 0.03
+    adaptive_tol: float = 0.025
     adaptive_window: int = 2
     seed: int = 42
 
