@@ -14,6 +14,7 @@ import torch
 
 from bench import cases
 from bench.cases import Setting
+from spikingbert.runtime import keep_freed_memory
 
 ALL_CASES = ("eval", "train", "memory", "schedule", "data")
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory()                          # as the training/eval scripts do (spikingbert.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
     sink = open(args.out, "a") if args.out else None

@@ -170,6 +170,9 @@ def _memory_probe(spec: dict) -> float:
     import gc
     import resource
 
+    from spikingbert.runtime import keep_freed_memory
+
+    keep_freed_memory()
     setting = Setting(**{k: spec[k] for k in ("size", "batch", "seq_len", "t_conv", "device")})
     student, ann, ids, types, mask = build(setting, train_mode=spec["mode"])
     del ann
