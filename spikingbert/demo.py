@@ -112,10 +112,11 @@ class Recipe:
         }
 
 
-#: The full demo: about 20 minutes on 2 CPU cores.
+#: The full demo: about 10 minutes on 2 idle CPU cores (77 % dev accuracy, teacher 80 %).
 FULL = Recipe()
 
-#: The smoke version (``--fast`` / ``DEMO_FAST=1``): a subset and short stages, about 5 minutes.
+#: The smoke version (``--fast`` / ``DEMO_FAST=1``): a subset and short stages, about 3 minutes; it checks
+#: that every stage runs, the student stays near the majority class.
 FAST = dataclasses.replace(
     FULL, max_train_examples=2000, max_dev_examples=400, bbc_bytes=150_000, general_steps=10, ikd_steps=20,
     pred_epochs=1.0, pred_eval_step=60,
