@@ -309,7 +309,7 @@ class SpikingBertModel(nn.Module):
                     score_sums[k] = scores if score_sums[k] is None else score_sums[k] + scores
             s_last = s[-1]
             steps = t0 + tc
-            if adaptive is not None and (steps % adaptive[1] == 0 or steps == t_conv):
+            if adaptive is not None and steps % adaptive[1] == 0:
                 cls_rate = counts[last_key][:, 0] / steps                     # (B, H)
                 if previous_cls is not None:
                     change = (cls_rate - previous_cls).abs().mean()           # mean over the batch and H

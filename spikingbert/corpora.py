@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from transformer.file_utils import atomic_write_text
+
 from .archive import atomic_output
 from .errors import DataError, UsageError
 
@@ -45,9 +47,7 @@ def build_bbc_corpus(path: Path, min_bytes: int) -> Path:
         size += len(documents[-1].encode("utf-8")) + 2
         if size >= min_bytes:
             break
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n\n".join(documents) + "\n")
     return path
 
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from transformer.file_utils import atomic_write, atomic_write_text
+
 from .checkpoint import atomic_write_json
 from .errors import ArgumentParser, UsageError, UserError, run_cli
 
@@ -378,12 +380,11 @@ def _write_student_config(recipe: Recipe, directory: Path, vocab: Path) -> None:
     text = json.dumps(recipe.student_config(), indent=2, sort_keys=True) + "\n"
     config = directory / "config.json"
     if not config.is_file() or config.read_text(encoding="utf-8") != text:
-        atomic_write_json(config, recipe.student_config())
+        atomic_write_text(config, text)
+    data = vocab.read_bytes()
     target = directory / "vocab.txt"
-    if not target.is_file() or target.read_bytes() != vocab.read_bytes():
-        tmp = directory / ".vocab.txt.tmp"
-        tmp.write_bytes(vocab.read_bytes())
-        os.replace(tmp, target)
+    if not target.is_file() or target.read_bytes() != data:
+        atomic_write(target, lambda tmp: tmp.write_bytes(data))
 
 
 # ------------------------------------------------------------------------------------------ summary
