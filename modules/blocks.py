@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from transformer.linear import Linear, linear
 
+from .event_engine import spike_linear
+
 #: ``scan(name, currents) -> spikes`` runs neuron layer ``name`` over a chunk of steps,
 #: with currents and spikes ``(Tc, B, S, width)``.
 ScanFn = Callable[[str, Tensor], Tensor]
@@ -63,11 +65,15 @@ class SpikingBertSelfAttention(nn.Module):
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
-    def key_value_query(self, s_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One GEMM for the three projections of the input layer: ``(N, S, H)`` -> 3 x ``(N, S, H)``."""
-        weight = torch.cat([self.key.weight, self.value.weight, self.query.weight])  # (3H, H)
-        bias = torch.cat([self.key.bias, self.value.bias, self.query.bias])
-        return linear(s_in, weight, bias).chunk(3, dim=-1)
+    def key_value_query(self, x: Tensor, spikes: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """One product for the three projections of the input layer: ``(N, S, H)`` -> 3 x ``(N, S, H)``.
+
+        ``spikes``: ``x`` is binary, so :func:`~modules.event_engine.spike_linear` computes it."""
+        weights = [self.key.weight, self.value.weight, self.query.weight]
+        biases = [self.key.bias, self.value.bias, self.query.bias]
+        if spikes:
+            return spike_linear(x, weights, biases).chunk(3, dim=-1)
+        return linear(x, torch.cat(weights), torch.cat(biases)).chunk(3, dim=-1)             # (3H, H)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Current of layer A: per head ``softmax(q k^T / sqrt(dh) + mask) v``.
@@ -144,18 +150,22 @@ class SpikingBertLayer(nn.Module):
         """Advance the six neuron layers over a chunk of steps, each layer over all steps at once.
 
         ``s_in`` ``(Tc, B, S, H)`` spikes of the input layer. Returns the O2 spikes ``(Tc, B, S, H)`` and,
-        if ``keep_scores``, the attention scores summed over the chunk ``(B, nh, S, S)``.
+        if ``keep_scores``, the attention scores summed over the chunk ``(B, nh, S, S)``. Every dense
+        layer takes spikes here, so each goes through :func:`~modules.event_engine.spike_linear`
+        (event-driven on CPU where that is faster, else the dense GEMM); the block formulas are those
+        of the blocks' ``forward``.
         """
         tc, b, s, h = s_in.shape
         s_flat = s_in.reshape(tc * b, s, h)                                   # (Tc*B, S, H)
-        k, v, q = self.attention.self.key_value_query(s_flat)
+        k, v, q = self.attention.self.key_value_query(s_flat, spikes=True)
         s_k = scan("K", k.view(tc, b, s, h))
         s_v = scan("V", v.view(tc, b, s, h))
         att, scores = self.attention.self.attend(q, s_k.view(tc * b, s, h), s_v.view(tc * b, s, h), mask)
         s_a = scan("A", att.view(tc, b, s, h))
-        s_o1 = scan("O1", self.attention.output(s_a, s_in))
-        s_i = scan("I", self.intermediate(s_o1))
-        s_o2 = scan("O2", self.output(s_i, s_o1))
+        o1, o2 = self.attention.output, self.output
+        s_o1 = scan("O1", o1.LayerNorm(o1.dropout(spike_linear(s_a, o1.dense.weight, o1.dense.bias)) + s_in))
+        s_i = scan("I", F.gelu(spike_linear(s_o1, self.intermediate.dense.weight, self.intermediate.dense.bias)))
+        s_o2 = scan("O2", o2.LayerNorm(o2.dropout(spike_linear(s_i, o2.dense.weight, o2.dense.bias)) + s_o1))
         score_sum = scores.view(tc, b, *scores.shape[1:]).sum(0) if keep_scores else None
         return s_o2, score_sum
 

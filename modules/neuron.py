@@ -21,6 +21,8 @@ import os
 import torch
 from torch import Tensor
 
+from .event_engine import fused_if_scan
+
 __all__ = [
     "if_scan",
     "if_scan_surrogate",
@@ -43,10 +45,15 @@ def if_scan(currents: Tensor, u: Tensor, vth: float, leak: float = 1.0) -> tuple
 
     Returns:
         spikes ``(T, *N)`` (0/1, dtype of ``currents``) and the membrane ``(*N)`` after the last step.
-        CUDA tensors go through one fused Triton kernel when Triton is installed.
+        CUDA tensors go through one fused Triton kernel when Triton is installed, CPU float32 tensors
+        through the compiled kernel of the event engine when it is built (same arithmetic).
     """
     if currents.is_cuda and u.dtype == torch.float32 and u.is_contiguous() and _fused_cuda_scan() is not None:
         return _fused_cuda_scan()(currents, u, vth, leak)
+    if not currents.is_cuda:
+        spikes = fused_if_scan(currents, u, vth, leak)
+        if spikes is not None:
+            return spikes, u
     spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
     for t in range(currents.shape[0]):
         s = spikes[t]

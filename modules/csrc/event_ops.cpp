@@ -1,0 +1,297 @@
+// CPU kernels of the event-driven simulation engine (modules/event_ops.py builds and loads them).
+//
+// spike_linear: currents = spikes @ W^T + b for binary spikes (rows, K), computed from the inputs
+//   that fired only: for every row the indices of its nonzero inputs are extracted once, then each
+//   output tile of NB columns is the sum of the weight rows of those inputs, accumulated in vector
+//   registers (in input order, bias added once at the end) over a packed, tile-major copy of W^T
+//   that stays in cache while a block of rows is processed.
+// if_scan: the integrate-and-fire update of a chunk of steps in one pass per neuron
+//   (charge, fire, reset by subtraction, leak), the same float32 arithmetic as the eager loop.
+//
+// The vector kernels are compiled for AVX-512 and AVX2 through target attributes; which one runs is
+// an argument (event_isa() says what the CPU supports), so one build serves any x86-64 CPU.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EVENT_X86 1
+#include <immintrin.h>
+#define EVENT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt")))
+#define EVENT_AVX2 __attribute__((target("avx2,fma,bmi,bmi2,popcnt")))
+#endif
+
+namespace {
+
+constexpr int64_t kTile = 32;        // output columns per packed weight tile (2 zmm / 4 ymm per row)
+constexpr int64_t kRowBlock = 64;    // rows that share one pass over a weight tile
+constexpr int64_t kNone = 0, kAvx2 = 1, kAvx512 = 2;
+
+int64_t event_isa() {
+#ifdef EVENT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+#endif
+  return kNone;
+}
+
+void check_float_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
+}
+
+// W (N, K) -> tiles (ceil(N / kTile), K, kTile): tile j holds W^T[:, j*kTile:(j+1)*kTile], zero-padded.
+at::Tensor pack_weight(const at::Tensor& weight) {
+  check_float_cpu(weight, "weight");
+  TORCH_CHECK(weight.dim() == 2, "weight must be (out_features, in_features)");
+  const at::Tensor w = weight.contiguous();
+  const int64_t n = w.size(0), k = w.size(1), tiles = (n + kTile - 1) / kTile;
+  at::Tensor packed = at::zeros({tiles, k, kTile}, w.options());
+  const float* src = w.const_data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t cols = std::min(kTile, n - t * kTile);
+      float* tile = dst + t * k * kTile;
+      for (int64_t j = 0; j < cols; ++j) {
+        const float* row = src + (t * kTile + j) * k;
+        for (int64_t i = 0; i < k; ++i) tile[i * kTile + j] = row[i];
+      }
+    }
+  });
+  return packed;
+}
+
+#ifdef EVENT_X86
+// Offsets (k * kTile) of the nonzero entries of x[0:K] into out (room for K + 16); returns the count.
+EVENT_AVX512 int64_t active_avx512(const float* x, int64_t k, int32_t* out) {
+  int64_t c = 0, i = 0;
+  __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                    _mm512_set1_epi32(kTile));
+  const __m512i step = _mm512_set1_epi32(16 * kTile);
+  for (; i + 16 <= k; i += 16) {
+    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    // compress in a register, then a plain store (the memory form of vpcompressd is slow on some CPUs)
+    _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, offs));
+    c += __builtin_popcount(m);
+    offs = _mm512_add_epi32(offs, step);
+  }
+  for (; i < k; ++i)
+    if (x[i] != 0.0f) out[c++] = static_cast<int32_t>(i * kTile);
+  return c;
+}
+
+EVENT_AVX2 int64_t active_avx2(const float* x, int64_t k, int32_t* out) {
+  int64_t c = 0, i = 0;
+  for (; i + 8 <= k; i += 8) {
+    unsigned m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    while (m) {
+      out[c++] = static_cast<int32_t>((i + __builtin_ctz(m)) * kTile);
+      m &= m - 1;
+    }
+  }
+  for (; i < k; ++i)
+    if (x[i] != 0.0f) out[c++] = static_cast<int32_t>(i * kTile);
+  return c;
+}
+
+// One row: out[0:cols] = sum over its active offsets of tile[offset : offset + kTile] (+ bias).
+EVENT_AVX512 void row_avx512(const float* tile, const int32_t* act, int64_t n_act, const float* bias,
+                             float* out, int64_t cols) {
+  constexpr int V = kTile / 16;
+  __m512 a[V];
+  for (int v = 0; v < V; ++v) a[v] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n_act; ++j) {
+    const float* w = tile + act[j];
+    for (int v = 0; v < V; ++v) a[v] = _mm512_add_ps(a[v], _mm512_load_ps(w + 16 * v));
+  }
+  for (int v = 0; v < V; ++v) {
+    const int64_t left = cols - 16 * v;
+    const __mmask16 m = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+    if (bias != nullptr) a[v] = _mm512_add_ps(a[v], _mm512_maskz_loadu_ps(m, bias + 16 * v));
+    _mm512_mask_storeu_ps(out + 16 * v, m, a[v]);
+  }
+}
+
+EVENT_AVX2 void row_avx2(const float* tile, const int32_t* act, int64_t n_act, const float* bias,
+                         float* out, int64_t cols) {
+  constexpr int V = kTile / 8;
+  __m256 a[V];
+  for (int v = 0; v < V; ++v) a[v] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n_act; ++j) {
+    const float* w = tile + act[j];
+    for (int v = 0; v < V; ++v) a[v] = _mm256_add_ps(a[v], _mm256_load_ps(w + 8 * v));
+  }
+  alignas(32) float acc[kTile];
+  for (int v = 0; v < V; ++v) _mm256_store_ps(acc + 8 * v, a[v]);
+  if (bias != nullptr) {
+    for (int64_t j = 0; j < cols; ++j) out[j] = acc[j] + bias[j];
+  } else {
+    for (int64_t j = 0; j < cols; ++j) out[j] = acc[j];
+  }
+}
+#endif
+
+// Binary spikes (M, K) @ W^T + bias -> (M, N) from the active inputs, or an empty tensor when more
+// than max_density of the inputs are active (the caller then runs the dense GEMM).
+at::Tensor spike_linear(const at::Tensor& spikes, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                        int64_t out_features, double max_density, int64_t isa) {
+  check_float_cpu(spikes, "spikes");
+  check_float_cpu(packed, "packed weight");
+  TORCH_CHECK(spikes.dim() == 2 && packed.dim() == 3 && packed.size(2) == kTile && packed.size(1) == spikes.size(1),
+              "spike_linear: spikes (M, K) and a weight packed by pack_weight with K inputs expected");
+  const int64_t m = spikes.size(0), k = spikes.size(1), n = out_features, tiles = packed.size(0);
+  TORCH_CHECK(n > (tiles - 1) * kTile && n <= tiles * kTile, "out_features does not match the packed weight");
+  const bool has_bias = bias.has_value() && bias->defined();
+  at::Tensor b;
+  if (has_bias) {
+    b = bias->contiguous();
+    check_float_cpu(b, "bias");
+    TORCH_CHECK(b.numel() == n, "bias must have out_features elements");
+  }
+  TORCH_CHECK(isa == kAvx2 || isa == kAvx512, "spike_linear needs AVX2 or AVX-512 (isa ", isa, ")");
+  TORCH_CHECK(isa <= event_isa(), "this CPU does not support the requested instruction set");
+#ifdef EVENT_X86
+  TORCH_CHECK(k * kTile < (int64_t{1} << 31), "too many input features");
+  const at::Tensor x = spikes.contiguous();
+  const float* xp = x.const_data_ptr<float>();
+  const int64_t stride = k + 16;
+  // offsets of the active inputs of every row (uninitialised: only the first count[r] are read)
+  const at::Tensor active_buf = at::empty({m * stride + m}, spikes.options().dtype(at::kInt));
+  int32_t* active = active_buf.data_ptr<int32_t>();
+  int32_t* count = active + m * stride;
+  at::parallel_for(0, m, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      count[r] = static_cast<int32_t>(isa == kAvx512 ? active_avx512(xp + r * k, k, active + r * stride)
+                                                     : active_avx2(xp + r * k, k, active + r * stride));
+  });
+  int64_t total = 0;
+  for (int64_t r = 0; r < m; ++r) total += count[r];
+  if (static_cast<double>(total) > max_density * static_cast<double>(m * k)) return at::empty({0}, spikes.options());
+
+  at::Tensor out = at::empty({m, n}, spikes.options());
+  const float* wp = packed.const_data_ptr<float>();
+  const float* bp = has_bias ? b.const_data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t blk0, int64_t blk1) {
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t r0 = blk * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const float* tile = wp + t * k * kTile;
+        const int64_t c0 = t * kTile, cols = std::min(kTile, n - c0);
+        const float* bt = bp != nullptr ? bp + c0 : nullptr;
+        for (int64_t r = r0; r < r1; ++r) {
+          if (isa == kAvx512)
+            row_avx512(tile, active + r * stride, count[r], bt, op + r * n + c0, cols);
+          else
+            row_avx2(tile, active + r * stride, count[r], bt, op + r * n + c0, cols);
+        }
+      }
+    }
+  });
+  return out;
+#else
+  return at::empty({0}, spikes.options());
+#endif
+}
+
+// One neuron row over the chunk: currents c (stride st between steps), spikes s (stride ss), membrane u.
+template <bool Leaky>
+__attribute__((always_inline)) inline void scan_row(const float* __restrict__ c, int64_t st, float* __restrict__ s, int64_t ss, float* __restrict__ u,
+              int64_t steps, int64_t cols, float th, float lk) {
+  for (int64_t t = 0; t < steps; ++t, c += st, s += ss) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = u[j] + c[j];                          // charge
+      const float fired = static_cast<float>(v >= th);      // fire
+      const float after = v - th * fired;                   // reset by subtraction
+      u[j] = Leaky ? after * lk : after;                    // leak
+      s[j] = fired;
+    }
+  }
+}
+
+// Rows r0..r1 of the scan, compiled for each instruction set (same arithmetic, wider vectors).
+using Scan = void (*)(const float*, int64_t, int64_t, float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, float, float);
+
+template <bool Leaky>
+void scan_rows_generic(const float* cp, int64_t st, int64_t sr, float* sp, int64_t rows, float* up, int64_t r0,
+                       int64_t r1, int64_t steps, int64_t cols, float th, float lk) {
+  for (int64_t r = r0; r < r1; ++r)
+    scan_row<Leaky>(cp + r * sr, st, sp + r * cols, rows * cols, up + r * cols, steps, cols, th, lk);
+}
+
+#ifdef EVENT_X86
+template <bool Leaky>
+EVENT_AVX512 void scan_rows_avx512(const float* cp, int64_t st, int64_t sr, float* sp, int64_t rows, float* up,
+                                   int64_t r0, int64_t r1, int64_t steps, int64_t cols, float th, float lk) {
+  for (int64_t r = r0; r < r1; ++r)
+    scan_row<Leaky>(cp + r * sr, st, sp + r * cols, rows * cols, up + r * cols, steps, cols, th, lk);
+}
+
+template <bool Leaky>
+EVENT_AVX2 void scan_rows_avx2(const float* cp, int64_t st, int64_t sr, float* sp, int64_t rows, float* up,
+                               int64_t r0, int64_t r1, int64_t steps, int64_t cols, float th, float lk) {
+  for (int64_t r = r0; r < r1; ++r)
+    scan_row<Leaky>(cp + r * sr, st, sp + r * cols, rows * cols, up + r * cols, steps, cols, th, lk);
+}
+#endif
+
+template <bool Leaky>
+Scan scan_rows(int64_t isa) {
+#ifdef EVENT_X86
+  if (isa == kAvx512) return &scan_rows_avx512<Leaky>;
+  if (isa == kAvx2) return &scan_rows_avx2<Leaky>;
+#endif
+  return &scan_rows_generic<Leaky>;
+}
+
+// currents (T, R, C) with unit stride in C, membrane u (R, C) contiguous, both float32:
+// spikes (T, R, C) of the integrate-and-fire neurons; u is updated in place.
+at::Tensor if_scan(const at::Tensor& currents, at::Tensor u, double vth, double leak) {
+  check_float_cpu(currents, "currents");
+  check_float_cpu(u, "membrane");
+  TORCH_CHECK(currents.dim() == 3 && currents.stride(2) == 1, "if_scan: currents (T, R, C) with unit stride in C");
+  TORCH_CHECK(u.is_contiguous() && u.numel() == currents.size(1) * currents.size(2), "if_scan: membrane (R, C) contiguous");
+  const int64_t steps = currents.size(0), rows = currents.size(1), cols = currents.size(2);
+  const int64_t st = currents.stride(0), sr = currents.stride(1);
+  at::Tensor spikes = at::empty({steps, rows, cols}, currents.options());
+  const float* cp = currents.const_data_ptr<float>();
+  float* up = u.data_ptr<float>();
+  float* sp = spikes.data_ptr<float>();
+  const float th = static_cast<float>(vth), lk = static_cast<float>(leak);
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+  const int64_t isa = event_isa();
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    const Scan scan = leak != 1.0 ? scan_rows<true>(isa) : scan_rows<false>(isa);
+    scan(cp, st, sr, sp, rows, up, r0, r1, steps, cols, th, lk);
+  });
+  return spikes;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(spikingbert, m) {
+  m.def("event_isa() -> int");
+  m.def("pack_weight(Tensor weight) -> Tensor");
+  m.def("spike_linear(Tensor spikes, Tensor packed, Tensor? bias, int out_features, float max_density, int isa) -> Tensor");
+  m.def("if_scan(Tensor currents, Tensor(a!) u, float vth, float leak) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(spikingbert, CompositeExplicitAutograd, m) {
+  m.impl("event_isa", &event_isa);
+}
+
+TORCH_LIBRARY_IMPL(spikingbert, CPU, m) {
+  m.impl("pack_weight", &pack_weight);
+  m.impl("spike_linear", &spike_linear);
+  m.impl("if_scan", &if_scan);
+}

@@ -1,0 +1,98 @@
+"""Compiled CPU kernels of the event-driven simulation engine: build and load.
+
+``modules/csrc/event_ops.cpp`` registers ``torch.ops.spikingbert``:
+
+* ``pack_weight(W)`` — a dense weight ``(N, K)`` as tiles of ``W^T`` for :func:`spike_linear`;
+* ``spike_linear(spikes, packed, bias, N, max_density, isa)`` — binary spikes ``(M, K)`` times ``W^T``
+  plus bias from the inputs that fired only (an empty tensor when more than ``max_density`` fired);
+* ``if_scan(currents, u, vth, leak)`` — the integrate-and-fire update of a chunk of steps;
+* ``event_isa()`` — 2 with AVX-512, 1 with AVX2 + FMA, 0 without either (no ``spike_linear``).
+
+``make install`` builds the library once (``python -m modules.event_ops``) with PyTorch's C++
+extension build into ``modules/csrc/build/``, named after a hash of the source, the compiler flags
+and the torch version, so a stale library is never loaded. Nothing is compiled at run time: where
+the library is missing (no compiler, another torch, another platform) :func:`load` says why and the
+simulation runs on the dense path.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["SOURCE", "build", "load", "library_path"]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "event_ops.cpp"
+BUILD_ROOT = SOURCE.parent / "build"
+# -fopenmp: at::parallel_for runs on OpenMP threads (the libgomp torch already loaded), so the kernels
+# follow torch.set_num_threads. No fast-math: the float32 arithmetic must stay that of the dense path.
+CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno")
+
+
+def _tag() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join(CFLAGS).encode())
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()[:12]
+
+
+def library_path() -> Path:
+    """Where the library for this source, these flags and this torch lives (built or not)."""
+    name = f"spikingbert_event_ops_{_tag()}"
+    return BUILD_ROOT / name / f"{name}.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the kernels for this torch (a few seconds to a minute); returns the library path."""
+    from torch.utils import cpp_extension
+
+    path = library_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the ninja of this environment (pip's), also when the environment is not activated
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    cpp_extension.load(name=path.stem, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                       extra_ldflags=["-fopenmp"], build_directory=str(path.parent),
+                       is_python_module=False, verbose=verbose)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> Optional[str]:
+    """Load the library once; ``None`` when ``torch.ops.spikingbert`` is ready, else why it is not."""
+    path = library_path()
+    if not path.is_file():
+        return f"the CPU kernels are not built for this source and torch {torch.__version__} (run `make install`)"
+    try:
+        torch.ops.load_library(str(path))
+    except OSError as e:
+        return f"{path.name} cannot be loaded ({e}); rebuild it with `make install`"
+    return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the CPU kernels of the event-driven engine.")
+    parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    args = parser.parse_args(argv)
+    try:
+        path = build(verbose=args.verbose)
+    except (RuntimeError, OSError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"warning: the event engine's CPU kernels were not built ({first}); "
+              f"the simulation will use the dense engine", file=sys.stderr)
+        return 0
+    print(f"built {path.relative_to(SOURCE.parent.parent.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
