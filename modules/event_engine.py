@@ -21,15 +21,16 @@ Engines (environment variable ``SPIKINGBERT_ENGINE``):
 * ``dense``: today's dense engine everywhere (GEMMs and the eager neuron update).
 
 CUDA tensors always take the dense path: tensor-core GEMMs are the fast way there. One log line
-says which engine runs.
+says which engine runs. :func:`engine_override` switches engines within a process (benchmarks).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import weakref
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -38,7 +39,8 @@ from transformer.linear import linear
 
 from . import event_ops
 
-__all__ = ["spike_linear", "fused_if_scan", "engine", "max_density", "ENGINE_ENV"]
+__all__ = ["spike_linear", "fused_if_scan", "train_convergence", "engine", "engine_override", "max_density",
+           "ENGINE_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +55,39 @@ _CROSSOVER = {2: ((768, 0.45), (None, 0.32)), 1: ((768, 0.38), (None, 0.22))}
 Weights = Union[Tensor, Sequence[Tensor]]
 
 
-@functools.lru_cache(maxsize=None)
+#: Engine forced by :func:`engine_override` (benchmarks and tests compare both in one process).
+_OVERRIDE: Optional[str] = None
+
+
 def engine() -> tuple[str, int]:
-    """``("event", isa)`` or ``("dense", 0)`` for CPU simulations in this process (logged once)."""
+    """``("event", isa)`` or ``("dense", 0)`` for CPU simulations (each choice logged once)."""
+    return _resolve(_OVERRIDE or _env_choice())
+
+
+@contextlib.contextmanager
+def engine_override(name: str) -> Iterator[None]:
+    """Run the block on engine ``name`` (``"auto"`` or ``"dense"``) whatever ``SPIKINGBERT_ENGINE`` says."""
+    global _OVERRIDE
+    if name not in ("auto", "dense"):
+        raise ValueError(f"engine must be 'auto' or 'dense' (got {name!r})")
+    previous, _OVERRIDE = _OVERRIDE, name
+    try:
+        yield
+    finally:
+        _OVERRIDE = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _env_choice() -> str:
     choice = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", "dense"):
         logger.warning("%s=%s is not 'auto' or 'dense': using 'auto'", ENGINE_ENV, choice)
         choice = "auto"
+    return choice
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(choice: str) -> tuple[str, int]:
     why = "forced by SPIKINGBERT_ENGINE=dense" if choice == "dense" else event_ops.load()
     isa = 0
     if why is None:
@@ -177,3 +205,12 @@ def fused_if_scan(currents: Tensor, u: Tensor, vth: float, leak: float) -> Optio
         grid = grid.contiguous()
     spikes = torch.ops.spikingbert.if_scan(grid, u, float(vth), float(leak))
     return spikes.view(currents.shape)
+
+
+def train_convergence(bits: Tensor, t_conv: int) -> Optional[Tensor]:
+    """The spike report's ASR convergence from bit-packed trains ``(ceil(T/8), *neurons)`` uint8 in one
+    compiled pass: ``(T,)`` float64 sums over neurons of ``|count_t / t - count_T / T|``, exactly as the
+    report's tensor code computes them; ``None`` where the event engine does not run (use that code)."""
+    if bits.device.type != "cpu" or bits.dtype != torch.uint8 or engine()[0] != "event":
+        return None
+    return torch.ops.spikingbert.train_convergence(bits, int(t_conv))

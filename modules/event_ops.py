@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,9 @@ def build(verbose: bool = False) -> Path:
     cpp_extension.load(name=path.stem, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
                        extra_ldflags=["-fopenmp"], build_directory=str(path.parent),
                        is_python_module=False, verbose=verbose)
+    for old in BUILD_ROOT.glob("spikingbert_event_ops_*"):            # builds of earlier sources
+        if old != path.parent:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -96,6 +96,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from modules.blocks import NEURON_LAYERS
+from modules.event_engine import train_convergence
 
 from . import glue
 from .archive import atomic_output
@@ -430,6 +431,10 @@ class _BatchRecorder:
         """
         result = {}
         for key, bits in self.trains.items():
+            compiled = train_convergence(bits, self.t_conv)                         # the event engine's pass
+            if compiled is not None:
+                result[key] = compiled
+                continue
             shifts = torch.arange(8, dtype=torch.uint8, device=bits.device).view(8, 1, 1)
             final = sum(((byte >> shifts) & 1).sum(0, dtype=torch.int32) for byte in bits)   # (N, width)
             count = torch.zeros_like(final)

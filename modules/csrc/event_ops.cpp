@@ -7,6 +7,7 @@
 //   that stays in cache while a block of rows is processed.
 // if_scan: the integrate-and-fire update of a chunk of steps in one pass per neuron
 //   (charge, fire, reset by subtraction, leak), the same float32 arithmetic as the eager loop.
+// train_convergence: the spike report's ASR convergence from bit-packed spike trains, in one pass.
 //
 // The vector kernels are compiled for AVX-512 and AVX2 through target attributes; which one runs is
 // an argument (event_isa() says what the CPU supports), so one build serves any x86-64 CPU.
@@ -277,6 +278,51 @@ at::Tensor if_scan(const at::Tensor& currents, at::Tensor u, double vth, double 
   return spikes;
 }
 
+// Spike trains packed as bits (ceil(T / 8), neurons) uint8, bit t % 8 of byte t / 8 = spike at step t:
+// for t = 1..T the sum over neurons of |count_t * T - count_T * t| / (t * T), i.e. of |ASR_t - ASR_T|
+// (exact: integer sums, one division per step).
+at::Tensor train_convergence(const at::Tensor& bits, int64_t t_conv) {
+  TORCH_CHECK(bits.device().is_cpu() && bits.scalar_type() == at::kByte && bits.dim() >= 2,
+              "train_convergence: uint8 CPU bits (bytes, neurons...)");
+  TORCH_CHECK(bits.size(0) * 8 >= t_conv && t_conv > 0, "train_convergence: bits too short for t_conv");
+  const at::Tensor b = bits.contiguous();
+  const int64_t nbytes = b.size(0), neurons = b.numel() / nbytes;
+  const uint8_t* bp = b.const_data_ptr<uint8_t>();
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (neurons + kBlock - 1) / kBlock;
+  const int threads = at::get_num_threads();
+  std::vector<int64_t> partial(static_cast<size_t>(threads * t_conv), 0);
+  at::parallel_for(0, blocks, 1, [&](int64_t blk0, int64_t blk1) {
+    int64_t* acc = partial.data() + at::get_thread_num() * t_conv;
+    int32_t final_count[kBlock], count[kBlock];
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t n0 = blk * kBlock, n = std::min(kBlock, neurons - n0);
+      for (int64_t j = 0; j < n; ++j) final_count[j] = count[j] = 0;
+      for (int64_t byte = 0; byte < nbytes; ++byte)
+        for (int64_t j = 0; j < n; ++j) final_count[j] += __builtin_popcount(bp[byte * neurons + n0 + j]);
+      for (int64_t t = 0; t < t_conv; ++t) {
+        const uint8_t* row = bp + (t >> 3) * neurons + n0;
+        const int shift = static_cast<int>(t & 7);
+        int64_t gap = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          count[j] += (row[j] >> shift) & 1;
+          const int64_t d = int64_t{count[j]} * t_conv - int64_t{final_count[j]} * (t + 1);
+          gap += d < 0 ? -d : d;
+        }
+        acc[t] += gap;
+      }
+    }
+  });
+  at::Tensor sums = at::empty({t_conv}, b.options().dtype(at::kDouble));
+  double* sp = sums.data_ptr<double>();
+  for (int64_t t = 0; t < t_conv; ++t) {
+    int64_t total = 0;
+    for (int i = 0; i < threads; ++i) total += partial[i * t_conv + t];
+    sp[t] = static_cast<double>(total) / (static_cast<double>(t + 1) * static_cast<double>(t_conv));
+  }
+  return sums;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spikingbert, m) {
@@ -284,6 +330,7 @@ TORCH_LIBRARY(spikingbert, m) {
   m.def("pack_weight(Tensor weight) -> Tensor");
   m.def("spike_linear(Tensor spikes, Tensor packed, Tensor? bias, int out_features, float max_density, int isa) -> Tensor");
   m.def("if_scan(Tensor currents, Tensor(a!) u, float vth, float leak) -> Tensor");
+  m.def("train_convergence(Tensor bits, int t_conv) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(spikingbert, CompositeExplicitAutograd, m) {
@@ -294,4 +341,5 @@ TORCH_LIBRARY_IMPL(spikingbert, CPU, m) {
   m.impl("pack_weight", &pack_weight);
   m.impl("spike_linear", &spike_linear);
   m.impl("if_scan", &if_scan);
+  m.impl("train_convergence", &train_convergence);
 }

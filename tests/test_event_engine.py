@@ -1,0 +1,218 @@
+"""Event-driven engine: the compiled spike-input linear and neuron scan against independent references,
+the density switch, and both engines on a sparsely firing student and on the published checkpoint."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from bench.firing import shape_firing
+from models.spiking_bert import SpikingBertForSequenceClassification
+from modules import event_engine, event_ops
+from modules.neuron import if_scan
+from tests.student_utils import tiny_config, tiny_inputs
+from transformer.linear import linear
+
+WHY_NOT_BUILT = event_ops.load()
+if WHY_NOT_BUILT is not None and os.environ.get("CI"):
+    raise RuntimeError(f"CI must build the event engine's kernels: {WHY_NOT_BUILT}")
+pytestmark = pytest.mark.skipif(WHY_NOT_BUILT is not None, reason=f"event engine not available: {WHY_NOT_BUILT}")
+
+BEST_ISA = int(torch.ops.spikingbert.event_isa()) if WHY_NOT_BUILT is None else 0
+ISAS = [isa for isa in (1, 2) if isa <= BEST_ISA]
+
+
+@pytest.fixture
+def use_engine(monkeypatch):
+    """``use_engine("dense" | "auto", max_density=None)`` switches the engine of this process for the test
+    through ``SPIKINGBERT_ENGINE`` (``max_density=1.0``: every product event-driven, whatever its density)."""
+    def switch(name: str, max_density=None) -> None:
+        monkeypatch.setenv(event_engine.ENGINE_ENV, name)
+        if max_density is None:
+            monkeypatch.delenv(event_engine.MAX_DENSITY_ENV, raising=False)
+        else:
+            monkeypatch.setenv(event_engine.MAX_DENSITY_ENV, str(max_density))
+        event_engine._env_choice.cache_clear()
+        event_engine._density_override.cache_clear()
+    yield switch
+    monkeypatch.delenv(event_engine.ENGINE_ENV, raising=False)
+    monkeypatch.delenv(event_engine.MAX_DENSITY_ENV, raising=False)
+    event_engine._env_choice.cache_clear()
+    event_engine._density_override.cache_clear()
+
+
+def sequential_reference(x: np.ndarray, w: np.ndarray, b) -> np.ndarray:
+    """float32 sum of the weight columns of each row's active inputs, in input order, then the bias."""
+    out = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for r in range(x.shape[0]):
+        active = np.flatnonzero(x[r])
+        acc = np.zeros(w.shape[0], np.float32)
+        for k in active:
+            acc = acc + w[:, k]
+        out[r] = acc if b is None else acc + b
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m,k,n,density,bias", [
+    (37, 50, 70, 0.2, True),      # K not a multiple of the vector width, N of the tile width
+    (64, 384, 96, 0.06, True),
+    (5, 16, 33, 0.9, False),
+    (3, 40, 8, 0.0, True),        # no spike at all: the bias
+])
+def test_spike_linear_is_the_ordered_sum_of_active_weight_rows(isa, m, k, n, density, bias):
+    g = torch.Generator().manual_seed(m * k + n)
+    x = (torch.rand(m, k, generator=g) < density).float()
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    packed = torch.ops.spikingbert.pack_weight(w)
+    out = torch.ops.spikingbert.spike_linear(x, packed, b, n, 1.0, isa)
+    ref = sequential_reference(x.numpy(), w.numpy(), None if b is None else b.numpy())
+    np.testing.assert_array_equal(out.numpy(), ref)                      # bit for bit
+    exact = x.double() @ w.double().T + (0 if b is None else b.double())
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-4)
+
+
+def test_spike_linear_leaves_dense_chunks_to_the_gemm():
+    x = (torch.rand(20, 64, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    w, b = torch.randn(48, 64), torch.randn(48)
+    packed = torch.ops.spikingbert.pack_weight(w)
+    density = float(x.mean())
+    assert torch.ops.spikingbert.spike_linear(x, packed, b, 48, density - 0.01, BEST_ISA).numel() == 0
+    assert torch.ops.spikingbert.spike_linear(x, packed, b, 48, density + 0.01, BEST_ISA).shape == (20, 48)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.95])
+def test_wrapper_matches_the_dense_product_on_both_sides_of_the_crossover(use_engine, density):
+    use_engine("auto")
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, 7, 384, generator=g) < density).float()
+    parts = [torch.randn(32, 384, generator=g) for _ in range(3)]
+    biases = [torch.randn(32, generator=g) for _ in range(3)]
+    out = event_engine.spike_linear(x, parts, biases)
+    assert out.shape == (2, 7, 96)
+    torch.testing.assert_close(out, linear(x, torch.cat(parts), torch.cat(biases)), rtol=0, atol=1e-4)
+
+
+def test_packed_weights_follow_in_place_updates(use_engine):
+    use_engine("auto")
+    lin = torch.nn.Linear(64, 40)
+    x = (torch.rand(10, 64, generator=torch.Generator().manual_seed(2)) < 0.1).float()
+    with torch.no_grad():
+        before = event_engine.spike_linear(x, lin.weight, lin.bias)
+        lin.weight.mul_(2.0)                                     # what an optimiser step does
+        after = event_engine.spike_linear(x, lin.weight, lin.bias)
+    torch.testing.assert_close(after, 2 * before - lin.bias, rtol=0, atol=1e-5)
+
+
+def test_autograd_and_forced_dense_take_the_gemm(use_engine, caplog):
+    use_engine("auto")
+    lin = torch.nn.Linear(16, 8)
+    x = (torch.rand(4, 16) < 0.2).float()
+    assert event_engine.spike_linear(x, lin.weight, lin.bias).grad_fn is not None
+    use_engine("dense")
+    event_engine._resolve.cache_clear()                       # log the choice again
+    with caplog.at_level(logging.INFO, logger="modules.event_engine"):
+        assert event_engine.engine() == ("dense", 0)
+    assert any("simulation engine on CPU: dense (forced by SPIKINGBERT_ENGINE=dense)" in r.getMessage()
+               for r in caplog.records)
+    assert event_engine.fused_if_scan(torch.zeros(2, 3, 4), torch.zeros(3, 4), 1.0, 1.0) is None
+
+
+@pytest.mark.parametrize("leak", [1.0, 0.9])
+def test_fused_scan_equals_the_eager_update(use_engine, leak):
+    use_engine("auto")
+    g = torch.Generator().manual_seed(3)
+    currents = (torch.randn(6, 4, 5, 3 * 24, generator=g) * 0.7)[..., 24:48]   # strided, as a chunk() view
+    u_fused = torch.rand(4, 5, 24, generator=g)
+    u_eager = u_fused.clone()
+    spikes = event_engine.fused_if_scan(currents, u_fused, 0.7, leak)
+    use_engine("dense")
+    ref, _ = if_scan(currents, u_eager, 0.7, leak)
+    assert torch.equal(spikes, ref) and torch.equal(u_fused, u_eager)
+    assert 0 < float(spikes.mean()) < 1
+
+
+def test_fused_scan_fires_at_the_threshold_exactly(use_engine):
+    use_engine("auto")
+    currents = torch.full((12, 2, 16), 0.25)                  # u reaches vth = 1 exactly every 4th step
+    currents[:, 1] = -0.5
+    spikes = event_engine.fused_if_scan(currents, torch.zeros(2, 16), 1.0, 1.0)
+    expected = torch.zeros(12, 2, 16)
+    expected[3::4, 0] = 1.0                                   # hand count: steps 4, 8, 12
+    assert torch.equal(spikes, expected)
+
+
+def test_engine_override_beats_the_environment(use_engine):
+    use_engine("dense")
+    with event_engine.engine_override("auto"):
+        assert event_engine.engine()[0] == "event"
+    assert event_engine.engine()[0] == "dense"
+    with pytest.raises(ValueError, match="'auto' or 'dense'"):
+        with event_engine.engine_override("fast"):
+            pass
+
+
+def _all_spikes(model, inputs):
+    seen = {}
+    with torch.no_grad():
+        out = model(*inputs, recorder=lambda key, t0, s: seen.setdefault(key, []).append(s.clone()),
+                    output_layer_rates=True)
+    return {k: torch.cat(v) for k, v in seen.items()}, out
+
+
+def test_engines_agree_on_a_sparsely_firing_student(use_engine):
+    torch.manual_seed(0)
+    model = SpikingBertForSequenceClassification(tiny_config(layers=2, hidden=64, heads=2, inter=256, t_conv=16)).eval()
+    inputs = tiny_inputs(batch=4, seq=12)
+    rates = shape_firing(model, inputs, rounds=3)
+    assert all(0.02 < r < 0.5 for r in rates.values()), rates               # sparse, like a trained student
+    use_engine("dense")
+    dense, out_dense = _all_spikes(model, inputs)
+    use_engine("auto", max_density=1.0)
+    assert event_engine.engine()[0] == "event"
+    event, out_event = _all_spikes(model, inputs)
+    differing = sum(int((dense[k] != event[k]).sum()) for k in dense)
+    total = sum(v.numel() for v in dense.values())
+    assert differing / total <= 1e-4, f"{differing} of {total} spikes differ"
+    torch.testing.assert_close(out_event.logits, out_dense.logits, rtol=0, atol=1e-3)
+
+
+def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixture_dir, tmp_path):
+    from models.convert_published import convert
+
+    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"), t_conv=8)
+    expected = torch.load(published_fixture_dir / "expected.pt", weights_only=True)
+    model = SpikingBertForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    inputs = (expected["input_ids"], expected["token_type_ids"], expected["attention_mask"])
+    spikes = {}
+    for name in ("dense", "auto"):
+        use_engine(name, max_density=1.0)
+        with torch.no_grad():
+            out = model(*inputs, vth=expected["vth"])
+        for ours, ref in zip(out.reps, expected["reps"], strict=True):      # every spike count equal
+            assert torch.equal(ours, ref)
+        spikes[name] = _all_spikes(model, inputs)[0]
+    assert all(torch.equal(spikes["dense"][k], spikes["auto"][k]) for k in spikes["dense"])
+
+
+def test_report_convergence_pass_equals_the_tensor_code(use_engine):
+    from spikingbert.report import _BatchRecorder
+
+    class Head(torch.nn.Module):                                 # what the recorder needs of a student
+        config = tiny_config(layers=1)
+        classifier = torch.nn.Linear(32, 2)
+
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1:, 3:] = 0
+    results = {}
+    for name in ("dense", "auto"):
+        use_engine(name)
+        rec = _BatchRecorder(Head(), mask, 19, [], keep_trains=True)
+        g = torch.Generator().manual_seed(4)
+        for t0, tc in ((0, 7), (7, 12)):                          # two chunks, across byte boundaries
+            rec("0.K", t0, (torch.rand(tc, 3, 5, 32, generator=g) < 0.3).float())
+        results[name] = rec.convergence_sums()["0.K"]
+    assert torch.equal(results["dense"], results["auto"])
+    assert results["auto"][-1] == 0 and results["auto"][0] > 0
