@@ -1,7 +1,10 @@
 """Benchmark cases. Each returns a list of JSON-able result dicts.
 
-Every ratio is measured in one process, alternating its two sides, as the median
-of ``repeats`` timings after a warm-up (this machine is shared and noisy).
+Every ratio is measured in one process, alternating its sides, as the median
+of ``repeats`` timings after a warm-up (this machine is shared and noisy). The
+spiking side runs on both simulation engines (``modules.event_engine``): the
+default (event-driven on CPU where built) and the dense engine (``_dense``
+fields), interleaved.
 """
 from __future__ import annotations
 
@@ -16,9 +19,14 @@ from typing import Callable
 
 import torch
 
+from bench.firing import DEMO_RATES, DENSE_RATES, shape_firing
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from modules import event_engine
+from transformer.linear import linear
 from transformer.modeling import BertConfig, BertModel
 from transformer.optimization import BertAdam
+
+RECIPES = {"recipe": DEMO_RATES, "dense_recipe": DENSE_RATES}
 
 SIZES = {
     "small": dict(num_hidden_layers=4, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -33,10 +41,21 @@ class Setting:
     seq_len: int
     t_conv: int
     device: str = "cpu"
+    #: "random" (init weights), "recipe" / "dense_recipe" (:func:`bench.firing.shape_firing` to the demo
+    #: student's rates / to dense firing) or a trained student's directory
+    weights: str = "random"
+
+    def dims(self) -> dict:
+        if self.weights in RECIPES or self.weights == "random":
+            return SIZES[self.size]
+        cfg = SpikingBertConfig.from_pretrained(self.weights)
+        return dict(num_hidden_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
+                    num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size)
 
     def describe(self) -> dict:
-        return {"size": self.size, **SIZES[self.size], "B": self.batch, "S": self.seq_len, "T": self.t_conv,
-                "device": self.device, "threads": torch.get_num_threads(), "torch": torch.__version__}
+        return {"size": self.size, **self.dims(), "B": self.batch, "S": self.seq_len, "T": self.t_conv,
+                "weights": self.weights, "device": self.device, "threads": torch.get_num_threads(),
+                "torch": torch.__version__}
 
 
 def _sync(device: str) -> None:
@@ -62,17 +81,40 @@ def time_alternating(fns: dict[str, Callable[[], object]], device: str, repeats:
 
 
 def build(setting: Setting, **student_kw):
-    """Student and same-size ANN BERT (teacher class) with random weights, plus inputs."""
-    dims = SIZES[setting.size]
+    """Student and same-size ANN BERT (teacher class), plus inputs. The student has random weights, weights
+    shaped to fire like the demo's trained student (``weights="recipe"``) or a trained student's weights."""
+    dims = setting.dims()
     torch.manual_seed(0)
-    student = SpikingBertForSequenceClassification(SpikingBertConfig(
-        **dims, t_conv=setting.t_conv, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **student_kw))
+    common = dict(t_conv=setting.t_conv, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **student_kw)
+    if setting.weights in RECIPES or setting.weights == "random":
+        student = SpikingBertForSequenceClassification(SpikingBertConfig(**dims, **common))
+    else:
+        student = SpikingBertForSequenceClassification.from_pretrained(setting.weights, **common)
     ann = BertModel(BertConfig(vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **dims))
     ids = torch.randint(1000, 30000, (setting.batch, setting.seq_len))
     mask = torch.ones_like(ids)
     mask[1:, setting.seq_len * 3 // 4:] = 0                      # some padding, as in real batches
+    types = torch.zeros_like(ids)
+    if setting.weights in RECIPES:
+        shape_firing(student, (ids, types, mask), RECIPES[setting.weights])
     student, ann = student.to(setting.device), ann.to(setting.device)
-    return student, ann, ids.to(setting.device), torch.zeros_like(ids).to(setting.device), mask.to(setting.device)
+    return student, ann, ids.to(setting.device), types.to(setting.device), mask.to(setting.device)
+
+
+def on_engine(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run on simulation engine ``name`` (``"auto"`` or ``"dense"``)."""
+    def run():
+        with event_engine.engine_override(name):
+            return fn()
+    return run
+
+
+def firing_rates(student, ids, types, mask) -> dict[str, float]:
+    """Average spiking rate of every neuron layer over all positions (padding included, as the engine sees it)."""
+    student.eval()
+    with torch.inference_mode():
+        rates = student(ids, types, mask, output_layer_rates=True).layer_rates
+    return {k: round(float(v.float().mean()), 3) for k, v in rates.items()}
 
 
 def case_eval(setting: Setting, repeats: int) -> dict:
@@ -88,9 +130,12 @@ def case_eval(setting: Setting, repeats: int) -> dict:
         with torch.inference_mode():
             ann(ids, types, mask)
 
-    ms = time_alternating({"snn": snn, "ann": ann_fwd}, setting.device, repeats)
-    return {"case": "eval", **setting.describe(), "ms_snn": ms["snn"], "ms_ann": ms["ann"],
-            "R_eval": ms["snn"] / (setting.t_conv * ms["ann"])}
+    ms = time_alternating({"snn": on_engine("auto", snn), "dense_snn": on_engine("dense", snn), "ann": ann_fwd},
+                          setting.device, repeats)
+    return {"case": "eval", **setting.describe(), "engine": event_engine.engine()[0],
+            "asr": firing_rates(student, ids, types, mask), "ms_snn": ms["snn"], "ms_dense_snn": ms["dense_snn"],
+            "ms_ann": ms["ann"], "R_eval": ms["snn"] / (setting.t_conv * ms["ann"]),
+            "R_eval_dense": ms["dense_snn"] / (setting.t_conv * ms["ann"]), "speedup": ms["dense_snn"] / ms["snn"]}
 
 
 def case_schedule(setting: Setting, repeats: int) -> dict:
@@ -149,9 +194,52 @@ def case_train(setting: Setting, repeats: int) -> dict:
         (sum(h.float().pow(2).mean() for h in out.hidden_states)).backward()
         ann.zero_grad(set_to_none=True)
 
-    ms = time_alternating({"train": train_step, "snn_eval": snn_eval, "ann_fwd_bwd": ann_fwd_bwd}, setting.device, repeats)
-    return {"case": "train", **setting.describe(), "ms_train": ms["train"], "ms_snn_eval": ms["snn_eval"],
-            "ms_ann_fwd_bwd": ms["ann_fwd_bwd"], "R_train": ms["train"] / (ms["snn_eval"] + ms["ann_fwd_bwd"])}
+    ms = time_alternating({"train": on_engine("auto", train_step), "train_dense": on_engine("dense", train_step),
+                           "snn_eval": on_engine("auto", snn_eval), "snn_eval_dense": on_engine("dense", snn_eval),
+                           "ann_fwd_bwd": ann_fwd_bwd}, setting.device, repeats)
+    return {"case": "train", **setting.describe(), "engine": event_engine.engine()[0],
+            "ms_train": ms["train"], "ms_train_dense": ms["train_dense"], "ms_snn_eval": ms["snn_eval"],
+            "ms_snn_eval_dense": ms["snn_eval_dense"], "ms_ann_fwd_bwd": ms["ann_fwd_bwd"],
+            "R_train": ms["train"] / (ms["snn_eval"] + ms["ann_fwd_bwd"]),
+            "R_train_dense": ms["train_dense"] / (ms["snn_eval_dense"] + ms["ann_fwd_bwd"]),
+            "speedup": ms["train_dense"] / ms["train"]}
+
+
+def case_crossover(setting: Setting, repeats: int, densities=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)) -> list[dict]:
+    """Event-driven vs dense product of each simulation layer shape, on random spikes of a range of
+    densities, rows of one time chunk: the density where the two cost the same (what the engine's
+    ``max_density`` is set from), per instruction set."""
+    from modules import event_ops
+
+    if setting.device != "cpu" or event_ops.load() is not None:
+        return []
+    dims = setting.dims()
+    h, inter = dims["hidden_size"], dims["intermediate_size"]
+    student = SpikingBertForSequenceClassification(SpikingBertConfig(**dims, t_conv=setting.t_conv))
+    rows = student.bert.time_chunk(setting.t_conv, setting.batch, setting.seq_len) * setting.batch * setting.seq_len
+    ops = torch.ops.spikingbert
+    best = int(ops.event_isa())
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for name, k, n in (("key_value_query", h, 3 * h), ("attention.output", h, h), ("intermediate", h, inter),
+                       ("output", inter, h)):
+        w, b = torch.randn(n, k, generator=g) * 0.05, torch.randn(n, generator=g)
+        packed = ops.pack_weight(w)
+        for isa in [i for i in (2, 1) if i <= best]:
+            ratios = []
+            for d in densities:
+                x = (torch.rand(rows, k, generator=g) < d).float()
+                ms = time_alternating({"dense": lambda: linear(x, w, b),
+                                       "event": lambda: ops.spike_linear(x, packed, b, n, 1.0, isa)}, "cpu", repeats)
+                ratios.append(ms["event"] / ms["dense"])
+            cross = next((d0 + (1 - r0) * (d1 - d0) / (r1 - r0) for d0, r0, d1, r1
+                          in zip(densities, ratios, densities[1:], ratios[1:]) if r0 < 1 <= r1), None)
+            out.append({"case": "crossover", **setting.describe(), "layer": name, "K": k, "N": n, "rows": rows,
+                        "isa": "avx512" if isa == 2 else "avx2", "densities": list(densities),
+                        "event_over_dense": [round(r, 3) for r in ratios],
+                        "crossover": None if cross is None else round(cross, 3),
+                        "max_density": event_engine.max_density(k, isa)})
+    return out
 
 
 def measure_peak_memory(setting: Setting, mode: str) -> float:
