@@ -47,10 +47,11 @@ logger = logging.getLogger(__name__)
 ENGINE_ENV = "SPIKINGBERT_ENGINE"
 MAX_DENSITY_ENV = "SPIKINGBERT_EVENT_MAX_DENSITY"
 
-#: Fraction of active inputs below which the event-driven product beats the dense GEMM, by
-#: instruction set (2 = AVX-512, 1 = AVX2) and by fan-in: a packed weight tile of up to 768 inputs
-#: stays in the core's L2 cache. Measured crossovers times 0.9 (``python -m bench --cases crossover``).
-_CROSSOVER = {2: ((768, 0.45), (None, 0.32)), 1: ((768, 0.38), (None, 0.22))}
+#: Input density up to which the event-driven product runs, by instruction set (2 = AVX-512, 1 = AVX2)
+#: and fan-in (a packed weight tile of up to 768 inputs stays in the core's L2 cache): the measured
+#: crossovers with the dense GEMM (``python -m bench --cases crossover``; AVX-512: 0.51-0.56 for fan-in
+#: 384, 0.36 for 1536; AVX2: 0.36-0.47 and 0.29) with a margin, so a layer is never slower than dense.
+_CROSSOVER = {2: ((768, 0.45), (None, 0.32)), 1: ((768, 0.32), (None, 0.22))}
 
 Weights = Union[Tensor, Sequence[Tensor]]
 
@@ -88,7 +89,7 @@ def _env_choice() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _resolve(choice: str) -> tuple[str, int]:
-    why = "forced by SPIKINGBERT_ENGINE=dense" if choice == "dense" else event_ops.load()
+    why = "requested: SPIKINGBERT_ENGINE=dense or engine_override" if choice == "dense" else event_ops.load()
     isa = 0
     if why is None:
         isa = int(torch.ops.spikingbert.event_isa())
