@@ -152,8 +152,15 @@ class _Packed:
 _PACKED: dict[int, _Packed] = {}
 
 
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:                        # an inference tensor has no version counter
+        return -1
+
+
 def _packed(weights: Sequence[Tensor]) -> Tensor:
-    key = tuple((id(t), t._version, t.data_ptr()) for t in weights)
+    key = tuple((id(t), _version(t), t.data_ptr()) for t in weights)
     entry = _PACKED.get(id(weights[0]))
     if entry is None or entry.key != key:
         if entry is None:

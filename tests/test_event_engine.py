@@ -216,3 +216,13 @@ def test_report_convergence_pass_equals_the_tensor_code(use_engine):
         results[name] = rec.convergence_sums()["0.K"]
     assert torch.equal(results["dense"], results["auto"])
     assert results["auto"][-1] == 0 and results["auto"][0] > 0
+
+
+def test_weights_made_in_inference_mode(use_engine):
+    use_engine("auto", max_density=1.0)
+    with torch.inference_mode():                              # inference tensors have no version counter
+        lin = torch.nn.Linear(64, 40)
+        x = (torch.rand(10, 64, generator=torch.Generator().manual_seed(6)) < 0.1).float()
+        out = event_engine.spike_linear(x, lin.weight, lin.bias)
+        ref = linear(x, lin.weight, lin.bias)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
