@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from transformer.file_utils import atomic_write_text
+from transformer.file_utils import atomic_open, atomic_write_text
 
-from .archive import atomic_output
 from .errors import DataError, UsageError
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
@@ -169,7 +168,7 @@ def build_rotten_tomatoes_task(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for split in ("dev", "train"):
-        with atomic_output(output_dir / f"{split}.tsv") as f:
+        with atomic_open(output_dir / f"{split}.tsv") as f:
             f.write("sentence\tlabel\n")
             f.writelines(f"{text}\t{label}\n" for text, label in splits[split])
     stats.train, stats.dev = len(splits["train"]), len(splits["dev"])

@@ -7,8 +7,8 @@ and exits with the error's `exit_code` (2: bad usage, 1: runtime problem), witho
 a traceback unless the debug flag is on the command line.
 
 Errors of the same kind raised by code that cannot depend on this package (the
-student's `models.spiking_bert.SpikingConfigError`, the teacher's
-`transformer.file_utils.ModelLoadError`), command-line syntax errors (through
+student's `models.spiking_bert.SpikingConfigError`, the file floor's
+`transformer.file_utils.ModelLoadError` and its `DownloadError`), command-line syntax errors (through
 `ArgumentParser`) and operating-system errors such as a full disk are reported
 the same way.
 """
@@ -32,10 +32,6 @@ class UsageError(UserError):
 
 class DataError(UserError):
     """An input data file is missing, empty or malformed."""
-
-
-class DownloadError(UserError):
-    """A download failed or produced an unusable file."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

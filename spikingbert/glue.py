@@ -22,8 +22,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
-from spikingbert.archive import atomic_output
 from spikingbert.errors import DataError, UsageError
+from transformer.file_utils import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -560,7 +560,7 @@ def _load_cache(cache_path: Path, key: Dict, num_examples: int) -> Optional[Dict
 
 def _save_cache(cache_path: Path, blob: Dict) -> None:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(cache_path, binary=True) as f:
+    with atomic_open(cache_path, binary=True) as f:
         torch.save(blob, f)
 
 

@@ -96,9 +96,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from modules.blocks import NEURON_LAYERS
+from transformer.file_utils import atomic_open
 
 from . import glue
-from .archive import atomic_output
 from .errors import DataError, UsageError
 
 __all__ = [
@@ -721,9 +721,9 @@ def write_report(
     _plot_convergence(stats, paths["asr_convergence"])
     _plot_metric_vs_t(stats, adaptive, paths["metric_vs_t"])
     _plot_energy(stats, adaptive, paths["energy"])
-    with atomic_output(paths["json"]) as f:
+    with atomic_open(paths["json"]) as f:
         f.write(text)
-    with atomic_output(paths["markdown"]) as f:
+    with atomic_open(paths["markdown"]) as f:
         f.write(_markdown(stats, report["info"], adaptive))
     logger.info("wrote the spike report to %s", paths["markdown"])
     return paths
@@ -747,7 +747,7 @@ def _save_figure(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    with atomic_output(path, binary=True) as f:
+    with atomic_open(path, binary=True) as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import pytest
 
-from spikingbert.archive import safe_extract_zip
+from spikingbert.glue_download import safe_extract_zip
 from spikingbert.errors import DataError
 from spikingbert.glue import get_processor
 
