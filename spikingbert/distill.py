@@ -27,12 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from models.spiking_bert import (
-    SpikingBertConfig,
-    SpikingBertForDistillation,
-    SpikingBertForSequenceClassification,
-    SpikingConfigError,
-)
+from models.configuration import SpikingBertConfig, SpikingConfigError
+from models.init_from_teacher import init_student_from_teacher
+from models.modeling_utils import find_weights
+from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from transformer.file_utils import ModelLoadError
 from transformer.tokenization import BertTokenizer
 
@@ -265,13 +263,9 @@ def _student_config(path: Path, flag: str) -> SpikingBertConfig:
         raise UsageError(f"{flag} {path}: {err}") from err
 
 
-def _has_weights(path: Path) -> bool:
-    return any((Path(path) / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
-
-
 def _fit_size_override(student_dir: Path, teacher_hidden: int) -> Dict[str, int]:
     """``fit_size`` for a new student; a saved student must already project to the teacher's width."""
-    if not _has_weights(student_dir):
+    if not find_weights(student_dir) is not None:
         return {"fit_size": teacher_hidden}
     fit_size = _student_config(student_dir, "--spiking_student_model").fit_size
     if fit_size != teacher_hidden:
@@ -289,58 +283,12 @@ def _load_teacher(cls, path: str, **kwargs) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------ --init_from_teacher
 
-def teacher_init_map(teacher_state: Dict[str, Tensor], student_state: Dict[str, Tensor], stride: int
-                     ) -> Dict[str, str]:
-    """Student key -> teacher key of the tensors ``--init_from_teacher`` copies.
-
-    The embeddings (``bert.embeddings.*``) map to the teacher's, student layer ``j``
-    (``bert.encoder.layer.{j}.*``) to teacher layer ``j*stride + stride - 1`` (the layer
-    whose attention the attention loss matches, SPEC §3). Only tensors present in both
-    models with the same shape are mapped; the heads (fit_dense, classifier, pooler) never are.
-    """
-    mapping = {}
-    for key in student_state:
-        if key.startswith("bert.embeddings."):
-            source = key
-        elif key.startswith("bert.encoder.layer."):
-            layer, rest = key[len("bert.encoder.layer."):].split(".", 1)
-            source = f"bert.encoder.layer.{int(layer) * stride + stride - 1}.{rest}"
-        else:
-            continue
-        if source in teacher_state and teacher_state[source].shape == student_state[key].shape:
-            mapping[key] = source
-    return mapping
-
-
-@torch.no_grad()
-def init_student_from_teacher(student: nn.Module, teacher: nn.Module, stride: int) -> Dict[str, str]:
-    """Copy the teacher's embeddings and every ``stride``-th layer into ``student`` (see `teacher_init_map`).
-
-    Returns the student key -> teacher key map of what was copied; logs it and what was not.
-    """
-    teacher_state = teacher.state_dict()
-    own = student.state_dict()
-    mapping = teacher_init_map(teacher_state, own, stride)
-    for key, source in mapping.items():
-        own[key].copy_(teacher_state[source])
-    layers = sorted({(int(k.split(".")[3]), int(v.split(".")[3])) for k, v in mapping.items()
-                     if k.startswith("bert.encoder.layer.")})
-    skipped = sorted(k for k in own if k.startswith("bert.") and k not in mapping)
-    logger.info("--init_from_teacher: copied %d tensors: the embeddings (%d) and student layer <- teacher layer %s",
-                len(mapping), sum(k.startswith("bert.embeddings.") for k in mapping),
-                ", ".join(f"{j} <- {t}" for j, t in layers) or "none")
-    if skipped:
-        logger.warning("--init_from_teacher: %d student tensors have no teacher tensor of the same name and shape "
-                       "and keep their random initialisation: %s", len(skipped), ", ".join(skipped[:8]))
-    return mapping
-
-
 def _maybe_init_from_teacher(args: argparse.Namespace, student: nn.Module, teacher: nn.Module, stride: int,
                              source: Path, resume: Optional[Path]) -> Optional[int]:
     """``--init_from_teacher`` for a new student (no weights, not resuming); returns the tensors copied."""
     if not getattr(args, "init_from_teacher", False):
         return None
-    if resume is not None or _has_weights(source):
+    if resume is not None or find_weights(source) is not None:
         logger.warning("--init_from_teacher ignored: %s already holds trained weights",
                        resume if resume is not None else source)
         return None

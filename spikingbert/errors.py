@@ -7,7 +7,7 @@ and exits with the error's `exit_code` (2: bad usage, 1: runtime problem), witho
 a traceback unless the debug flag is on the command line.
 
 Errors of the same kind raised by code that cannot depend on this package (the
-student's `models.spiking_bert.SpikingConfigError`, the file floor's
+student's `models.configuration.SpikingConfigError`, the file floor's
 `transformer.file_utils.ModelLoadError` and its `DownloadError`), command-line syntax errors (through
 `ArgumentParser`) and operating-system errors such as a full disk are reported
 the same way.
@@ -45,7 +45,7 @@ class ArgumentParser(argparse.ArgumentParser):
 #: Errors of packages that do not import this one: (module, class name, exit status).
 FOREIGN_USER_ERRORS: Tuple[Tuple[str, str, int], ...] = (
     ("transformer.file_utils", "ModelLoadError", 1),
-    ("models.spiking_bert", "SpikingConfigError", 2),
+    ("models.configuration", "SpikingConfigError", 2),
 )
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from models.modeling_utils import find_weights
+
 from . import glue
 from .checkpoint import TRAINING_STATE_NAME, describe_load_error, load_training_state
 from .errors import UsageError, UserError
@@ -27,7 +29,6 @@ __all__ = [
     "WeightsFileError",
     "StudentFiles",
     "weight_shapes",
-    "find_weights",
     "check_student_dir",
     "check_teacher_dir",
     "check_vocabularies",
@@ -38,7 +39,6 @@ __all__ = [
     "check_eval_inputs",
 ]
 
-WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
 #: Files that only a training run writes: a directory holding them but no weights is an unfinished run.
 RUN_OUTPUT_MARKERS = (TRAINING_STATE_NAME, "args.json", "metrics.jsonl")
 
@@ -60,14 +60,6 @@ class StudentFiles:
     directory: Path
     weights: Optional[Path]
     shapes: Dict[str, Tuple[int, ...]]
-
-
-def find_weights(directory: Path) -> Optional[Path]:
-    """``model.safetensors`` (preferred) or ``pytorch_model.bin`` of ``directory``, or None."""
-    for name in WEIGHT_FILE_NAMES:
-        if (Path(directory) / name).is_file():
-            return Path(directory) / name
-    return None
 
 
 def weight_shapes(path: Path, flag: str) -> Dict[str, Tuple[int, ...]]:
