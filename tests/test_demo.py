@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from models.init_from_teacher import init_student_from_teacher, teacher_init_map
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
-from spikingbert import corpora, demo
+from apps import corpora, demo
 from spikingbert.errors import UserError
 from transformer.modeling import BertConfig, BertForPreTraining
 

@@ -28,7 +28,7 @@ from spikingbert import glue
 from spikingbert.args import parse_general_args, parse_task_args
 from spikingbert.distill import LogitsOnly, PredictionDistillation, predict_logits
 from spikingbert.errors import UsageError
-from spikingbert.finetune import parse_finetune_args
+from apps.finetune import parse_finetune_args
 from spikingbert.runtime import Runtime
 from spikingbert.trainer import MEGABATCH_BATCHES, ResumableSampler
 from tests.student_utils import tiny_config

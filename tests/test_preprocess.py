@@ -11,7 +11,7 @@ from typing import Dict, List
 import pytest
 
 import spikingbert.pretraining_data as pretraining_data
-from spikingbert.corpora import build_bbc_corpus
+from apps.corpora import build_bbc_corpus
 from spikingbert.errors import DataError
 from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
 from transformer.tokenization import BertTokenizer

@@ -12,7 +12,7 @@ stages (`spikingbert.trainer.Trainer` with a `Stage`): checkpoints, exact resume
 scripts take as ``--teacher_model``, plus ``eval_results.json`` (the kept model's
 dev metrics and the majority-class baseline)::
 
-    python -m spikingbert.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
+    python -m apps.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
         --bert_model all-MiniLM-L6-v2/ --output_dir runs/teacher-sst2 --do_lower_case \
         --max_seq_length 64 --num_train_epochs 3 --learning_rate 5e-5
 """
@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from transformer.file_utils import ModelLoadError
 
-from . import glue
-from .args import GROUP_BY_LENGTH_HELP
-from .checkpoint import atomic_write_json
-from .distill import (
+from spikingbert import glue
+from spikingbert.args import GROUP_BY_LENGTH_HELP
+from spikingbert.checkpoint import atomic_write_json
+from spikingbert.distill import (
     LogitsOnly,
     _dev_sets,
     _labels,
@@ -51,9 +51,9 @@ from .distill import (
     chance_level,
     evaluate_task,
 )
-from .errors import UsageError, UserError, run_cli
-from .runtime import set_seed
-from .trainer import Stage, Trainer, TrainerConfig
+from spikingbert.errors import UsageError, UserError, run_cli
+from spikingbert.runtime import set_seed
+from spikingbert.trainer import Stage, Trainer, TrainerConfig
 
 __all__ = ["ClassificationObjective", "finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
 
@@ -86,7 +86,7 @@ class ClassificationObjective(nn.Module):
 
 def finetune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m spikingbert.finetune",
+        prog="python -m apps.finetune",
         description="Fine-tune a BERT on a GLUE-format task (the task teacher of the distillation scripts).")
     p = parser.add_argument
     p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
