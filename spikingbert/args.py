@@ -4,7 +4,7 @@ Flags that exist in the published scripts keep their names and meaning. Spiking
 settings (``--t_conv``, ``--vth``, ``--leak``, ...) default to ``None``: the value in
 the student's config.json is kept unless the flag is given. In the task script,
 ``--max_seq_length`` and ``--num_train_epochs`` default to ``None`` too and are
-resolved per task (SPEC §3) by `spikingbert.distill`.
+resolved per task by `spikingbert.run_setup.resolve_task_settings`.
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def task_parser() -> argparse.ArgumentParser:
     p("--data_dir", type=Path, required=True, help="the task's GLUE directory (train.tsv, dev.tsv, ...)")
     p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
     p("--cache_dir", type=Path, default=None, help="cache for tokenized features")
-    p("--max_seq_length", type=int, default=None, help="default: per task (SPEC §3)")
+    p("--max_seq_length", type=int, default=None, help="default: per task (see the README's per-task defaults)")
     p("--num_train_epochs", type=float, default=None,
       help="default: per task for intermediate KD, 3 for prediction KD")
     p("--aug_train", action="store_true", help="train on train_aug.tsv (augmented data)")

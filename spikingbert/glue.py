@@ -63,7 +63,7 @@ class TaskSettings:
     max_seq_length: int
 
 
-# MNLI..RTE as in SPEC §3 (the published code's intended defaults). CoLA 50/64 is
+# MNLI..RTE as the published code intends them. CoLA 50/64 is
 # TinyBERT's setting for this small single-sentence task; WNLI (635 training pairs)
 # gets RTE's 20/128.
 DEFAULT_TASK_SETTINGS: Dict[str, TaskSettings] = {

@@ -336,6 +336,19 @@ class AdaptiveTStats:
     def mean_steps(self) -> float:
         return float(self.steps_per_example.mean()) if self.steps_per_example.size else 0.0
 
+    def eval_fields(self) -> dict[str, Any]:
+        """The ``adaptive_t`` fields of ``eval_results.json``."""
+        metric, value, fixed = self.metric, self.metrics.get(self.metric), self.metrics_fixed.get(self.metric)
+        return {
+            "tol": self.tol, "window": self.window, "t_conv": self.t_conv,
+            "mean_steps": self.mean_steps, "min_steps": int(self.steps_per_example.min()),
+            "max_steps": int(self.steps_per_example.max()),
+            "step_reduction": 1.0 - self.mean_steps / self.t_conv,
+            metric: value, f"{metric}_fixed_T": fixed, f"{metric}_change": value - fixed,
+            "agreement_with_fixed_T": self.agreement,
+            "sops_per_example": self.sops_per_example,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         steps = self.steps_per_example
         return {
@@ -890,3 +903,28 @@ def _markdown(stats: SpikeStats, info: dict[str, Any], adaptive: Optional[Adapti
                   f"| agreement with fixed T | {_fmt(adaptive.agreement)} |",
                   f"| SOPs per example | {_fmt(adaptive.sops_per_example)} |", ""]
     return "\n".join(lines)
+
+
+def evaluation_report(model: nn.Module, dataloader: Iterable, task: Optional[str], device: torch.device, *,
+                      report_dir: Optional[Path], adaptive_tol: Optional[float], adaptive_window: int,
+                      teacher_config: Any = None, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """``--do_eval``'s report (into ``report_dir`` when given) and adaptive-T evaluation (when ``adaptive_tol``
+    is given); returns the fields they add to ``eval_results.json``: ``adaptive_t`` (mean steps used, the
+    metric with adaptive stopping and at the fixed T, their difference), ``report`` (the written paths),
+    ``spikes_per_example`` and ``energy_uj_per_example``. ``info`` goes into the report (see `write_report`)."""
+    added: dict[str, Any] = {}
+    stats = None
+    if report_dir is not None:
+        stats = collect_spike_stats(model, dataloader, device=device, task=task, teacher_config=teacher_config)
+    adaptive = None
+    if adaptive_tol is not None:
+        adaptive = adaptive_t_eval(model, dataloader, adaptive_tol, adaptive_window, task, device=device,
+                                   reference=stats)
+        added["adaptive_t"] = adaptive.eval_fields()
+    if stats is not None:
+        paths = write_report(stats, report_dir, info, adaptive=adaptive)
+        added["report"] = {"dir": str(report_dir), **{k: str(v) for k, v in paths.items()}}
+        added["spikes_per_example"] = stats.total_spikes_per_example
+        added["energy_uj_per_example"] = {"snn": stats.energy_snn_uj,
+                                          **{f"ann_{name}": stats.energy_ann_uj(name) for name in stats.ann_sizes}}
+    return added

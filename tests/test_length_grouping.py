@@ -26,7 +26,8 @@ from torch.utils.data import DistributedSampler, TensorDataset
 from models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert import glue
 from spikingbert.args import parse_general_args, parse_task_args
-from spikingbert.distill import LogitsOnly, PredictionDistillation, predict_logits
+from spikingbert.evaluation import LogitsOnly, predict_logits
+from spikingbert.objectives import PredictionDistillation
 from spikingbert.errors import UsageError
 from apps.finetune import parse_finetune_args
 from spikingbert.runtime import Runtime
