@@ -36,7 +36,8 @@ from spikingbert.checkpoint import list_checkpoints, load_training_state
 from spikingbert.errors import run_cli
 from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
 from spikingbert.runtime import Runtime
-from spikingbert.trainer import ResumableSampler, Stage, Trainer, TrainerConfig, TrainingDiverged
+from spikingbert.sampling import ResumableSampler
+from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
 from tests.test_pipeline import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
 from tests.test_resume import _data, _Objective
 from transformer.modeling import BertPreTrainedModel

@@ -21,7 +21,8 @@ from spikingbert.checkpoint import (
 )
 from spikingbert.errors import UsageError, UserError
 from spikingbert.runtime import get_rng_state, set_rng_state
-from spikingbert.trainer import MetricsLog, ResumableSampler
+from spikingbert.sampling import ResumableSampler
+from spikingbert.training_state import MetricsLog
 from transformer.optimization import BertAdam
 
 

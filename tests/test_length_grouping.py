@@ -31,7 +31,7 @@ from spikingbert.objectives import PredictionDistillation
 from spikingbert.errors import UsageError
 from apps.finetune import parse_finetune_args
 from spikingbert.runtime import Runtime
-from spikingbert.trainer import MEGABATCH_BATCHES, ResumableSampler
+from spikingbert.sampling import MEGABATCH_BATCHES, ResumableSampler
 from tests.student_utils import tiny_config
 from tests.test_crash import SAVE_STEPS, _assert_same_run, _finish, _kill_at, _start, _task_argv
 from tests.test_finetune import run_finetune
