@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 
 from . import glue, preflight
+from .args import spiking_settings, trainer_settings
 from .checkpoint import atomic_write_json
 from .evaluation import LogitsOnly, chance_level, dev_splits, evaluate_task, flatten, labels_of, print_table
 from .loading import (
@@ -39,7 +40,6 @@ from .loading import (
     load_teacher,
     load_tokenizer,
     maybe_init_from_teacher,
-    spiking_overrides,
     student_config,
     task_tokenizer,
     teacher_config,
@@ -55,22 +55,6 @@ logger = logging.getLogger(__name__)
 
 #: Margin above the chance level under which a teacher's dev score triggers a warning.
 CHANCE_MARGIN = 0.05
-
-
-def _spiking_flags(args: argparse.Namespace) -> Dict[str, Any]:
-    """The spiking settings given on the command line (the rest keep the student config's values)."""
-    return spiking_overrides(t_conv=args.t_conv, vth=args.vth, leak=args.leak, ide_point=args.ide_point,
-                             feedback=args.feedback, train_mode=args.train_mode)
-
-
-def _trainer_config(args: argparse.Namespace, micro_batch: int, epochs: float, eval_steps: int,
-                    resume: Optional[Path]) -> TrainerConfig:
-    """The training-loop settings of a distillation runner's command line."""
-    return TrainerConfig(
-        output_dir=args.output_dir, micro_batch_size=micro_batch, num_train_epochs=epochs,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
-        save_steps=args.save_steps, save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
-        eval_steps=eval_steps, seed=args.seed, resume_from=resume, skip_nan_batches=args.skip_nan_batches)
 
 
 def _load_models(runtime: Runtime, teacher_cls, student_cls, teacher_model: str, student_dir: Path,
@@ -116,7 +100,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         set_seed(args.seed)
         teacher, student, copied = _load_models(runtime, BertForPreTraining, SpikingBertForDistillation,
                                                 args.teacher_model, args.spiking_student_model, resume, stride,
-                                                args.init_from_teacher, _spiking_flags(args))
+                                                args.init_from_teacher, spiking_settings(args))
         output.prepare(runtime, args.debug)     # only now, so that a failed start leaves no output dir
 
         if args.num_train_epochs > data.num_data_epochs:
@@ -130,12 +114,14 @@ def run_general_distillation(args: argparse.Namespace) -> int:
             train_dataset=data.dataset,
             num_train_examples=data.num_examples,
             save_student=lambda d: student.save_pretrained(d, vocab_file=tokenizer.vocab_file),
-            teacher_forward=teacher_forward(runtime.wrap_frozen(TeacherOutputs(teacher, "intermediate").eval())),
+            teacher_forward=_teacher_intermediate(runtime, teacher),
             describe={"stage": "general"},
         )
         write_args_json(args.output_dir, runtime, vars(args), stage="general", layer_stride=stride,
                         resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
-        Trainer(_trainer_config(args, micro_batch, args.num_train_epochs, 0, resume), runtime, stage).train()
+        config = TrainerConfig(**trainer_settings(args), micro_batch_size=micro_batch,
+                               num_train_epochs=args.num_train_epochs, eval_steps=0, resume_from=resume)
+        Trainer(config, runtime, stage).train()
     return 0
 
 
@@ -169,7 +155,7 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
         logger.warning("%s holds a %s: its classifier is untrained, scores will be near chance",
                        args.spiking_student_model, config.extra["architectures"][0])
     student = load_student(SpikingBertForSequenceClassification, args.spiking_student_model, "--spiking_student_model",
-                           num_labels=processor.num_labels, **_spiking_flags(args))
+                           num_labels=processor.num_labels, **spiking_settings(args))
     student.to(runtime.device).eval()
     dev_sets = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows).dev_sets()
     start = time.perf_counter()
@@ -182,27 +168,25 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
         "seconds": round(time.perf_counter() - start, 3),
     }
     if runtime.is_main and (args.report or args.adaptive_t is not None):
-        results.update(_spike_report(args, runtime, task, student, dev_sets["dev"], metrics))
+        from . import report
+
+        teacher = str(args.teacher_model) if args.teacher_model is not None else None
+        results.update(report.evaluation_report(
+            student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task, runtime.device,
+            report_dir=args.output_dir / "report" if args.report else None, adaptive_tol=args.adaptive_t,
+            adaptive_window=args.adaptive_window, teacher_config=teacher_config(teacher) if teacher else None,
+            info={"task": task, "model": str(args.spiking_student_model), **metrics, "teacher_model": teacher}))
     if runtime.is_main:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.output_dir / "eval_results.json", results)
-        print_table(f"{task} dev evaluation of {args.spiking_student_model}", flatten(results))
-        logger.info("wrote %s", args.output_dir / "eval_results.json")
+        _write_eval_results(args.output_dir, results, f"{task} dev evaluation of {args.spiking_student_model}")
     return 0
 
 
-def _spike_report(args: argparse.Namespace, runtime: Runtime, task: str, student: nn.Module, dev_set: Dataset,
-                  metrics: Dict[str, float]) -> Dict[str, Any]:
-    """``--report`` and ``--adaptive_t`` of ``--do_eval`` (part of the evaluation runner): the fields they add to
-    eval_results.json (see `spikingbert.report.evaluation_report`)."""
-    from . import report
-
-    teacher = str(args.teacher_model) if args.teacher_model is not None else None
-    info = {"task": task, "model": str(args.spiking_student_model), **metrics, "teacher_model": teacher}
-    return report.evaluation_report(
-        student, DataLoader(dev_set, batch_size=args.eval_batch_size, shuffle=False), task, runtime.device,
-        report_dir=args.output_dir / "report" if args.report else None, adaptive_tol=args.adaptive_t,
-        adaptive_window=args.adaptive_window, teacher_config=teacher_config(teacher) if teacher else None, info=info)
+def _write_eval_results(output_dir: Path, results: Dict[str, Any], title: str) -> None:
+    """``output_dir/eval_results.json`` and the printed table."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output_dir / "eval_results.json", results)
+    print_table(title, flatten(results))
+    logger.info("wrote %s", output_dir / "eval_results.json")
 
 
 def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> int:
@@ -227,7 +211,7 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
     set_seed(args.seed)
     teacher, student, copied = _load_models(runtime, BertForSequenceClassification, SpikingBertForSequenceClassification,
                                             args.teacher_model, args.spiking_student_model, resume, stride,
-                                            args.init_from_teacher, _spiking_flags(args), num_labels=processor.num_labels)
+                                            args.init_from_teacher, spiking_settings(args), num_labels=processor.num_labels)
     data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
     train_set, dev_sets = data.load(train_split), data.dev_sets()
     output.prepare(runtime, args.debug)         # only now, so that a failed start leaves no output dir
@@ -235,13 +219,10 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
         logger.info(note)
     teacher_results = _teacher_dev_score(runtime, task, processor.output_mode, teacher, dev_sets, args.eval_batch_size,
                                          args.output_dir, args.continue_train, args.teacher_model)
-    if prediction:
-        objective, frozen, evaluate = _prediction_parts(runtime, task, processor.output_mode, student, teacher,
-                                                        dev_sets, args.temperature, args.train_true_labels,
-                                                        args.eval_batch_size)
-    else:
-        objective = IntermediateDistillation(student, stride)
-        frozen, evaluate = teacher_forward(runtime.wrap_frozen(TeacherOutputs(teacher, "intermediate").eval())), None
+    objective, frozen, evaluate = (
+        _prediction_parts(runtime, task, processor.output_mode, student, teacher, dev_sets, args.temperature,
+                          args.train_true_labels, args.eval_batch_size) if prediction
+        else (IntermediateDistillation(student, stride), _teacher_intermediate(runtime, teacher), None))
     stage_name = "prediction" if prediction else "intermediate"
     logger.info("task %s, %s distillation (target: %s), %d training examples (%s)", task, stage_name,
                 "teacher" if frozen is not None else "gold labels", len(train_set), train_split)
@@ -258,13 +239,19 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
     write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, max_seq_length_used=max_seq_length,
                     num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
                     resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
-    summary = Trainer(_trainer_config(args, micro_batch, epochs, args.eval_step if prediction else 0, resume),
-                      runtime, stage).train()
+    config = TrainerConfig(**trainer_settings(args), micro_batch_size=micro_batch, num_train_epochs=epochs,
+                           eval_steps=args.eval_step if prediction else 0, resume_from=resume)
+    summary = Trainer(config, runtime, stage).train()
     if prediction and summary.best_step is not None:
         logger.info("best dev %s %.4f at step %d (teacher: %.4f); best student in %s", stage.main_metric,
                     summary.best_metric, summary.best_step, teacher_results.get(stage.main_metric, math.nan),
                     args.output_dir)
     return 0
+
+
+def _teacher_intermediate(runtime: Runtime, teacher: nn.Module):
+    """`Stage.teacher_forward` giving the teacher's hidden states and attention scores."""
+    return teacher_forward(runtime.wrap_frozen(TeacherOutputs(teacher, "intermediate").eval()))
 
 
 def _prediction_parts(runtime: Runtime, task: str, output_mode: str, student: nn.Module, teacher: nn.Module,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 from torch import nn
 
@@ -25,7 +25,6 @@ __all__ = [
     "load_teacher",
     "student_config",
     "load_student",
-    "spiking_overrides",
     "fit_size_override",
     "check_compatibility",
     "check_seq_length",
@@ -78,11 +77,6 @@ def load_student(cls, path: Path, flag: str, **overrides):
         return cls.from_pretrained(path, **overrides)
     except SpikingConfigError as err:
         raise UsageError(f"{flag} {path}: {err}") from err
-
-
-def spiking_overrides(**settings: Any) -> Dict[str, Any]:
-    """The spiking settings given on the command line (``t_conv=...``, ``vth=...``; None = keep the config's)."""
-    return {name: value for name, value in settings.items() if value is not None}
 
 
 def fit_size_override(student_dir: Path, teacher_hidden: int) -> Dict[str, int]:

@@ -121,18 +121,26 @@ class BertSelfAttention(nn.Module):
         return context, scores
 
 
-class BertSelfOutput(nn.Module):
-    """Output projection of the attention block with residual connection and LayerNorm."""
+class DenseResidualNorm(nn.Module):
+    """``LayerNorm(dropout(dense(x)) + residual)``: the output of the attention block (``in_size = H``,
+    `BertSelfOutput`) and of the feed-forward block (``in_size = intermediate_size``, `BertOutput`)."""
 
-    def __init__(self, config: BertFields):
+    def __init__(self, in_size: int, config: BertFields):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """(B, S, H), (B, S, H) -> (B, S, H)."""
+        """(B, S, in_size), (B, S, H) -> (B, S, H)."""
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class BertSelfOutput(DenseResidualNorm):
+    """Output projection of the attention block with residual connection and LayerNorm."""
+
+    def __init__(self, config: BertFields):
+        super().__init__(config.hidden_size, config)
 
 
 class BertAttention(nn.Module):
@@ -158,16 +166,11 @@ class BertIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, config: BertFields):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+class BertOutput(DenseResidualNorm):
+    """Output projection of the feed-forward block with residual connection and LayerNorm."""
 
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """(B, S, intermediate_size), (B, S, H) -> (B, S, H)."""
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+    def __init__(self, config: BertFields):
+        super().__init__(config.intermediate_size, config)
 
 
 class BertLayer(nn.Module):
