@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from spikingbert.checkpoint import atomic_write_json
 from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
 from transformer.configuration import BertFields
-from transformer.file_utils import atomic_write, atomic_write_text
+from transformer.file_utils import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_demo", "main"]
 

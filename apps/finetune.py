@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from spikingbert import glue
 from spikingbert.args import GROUP_BY_LENGTH_HELP
-from spikingbert.checkpoint import atomic_write_json
 from spikingbert.errors import UsageError, UserError, run_cli
 from spikingbert.evaluation import LogitsOnly, chance_level, evaluate_task, labels_of, print_table
 from spikingbert.loading import load_tokenizer
@@ -40,7 +39,7 @@ from spikingbert.objectives import build_optimizer
 from spikingbert.run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
 from spikingbert.runtime import Runtime, set_seed
 from spikingbert.trainer import Stage, Trainer, TrainerConfig
-from transformer.file_utils import ModelLoadError
+from transformer.file_utils import ModelLoadError, atomic_write_json
 
 __all__ = ["ClassificationObjective", "finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
 

@@ -27,10 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+from transformer.file_utils import atomic_write_json
 
 from . import glue, preflight
 from .args import spiking_settings, trainer_settings
-from .checkpoint import atomic_write_json
 from .evaluation import LogitsOnly, chance_level, dev_splits, evaluate_task, flatten, labels_of, print_table
 from .loading import (
     check_compatibility,

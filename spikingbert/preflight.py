@@ -19,9 +19,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from models.modeling_utils import find_weights
+from transformer.file_utils import describe_load_error
 
 from . import glue
-from .checkpoint import TRAINING_STATE_NAME, describe_load_error, load_training_state
+from .checkpoint import TRAINING_STATE_NAME, load_training_state
 from .errors import UsageError, UserError
 
 __all__ = [

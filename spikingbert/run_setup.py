@@ -14,8 +14,10 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from transformer.file_utils import atomic_write_json
+
 from . import glue
-from .checkpoint import atomic_write_json, check_output_dir, prepare_output_dir
+from .checkpoint import check_output_dir, prepare_output_dir
 from .errors import UsageError, UserError
 from .evaluation import dev_splits
 from .runtime import Runtime, setup_logging, setup_runtime

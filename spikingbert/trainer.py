@@ -35,8 +35,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from transformer.file_utils import atomic_write_json
+
 from .checkpoint import (
-    atomic_write_json,
     install_model_files,
     load_optimizer_state,
     load_training_state,

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write_text
+from transformer.file_utils import atomic_write_text
+
 from .errors import UserError
 
 __all__ = ["STATE_VERSION", "MetricsLog", "TrainingProgress", "LossTracker", "check_resumable"]

@@ -1,7 +1,8 @@
 """The file floor every layer stands on: atomic writes, safe archive extraction, HTTP/S3 downloads
 and the download cache.
 
-* Writes are atomic: :func:`atomic_write`, :func:`atomic_write_text` and :func:`atomic_open` fill a
+* Writes are atomic: :func:`atomic_write`, :func:`atomic_write_text`, :func:`atomic_write_json` and
+  :func:`atomic_open` fill a
   temporary file beside the target, sync it and rename it into place; :func:`build_directory` does
   the same for a whole directory. An interrupted write leaves the target as it was.
 * :func:`safe_extract` unpacks a ``.zip`` / ``.tar(.gz)`` archive after checking every member (no
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -29,7 +31,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional
 from urllib.parse import urlparse
 
 import requests
@@ -111,6 +113,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], prefi
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write` of a UTF-8 text."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """:func:`atomic_write_text` of ``obj`` as JSON (indented, keys sorted)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager
