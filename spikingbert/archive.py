@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Iterator, List
 
 from spikingbert.errors import DataError
+from transformer.file_utils import raise_write_error
 
 CHUNK_BYTES = 1 << 20
 
@@ -32,8 +33,8 @@ def _umask() -> int:
 def atomic_output(path: Path, binary: bool = False) -> Iterator[IO]:
     """Open a temporary file next to `path` for writing; it replaces `path` when the block completes.
 
-    On an exception the temporary file is removed and `path` is left untouched.
-    The file gets the usual permissions (0666 less the umask).
+    On an exception the temporary file is removed and `path` is left untouched; a failed write raises an
+    `OSError` naming the temporary file. The file gets the usual permissions (0666 less the umask).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -42,8 +43,9 @@ def atomic_output(path: Path, binary: bool = False) -> Iterator[IO]:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        raise_write_error(err, tmp)
         raise
 
 
