@@ -147,10 +147,12 @@ def student_simulate(w, ids, types, mask, layers: int, heads: int, t_conv: int, 
                      xp=NUMPY, spike: Optional[Callable] = None) -> Tuple[Dict[str, object], List[object]]:
     """The simulation step by step: (average spiking rate of every layer "E", "{k}.K", ..., "{k}.O2";
     attention scores averaged over the steps). ``spike(v)`` is ``v >= 0`` as 0/1 unless given (e.g. with a
-    surrogate gradient)."""
+    surrogate gradient). With feedback weights (``bert.feedback.weight``) layer E also receives
+    ``W_fb s_O2(L)`` of the previous step."""
     spike = spike or (lambda v: xp.f64(v >= 0))
     m = additive_mask(mask, xp)
     x = embeddings(w, ids, types, xp)
+    s_last = 0.0 * x
     membrane: Dict[str, object] = {}
     counts: Dict[str, object] = {}
 
@@ -163,22 +165,29 @@ def student_simulate(w, ids, types, mask, layers: int, heads: int, t_conv: int, 
 
     score_sums = [0.0] * layers
     for _ in range(t_conv):
-        s = fire("E", x)
+        s = fire("E", _feedback_current(w, x, s_last))
         for k in range(layers):
             s, scores = encoder_layer(w, k, heads, m, s, fire, xp)
             score_sums[k] = score_sums[k] + scores
+        s_last = s
     return {name: count / t_conv for name, count in counts.items()}, [s / t_conv for s in score_sums]
 
 
+def _feedback_current(w, x, z):
+    """Layer E's current: ``x``, plus ``W_fb z`` (the last O2 layer's output fed back) with feedback weights."""
+    return x + z @ w["bert.feedback.weight"].T if "bert.feedback.weight" in w else x
+
+
 def student_equivalent(w, ids, types, mask, layers: int, heads: int, vth: float, xp=NUMPY,
-                       neuron: Optional[Neuron] = None):
+                       neuron: Optional[Neuron] = None, z=None):
     """The equivalent rate network: (rates of E and each O2, attention scores per layer).
 
     ``neuron(name, current)`` defaults to ``clip(current / vth, 0, 1)`` (the ``ann`` point: the network
-    runs on its own rates)."""
+    runs on its own rates). ``z``: the last O2 rate fed back into E (feedback weights only)."""
     neuron = neuron or (lambda name, current: xp.clip(current / vth, 0.0, 1.0))
     m = additive_mask(mask, xp)
-    a = neuron("E", embeddings(w, ids, types, xp))
+    x = embeddings(w, ids, types, xp)
+    a = neuron("E", x if z is None else _feedback_current(w, x, z))
     rates, scores = [a], []
     for k in range(layers):
         a, sc = encoder_layer(w, k, heads, m, a, neuron, xp)

@@ -11,6 +11,9 @@ autograd through an independent network built from the student's state dict alon
   its inputs (value = the simulated rate, gradient chained through the local Jacobians).
 * ``train_mode="bptt"``: the T-step simulation itself, unrolled, with the spike's derivative replaced by
   the sigmoid surrogate ``alpha * sig(alpha v) * (1 - sig(alpha v))``, ``v = u - vth``.
+* ``feedback``: the rate network with the last O2 rate ``z`` fed back into E, ``f(z)``; the gradient of the
+  fixed point at the simulated rate ``z*``, with ``g = J_f(z*)^T g + dL/dz`` solved exactly (a dense
+  Jacobian and ``torch.linalg.solve``) instead of the model's Broyden iterations.
 
 The simulated values themselves come from the same float64 step loop (no model code), so the
 reference is independent end to end. Threshold 0.95: see tests/kd_world.py (VTH).
@@ -132,3 +135,40 @@ def test_bptt_gradients_equal_autograd_through_an_independent_step_loop(schedule
     reference = _reference_grads(weights, loss, rates, scores)
     assert WORDS in reference                                          # BPTT reaches the embeddings
     _assert_same(ours, reference)
+
+
+def test_feedback_gradients_solve_the_linear_fixed_point_exactly():
+    model, loss = _model(feedback=True, solver="broyden", solver_tol=1e-11, solver_max_iter=200), _probe(3)
+    with torch.no_grad():
+        model.bert.feedback.weight.mul_(0.05)                         # a contraction: the fixed point exists
+    out, ours = _model_grads(model, loss)
+    assert out.solver_info and out.solver_info[0].rel_residual < 1e-9
+    weights = _leaves(model)
+    sim = _simulated(weights)                                         # with W_fb s_O2 of the previous step
+    values = ref.output_rates(sim, LAYERS)
+    for got, want in zip(out.rates, values):
+        assert torch.equal(got.detach(), want)
+    inputs = tiny_inputs()
+
+    def f(z):
+        return ref.student_equivalent(weights, *inputs, LAYERS, HEADS, VTH, xp=ref.TORCH, z=z)[0][-1]
+
+    z_star = values[-1]
+    z = f(z_star).detach().requires_grad_()          # the model re-attaches f(z*) (one evaluation of f)
+    ann_rates, scores = ref.student_equivalent(weights, *inputs, LAYERS, HEADS, VTH, xp=ref.TORCH, z=z)
+    rates = [v + (a - a.detach()) for v, a in zip(values, ann_rates)]
+    total = loss(ref.fit_dense(weights, rates), scores, ref.student_logits(weights, rates[-1], xp=ref.TORCH))
+    names = list(weights)
+    *direct, dl_dz = torch.autograd.grad(total, [*weights.values(), z], allow_unused=True)
+    n = z_star.numel()
+    jacobian = torch.autograd.functional.jacobian(lambda v: f(v.view_as(z_star)).reshape(-1), z_star.reshape(-1),
+                                                  vectorize=True)                         # (n, n)
+    g = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - jacobian.T, dl_dz.reshape(-1))
+    through_z = torch.autograd.grad((f(z_star) * g.view_as(z_star)).sum(), list(weights.values()), allow_unused=True)
+    reference = {}
+    for name, a, b in zip(names, direct, through_z):
+        if a is not None or b is not None:
+            reference[name] = (0 if a is None else a) + (0 if b is None else b)
+    reference[WORDS][PAD] = 0.0
+    assert "bert.feedback.weight" in reference
+    _assert_same(ours, reference, rtol=1e-6)
