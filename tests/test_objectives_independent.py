@@ -190,9 +190,13 @@ def test_train_true_labels_cli_skips_bad_rows_first_logged_loss_recomputed(kd, t
 
 
 def test_regression_pred_distill_cli_first_logged_loss_recomputed(kd, tmp_path):
+    """STS-B (named in lower case) with the batch of 8 split into 2 accumulated micro-batches of 4: the
+    step's loss is still the mean over all 8 examples."""
     out = tmp_path / "stsb"
-    cli_runner.run(cli_runner.TASK, _task_argv(kd.stsb, kd.base.teacher_stsb, kd.student_reg, out,
-                                               "--pred_distill", "--train_batch_size", "8", "--t_conv", "4"))
+    argv = _task_argv(kd.stsb, kd.base.teacher_stsb, kd.student_reg, out, "--pred_distill", "--train_batch_size", "8",
+                      "--gradient_accumulation_steps", "2", "--t_conv", "4")
+    argv[argv.index("STS-B")] = "sts-b"
+    cli_runner.run(cli_runner.TASK, argv)
     rows = kd.stsb_train
     inputs = encode(kd.vocab, [a for a, _, _ in rows], [b for _, b, _ in rows])
     logits = numpy_student_logits(kd.student_reg, inputs, 4, VTH).reshape(-1)

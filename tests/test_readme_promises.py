@@ -2,6 +2,7 @@
 
 * "Training memory with IDE does not grow with t_conv": the bytes autograd saves for backward
   (counted with saved-tensor hooks) are the same at T = 4 and T = 32; BPTT's grow with T.
+* ``--fp16`` on the CPU runs in bf16 (the first loss moves by bf16 rounding from the float64 one).
 * ``--feedback``, ``--train_mode bptt``, ``--ide_point snn`` through the CLI: the flag reaches the saved
   config, and the first optimizer step of task IKD (constant learning rate) is BertAdam's step on the
   gradient of that training mode (and not the default mode's).
@@ -35,7 +36,9 @@ from spikingbert.distill import IntermediateDistillation, build_optimizer
 from spikingbert.runtime import Runtime
 from spikingbert.trainer import Stage, Trainer, TrainerConfig
 from tests import cli_runner
-from tests.kd_world import SEQ, STRIDE, KDWorld, build_kd_world, encode, numpy_teacher_logits
+from tests import float64_reference as ref
+from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode, first_record, numpy_student_logits,
+                            numpy_teacher_logits)
 from tests.student_utils import reference_forward, tiny_config, tiny_inputs
 from tests.test_convert import VOCAB, _write_config, published_state, raw_names
 from tests.test_glue_download import COLA_TRAIN, DEV_IDS, MSR_TRAIN_ROWS, SST_TRAIN, standard_files, task_zip
@@ -130,6 +133,23 @@ def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
     mismatch = sum(int((trained[k] - v).abs().gt(1e-7).sum()) for k, v in expected.items())
     assert mismatch <= 2, mismatch     # a gradient component within rounding of 0 may take either sign
     assert sum(int((trained[k] - v).abs().gt(1e-7).sum()) for k, v in default.items()) > 100
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path: bf16 autocast")
+def test_fp16_on_the_cpu_runs_the_forward_in_bf16(kd, tmp_path):
+    """``--fp16`` on the CPU: the first logged loss is the float64 one up to bf16 rounding (~3 significant
+    digits): not equal to it within float32 rounding (as without the flag, see test_objectives_independent)."""
+    out = tmp_path / "pred"
+    cli_runner.run(cli_runner.TASK, [
+        "--task_name", "SST-2", "--data_dir", kd.sst2, "--teacher_model", kd.base.teacher_sst2,
+        "--spiking_student_model", kd.student_cls, "--output_dir", out, "--do_lower_case", "--max_seq_length", SEQ,
+        "--train_batch_size", "12", "--max_steps", "1", "--logging_steps", "1", "--pred_distill", "--temperature", "2",
+        "--fp16", "--no_cuda"])
+    inputs = encode(kd.vocab, [s for s, _ in kd.sst2_train])
+    expected = ref.soft_cross_entropy(numpy_student_logits(kd.student_cls, inputs, 4, VTH),
+                                      numpy_teacher_logits(kd.base.teacher_sst2, inputs), 2.0)
+    logged = first_record(out)["loss"]
+    assert 1e-3 < abs(logged - expected) / expected < 0.05, (logged, expected)
 
 
 # ------------------------------------------------------------------------------------------ trainer promises
