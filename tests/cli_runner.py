@@ -51,6 +51,8 @@ def _child(script: str, argv: List[str], out, fsize: Optional[int], tempdir: Opt
     os.dup2(out.fileno(), 1)
     os.dup2(out.fileno(), 2)
     out.close()
+    # Ctrl-C as in a terminal, also where the tests run in a background job (which inherits SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     if tempdir is not None:
         import tempfile
