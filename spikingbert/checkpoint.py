@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from transformer.file_utils import describe_load_error
+from transformer.file_utils import describe_load_error, save_torch
 
 from .errors import UsageError, UserError
 
@@ -138,7 +138,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}checkpoint-{step}-", dir=output_dir))
     try:
         write_model(tmp)
-        torch.save(training_state, tmp / TRAINING_STATE_NAME)
+        save_torch(training_state, tmp / TRAINING_STATE_NAME)
         _fsync_dir_files(tmp)
         if final.exists():
             stale = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stale-", dir=output_dir))

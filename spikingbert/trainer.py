@@ -44,7 +44,7 @@ from .checkpoint import (
     optimizer_state_to_save,
     save_checkpoint,
 )
-from .errors import UserError, describe_os_error, is_disk_full
+from .errors import UserError, as_os_error, describe_os_error, is_disk_full
 from .runtime import Runtime, get_rng_state, set_rng_state
 from .sampling import ResumableSampler
 from .training_state import STATE_VERSION, LossTracker, MetricsLog, TrainingProgress, check_resumable
@@ -363,17 +363,20 @@ class Trainer:
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
-        """Turn an `OSError` while writing ``what`` (e.g. a full disk) into one message naming the last
-        complete checkpoint, which the atomic writes leave intact."""
+        """Turn a failed write of ``what`` (e.g. a full disk, also in torch's or safetensors' writer) into one
+        message naming the last complete checkpoint, which the atomic writes leave intact."""
         try:
             yield
-        except OSError as err:
+        except Exception as caught:
+            err = as_os_error(caught)
+            if err is None:
+                raise
             first = "free some space, then " if is_disk_full(err) else "fix that, then "
             if self.last_checkpoint:
                 todo = f"{first}resume from the intact {self.last_checkpoint} with --continue_train"
             else:
                 todo = f"{first}start again (no checkpoint was written yet)"
-            raise OutputWriteError(f"{describe_os_error(err)} (writing {what}); {todo}") from err
+            raise OutputWriteError(f"{describe_os_error(err)} (writing {what}); {todo}") from caught
 
     @contextlib.contextmanager
     def _signals_stop_training(self) -> Iterator[None]:

@@ -18,6 +18,7 @@ and the download cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -77,6 +78,60 @@ def describe_load_error(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------------------
+#: errno values of a write that failed because the disk, the quota or the file-size limit (ulimit -f) is full.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+# How torch's zip writer (``PyTorchStreamWriter``) words a failed write; it carries no errno.
+_TORCH_WRITER_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos|file write failed")
+
+
+class WriteError(OSError):
+    """A write failed; ``errno`` says why (e.g. ENOSPC: the disk is full, EFBIG: the file-size limit)."""
+
+
+def as_write_error(err: BaseException, path: str | os.PathLike | None = None) -> Optional[OSError]:
+    """The `OSError` (with its errno) behind a failed write, or None when ``err`` is not a failed write.
+
+    A write fails with ENOSPC, EDQUOT, EFBIG (the file-size limit) or EIO whatever the writer, but
+    only Python's own file objects raise that `OSError`: torch's zip writer raises
+    ``RuntimeError: [enforce fail at inline_container.cc:...] unexpected pos`` (with the `OSError`
+    of the Python file it wrote through, if any, as its context) and safetensors raises
+    ``SafetensorError: Error while serializing: I/O error: ... (os error 28)``. Those become a
+    `WriteError` naming ``path``, as does an `OSError` that names no file; an `OSError` naming its
+    file is returned as it is.
+    """
+    def located(code: int, strerror: str) -> OSError:
+        return WriteError(code, strerror, None if path is None else os.fspath(path))
+
+    if isinstance(err, OSError):
+        if err.errno is not None and err.filename is None and path is not None:
+            return located(err.errno, err.strerror or str(err))
+        return err
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:
+        found = re.search(r"\(os error (\d+)\)", text)
+        code = int(found.group(1)) if found else errno.EIO
+        return located(code, os.strerror(code))
+    if isinstance(err, RuntimeError) and _TORCH_WRITER_FAILURE.search(text):
+        seen, cause = set(), err.__cause__ or err.__context__
+        while cause is not None and id(cause) not in seen:   # the Python file's own OSError, if any
+            if isinstance(cause, OSError) and cause.errno is not None:
+                return located(cause.errno, cause.strerror or os.strerror(cause.errno))
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        return located(errno.EIO, "torch's writer failed without saying why (the disk, the quota or the file-size "
+                                  "limit may be full, or the device failed)")
+    return None
+
+
+def raise_write_error(err: BaseException, path: str | os.PathLike) -> None:
+    """Raise the `OSError` of `as_write_error` (naming ``path``) from ``err`` when ``err`` is a failed write
+    that is not already an `OSError` naming its file; return otherwise (the caller re-raises ``err``)."""
+    os_err = as_write_error(err, path) if isinstance(err, Exception) else None
+    if os_err is not None and os_err is not err:
+        raise os_err from err
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -86,7 +141,9 @@ def _umask() -> int:
 @contextlib.contextmanager
 def _replacing(path: str | os.PathLike, prefix: str) -> Iterator[Path]:
     """A temporary file beside ``path`` (``<prefix><name>.XXXX.tmp``, the usual permissions) to be filled in
-    the block; then synced and renamed to ``path``. On any error it is removed and ``path`` is untouched."""
+    the block; then synced and renamed to ``path``. On any error it is removed and ``path`` is untouched; a
+    failed write (a full disk, torch's or safetensors' writer included) raises an `OSError` naming the temporary
+    file (see `as_write_error`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{path.name}.", suffix=".tmp")
@@ -98,8 +155,9 @@ def _replacing(path: str | os.PathLike, prefix: str) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        raise_write_error(err, tmp)
         raise
 
 
@@ -108,6 +166,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], prefi
     renamed into place. On any error the temporary file is removed and ``path`` is untouched."""
     with _replacing(path, prefix) as tmp:
         write(tmp)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a Python file object, so that a failed write raises the
+    `OSError` with its errno (torch's own file writer only says ``unexpected pos``)."""
+    import torch
+
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except Exception as err:
+        raise_write_error(err, path)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
