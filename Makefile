@@ -21,7 +21,7 @@ test:
 	$(PY) -m pytest -q tests
 
 demo:
-	$(PY) -m spikingbert.demo $(DEMO_ARGS)
+	$(PY) -m apps.demo $(DEMO_ARGS)
 
 bench:
 	$(PY) -m bench --quick

@@ -4,14 +4,14 @@
     python download_glue_data.py --data_dir glue_data --tasks MRPC --path_to_mrpc msr_corpus/
     python download_glue_data.py --data_dir glue_data --tasks CoLA,SST --mirror /data/glue_archives
 
-Logic: spikingbert/glue_download.py.
+Logic: spikingbert/glue/download.py.
 """
 import argparse
 import logging
 from typing import List
 
 from spikingbert.errors import ArgumentParser, run_cli
-from spikingbert.glue_download import TASKS, DownloadConfig, download_glue, parse_tasks
+from spikingbert.glue.download import TASKS, DownloadConfig, download_glue, parse_tasks
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""General distillation of a spiking BERT student from a pre-trained BERT teacher (SPEC §3, stage 1).
+"""General distillation of a spiking BERT student from a pre-trained BERT teacher (pipeline stage 1).
 
 Example::
 

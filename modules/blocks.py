@@ -1,10 +1,15 @@
-"""Spiking BERT blocks: the input current of every neuron layer (SPEC §1.1).
+"""Spiking BERT blocks: the input current of every neuron layer.
 
 Each block only computes *currents*. Fed with spikes it drives the simulation;
 fed with average spiking rates (and followed by ``clip(c / vth, 0, 1)``) it is
-the equivalent rate function used by implicit differentiation (SPEC §1.3).
-Parameter names follow Hugging Face BERT (``attention.self.query``,
-``intermediate.dense``, ``output.LayerNorm``) so teacher weights map by key.
+the equivalent rate function used by implicit differentiation. The blocks that
+compute exactly what the teacher's compute are the teacher's own classes
+(`transformer.modeling`: ``BertSelfOutput`` for O1, ``BertIntermediate`` for I,
+``BertOutput`` for O2), so parameter names (``attention.self.query``,
+``intermediate.dense``, ``output.LayerNorm``) and teacher weights map by key by
+construction. The embeddings keep the teacher's modules but their own order of
+summation (word + position + token type), which reproduces the published
+checkpoints bit for bit.
 
 Shapes: ``N`` is any number of independent sequences (``B``, or ``T*B`` with time
 folded into the batch), ``S`` sequence length, ``H`` hidden size, ``nh`` heads,
@@ -17,10 +22,10 @@ import math
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer.linear import Linear, linear
+from transformer.linear import linear
+from transformer.modeling import BertEmbeddings, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
 
 from .event_engine import spike_linear
 
@@ -35,16 +40,12 @@ ActivateFn = Callable[[str, Tensor], Tensor]
 NEURON_LAYERS = ("K", "V", "A", "O1", "I", "O2")
 
 
-class SpikingBertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings and LayerNorm: the constant current ``x`` of layer E."""
+class SpikingBertEmbeddings(BertEmbeddings):
+    """Word + position + token-type embeddings and LayerNorm: the constant current ``x`` of layer E.
 
-    def __init__(self, config):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+    The teacher's modules, summed as the published student sums them (the teacher adds the
+    position embeddings last); in float32 the order decides which neurons reach the threshold.
+    """
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         """``input_ids``, ``token_type_ids`` ``(B, S)`` -> ``x`` ``(B, S, H)``."""
@@ -53,27 +54,18 @@ class SpikingBertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
-class SpikingBertSelfAttention(nn.Module):
-    """Projections of neuron layers K, V (``key``, ``value``) and the query of layer A."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.num_attention_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = Linear(config.hidden_size, config.hidden_size)
-        self.key = Linear(config.hidden_size, config.hidden_size)
-        self.value = Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+class SpikingBertSelfAttention(BertSelfAttention):
+    """Projections of neuron layers K, V (``key``, ``value``) and the query of layer A (the teacher's modules)."""
 
     def key_value_query(self, x: Tensor, spikes: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """One product for the three projections of the input layer: ``(N, S, H)`` -> 3 x ``(N, S, H)``.
 
-        ``spikes``: ``x`` is binary, so :func:`~modules.event_engine.spike_linear` computes it."""
-        weights = [self.key.weight, self.value.weight, self.query.weight]
+        ``spikes``: ``x`` is 0/1 (the simulation), so :func:`~modules.event_engine.spike_linear` computes it."""
+        weights = [self.key.weight, self.value.weight, self.query.weight]                # 3 x (H, H)
         biases = [self.key.bias, self.value.bias, self.query.bias]
         if spikes:
             return spike_linear(x, weights, biases).chunk(3, dim=-1)
-        return linear(x, torch.cat(weights), torch.cat(biases)).chunk(3, dim=-1)             # (3H, H)
+        return linear(x, torch.cat(weights), torch.cat(biases)).chunk(3, dim=-1)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Current of layer A: per head ``softmax(q k^T / sqrt(dh) + mask) v``.
@@ -81,7 +73,7 @@ class SpikingBertSelfAttention(nn.Module):
         ``q``, ``k``, ``v`` ``(N, S, H)``; returns the current ``(N, S, H)`` and the scores ``(N, nh, S, S)``.
         """
         n, s, h = q.shape
-        nh, dh = self.num_attention_heads, self.head_dim
+        nh, dh = self.num_attention_heads, self.attention_head_size
         q = q.view(n, s, nh, dh).transpose(1, 2)                     # (N, nh, S, dh)
         k = k.view(n, s, nh, dh).transpose(1, 2)
         v = v.view(n, s, nh, dh).transpose(1, 2)
@@ -93,48 +85,13 @@ class SpikingBertSelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(n, s, h), scores
 
 
-class SpikingBertSelfOutput(nn.Module):
-    """Current of layer O1: ``LayerNorm(W_O s_A + b_O + s_in)``."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, s_a: Tensor, s_in: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(s_a)) + s_in)
-
-
 class SpikingBertAttention(nn.Module):
+    """Layer A's projections (``self``) and layer O1's current ``LayerNorm(W_O s_A + b_O + s_in)`` (``output``)."""
+
     def __init__(self, config):
         super().__init__()
         self.self = SpikingBertSelfAttention(config)
-        self.output = SpikingBertSelfOutput(config)
-
-
-class SpikingBertIntermediate(nn.Module):
-    """Current of layer I: ``GELU(W_I s_O1 + b_I)`` (erf form), width ``intermediate_size``."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-
-    def forward(self, s_o1: Tensor) -> Tensor:
-        return F.gelu(self.dense(s_o1))
-
-
-class SpikingBertOutput(nn.Module):
-    """Current of layer O2: ``LayerNorm(W_2 s_I + b_2 + s_O1)``."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, s_i: Tensor, s_o1: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(s_i)) + s_o1)
+        self.output = BertSelfOutput(config)
 
 
 class SpikingBertLayer(nn.Module):
@@ -143,17 +100,16 @@ class SpikingBertLayer(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.attention = SpikingBertAttention(config)
-        self.intermediate = SpikingBertIntermediate(config)
-        self.output = SpikingBertOutput(config)
+        self.intermediate = BertIntermediate(config)      # layer I: GELU(W_I s_O1 + b_I), width intermediate_size
+        self.output = BertOutput(config)                  # layer O2: LayerNorm(W_2 s_I + b_2 + s_O1)
 
     def simulate(self, s_in: Tensor, mask: Tensor, scan: ScanFn, keep_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
         """Advance the six neuron layers over a chunk of steps, each layer over all steps at once.
 
         ``s_in`` ``(Tc, B, S, H)`` spikes of the input layer. Returns the O2 spikes ``(Tc, B, S, H)`` and,
-        if ``keep_scores``, the attention scores summed over the chunk ``(B, nh, S, S)``. Every dense
-        layer takes spikes here, so each goes through :func:`~modules.event_engine.spike_linear`
-        (event-driven on CPU where that is faster, else the dense GEMM); the block formulas are those
-        of the blocks' ``forward``.
+        if ``keep_scores``, the attention scores summed over the chunk ``(B, nh, S, S)``. Every dense product
+        here takes spikes, so it goes through :func:`~modules.event_engine.spike_linear` (event-driven on
+        CPU where that is faster, else the block's GEMM) and the block does the rest (``after_dense``).
         """
         tc, b, s, h = s_in.shape
         s_flat = s_in.reshape(tc * b, s, h)                                   # (Tc*B, S, H)
@@ -162,10 +118,10 @@ class SpikingBertLayer(nn.Module):
         s_v = scan("V", v.view(tc, b, s, h))
         att, scores = self.attention.self.attend(q, s_k.view(tc * b, s, h), s_v.view(tc * b, s, h), mask)
         s_a = scan("A", att.view(tc, b, s, h))
-        o1, o2 = self.attention.output, self.output
-        s_o1 = scan("O1", o1.LayerNorm(o1.dropout(spike_linear(s_a, o1.dense.weight, o1.dense.bias)) + s_in))
-        s_i = scan("I", F.gelu(spike_linear(s_o1, self.intermediate.dense.weight, self.intermediate.dense.bias)))
-        s_o2 = scan("O2", o2.LayerNorm(o2.dropout(spike_linear(s_i, o2.dense.weight, o2.dense.bias)) + s_o1))
+        out, inter, ffn = self.attention.output, self.intermediate, self.output
+        s_o1 = scan("O1", out.after_dense(spike_linear(s_a, out.dense.weight, out.dense.bias), s_in))
+        s_i = scan("I", inter.after_dense(spike_linear(s_o1, inter.dense.weight, inter.dense.bias)))
+        s_o2 = scan("O2", ffn.after_dense(spike_linear(s_i, ffn.dense.weight, ffn.dense.bias), s_o1))
         score_sum = scores.view(tc, b, *scores.shape[1:]).sum(0) if keep_scores else None
         return s_o2, score_sum
 

@@ -1,4 +1,4 @@
-"""Implicit differentiation at equilibrium (SPEC §2), knowing only the function ``f``.
+"""Implicit differentiation at equilibrium, knowing only the function ``f``.
 
 * :func:`replace` gives a tensor whose *value* is the simulated average spiking
   rate and whose *gradient* flows into the equivalent rate function's output.

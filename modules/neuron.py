@@ -1,4 +1,4 @@
-"""Integrate-and-fire neuron dynamics (SPEC §1.2), independent of any network.
+"""Integrate-and-fire neuron dynamics, independent of any network.
 
 Tensors are time-first: ``currents`` has shape ``(T, *N)`` where ``*N`` is any
 neuron shape (for SpikingBERT ``(B, S, H)``). The membrane potential is passed in
@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import math
 import os
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ __all__ = [
     "if_scan_surrogate",
     "SpikeFunction",
     "SURROGATES",
+    "NeuronLayers",
     "leaky_rate_normaliser",
 ]
 
@@ -124,6 +126,45 @@ def if_scan_surrogate(
             u = leak * u                                       # leak
         spikes.append(s)
     return torch.stack(spikes), u
+
+
+class NeuronLayers:
+    """The membrane potentials and spike counts of named neuron layers during one simulation.
+
+    ``scan(key, currents)`` advances layer ``key`` over a chunk of steps (``currents`` ``(Tc, *N)``)
+    from its membrane (zeros at first, float32 or wider) and returns its spikes ``(Tc, *N)``; the
+    spikes are counted per neuron when ``count(key)`` and handed to ``recorder(key, t0, spikes)``,
+    ``t0`` being the chunk's first step (set by the caller). ``surrogate = (name, alpha)`` makes the
+    scan differentiable (:func:`if_scan_surrogate`), None runs :func:`if_scan` without autograd.
+    """
+
+    def __init__(self, vth: float, leak: float, count: Callable[[str], bool],
+                 recorder: Optional[Callable[[str, int, Tensor], None]] = None,
+                 surrogate: Optional[tuple[str, float]] = None):
+        self.vth, self.leak, self.count, self.recorder, self.surrogate = vth, leak, count, recorder, surrogate
+        self.membranes: dict[str, Tensor] = {}
+        self.counts: dict[str, Tensor] = {}
+        self.t0 = 0
+
+    def scan(self, key: str, currents: Tensor) -> Tensor:
+        u = self.membranes.get(key)
+        if u is None:
+            u = currents.new_zeros(currents.shape[1:], dtype=torch.promote_types(currents.dtype, torch.float32))
+        if self.surrogate is not None:
+            spikes, u = if_scan_surrogate(currents, u, self.vth, self.leak, *self.surrogate)
+        else:
+            spikes, u = if_scan(currents, u, self.vth, self.leak)
+        self.membranes[key] = u
+        if self.count(key):
+            total = spikes.sum(0)
+            self.counts[key] = total if key not in self.counts else self.counts[key] + total
+        if self.recorder is not None:
+            self.recorder(key, self.t0, spikes)
+        return spikes
+
+    def rates(self, steps: int) -> dict[str, Tensor]:
+        """Spike count / ``steps`` of every counted layer."""
+        return {key: count / steps for key, count in self.counts.items()}
 
 
 def leaky_rate_normaliser(leak: float, t_conv: int) -> float:

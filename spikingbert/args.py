@@ -4,18 +4,19 @@ Flags that exist in the published scripts keep their names and meaning. Spiking
 settings (``--t_conv``, ``--vth``, ``--leak``, ...) default to ``None``: the value in
 the student's config.json is kept unless the flag is given. In the task script,
 ``--max_seq_length`` and ``--num_train_epochs`` default to ``None`` too and are
-resolved per task (SPEC §3) by `spikingbert.distill`.
+resolved per task by `spikingbert.run_setup.resolve_task_settings`.
 """
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import ArgumentParser, UsageError
 
-__all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "GROUP_BY_LENGTH_HELP"]
+__all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "spiking_settings",
+           "trainer_settings", "GROUP_BY_LENGTH_HELP"]
 
 GROUP_BY_LENGTH_HELP = (
     "train on batches of similar length: the epoch's shuffled examples are sorted by length within megabatches "
@@ -119,7 +120,7 @@ def task_parser() -> argparse.ArgumentParser:
     p("--data_dir", type=Path, required=True, help="the task's GLUE directory (train.tsv, dev.tsv, ...)")
     p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
     p("--cache_dir", type=Path, default=None, help="cache for tokenized features")
-    p("--max_seq_length", type=int, default=None, help="default: per task (SPEC §3)")
+    p("--max_seq_length", type=int, default=None, help="default: per task (see the README's per-task defaults)")
     p("--num_train_epochs", type=float, default=None,
       help="default: per task for intermediate KD, 3 for prediction KD")
     p("--aug_train", action="store_true", help="train on train_aug.tsv (augmented data)")
@@ -195,6 +196,19 @@ def _validate_common(args: argparse.Namespace) -> None:
         if not (Path(args.teacher_model) / "config.json").is_file():
             raise UsageError(f"--teacher_model {args.teacher_model} has no config.json: pass the directory of a "
                              "saved BERT (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
+
+
+def spiking_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The spiking settings given on the command line, as student-config overrides (the rest keep the config's)."""
+    names = ("t_conv", "vth", "leak", "ide_point", "feedback", "train_mode")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def trainer_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The `spikingbert.trainer.TrainerConfig` fields the distillation flags set (same names)."""
+    names = ("output_dir", "gradient_accumulation_steps", "max_steps", "save_steps", "save_total_limit",
+             "logging_steps", "seed", "skip_nan_batches")
+    return {name: getattr(args, name) for name in names}
 
 
 def _require_dir(path: Path, flag: str, hint: str) -> None:

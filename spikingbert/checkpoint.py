@@ -18,7 +18,6 @@ checkpoint.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -30,15 +29,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from transformer.file_utils import atomic_write_text, describe_load_error
+from transformer.file_utils import describe_load_error, save_torch
 
 from .errors import UsageError, UserError
 
 __all__ = [
     "TRAINING_STATE_NAME",
     "OUTPUT_ARTIFACTS",
-    "atomic_write_text",
-    "atomic_write_json",
     "check_output_dir",
     "prepare_output_dir",
     "list_checkpoints",
@@ -46,7 +43,6 @@ __all__ = [
     "save_checkpoint",
     "install_model_files",
     "load_training_state",
-    "describe_load_error",
     "optimizer_state_to_save",
     "load_optimizer_state",
 ]
@@ -62,10 +58,6 @@ OUTPUT_ARTIFACTS = (
     "config.json", "model.safetensors", "vocab.txt", "args.json", "metrics.jsonl", "train.log",
     "eval_results.json", "teacher_results.json", "best_results.json",
 )
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def check_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) -> Optional[Path]:
@@ -146,7 +138,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}checkpoint-{step}-", dir=output_dir))
     try:
         write_model(tmp)
-        torch.save(training_state, tmp / TRAINING_STATE_NAME)
+        save_torch(training_state, tmp / TRAINING_STATE_NAME)
         _fsync_dir_files(tmp)
         if final.exists():
             stale = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stale-", dir=output_dir))

@@ -7,13 +7,13 @@ and exits with the error's `exit_code` (2: bad usage, 1: runtime problem), witho
 a traceback unless the debug flag is on the command line.
 
 Errors of the same kind raised by code that cannot depend on this package (the
-student's `models.spiking_bert.SpikingConfigError`, the teacher's
-`transformer.file_utils.ModelLoadError`), command-line syntax errors (through
+student's `models.configuration.SpikingConfigError`, the file floor's
+`transformer.file_utils.ModelLoadError` and its `DownloadError`), command-line syntax errors (through
 `ArgumentParser`) and operating-system errors such as a full disk are reported
-the same way.
+the same way, also where the writer that failed was torch's or safetensors' (see
+`transformer.file_utils.as_write_error`).
 """
 import argparse
-import errno
 import sys
 from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
 
@@ -34,10 +34,6 @@ class DataError(UserError):
     """An input data file is missing, empty or malformed."""
 
 
-class DownloadError(UserError):
-    """A download failed or produced an unusable file."""
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose syntax errors (unknown or missing flags, bad values) raise
     `UsageError`, so that `run_cli` reports them in its one-line format with exit status 2."""
@@ -49,10 +45,8 @@ class ArgumentParser(argparse.ArgumentParser):
 #: Errors of packages that do not import this one: (module, class name, exit status).
 FOREIGN_USER_ERRORS: Tuple[Tuple[str, str, int], ...] = (
     ("transformer.file_utils", "ModelLoadError", 1),
-    ("models.spiking_bert", "SpikingConfigError", 2),
+    ("models.configuration", "SpikingConfigError", 2),
 )
-
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def one_line(text: str) -> str:
@@ -62,13 +56,31 @@ def one_line(text: str) -> str:
 
 def is_disk_full(err: BaseException) -> bool:
     """Whether ``err`` says the disk (or the quota, or the file-size limit) is full."""
-    return isinstance(err, OSError) and err.errno in _DISK_ERRNOS
+    from transformer.file_utils import DISK_FULL_ERRNOS
+
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 
 
 def describe_os_error(err: OSError) -> str:
-    """``cannot access <file>: <reason>`` of an `OSError`."""
+    """``cannot access <file>: <reason>`` of an `OSError`; ``cannot write <file>: <reason>`` of a failed write,
+    with ``: the disk (or the quota, or the file-size limit) is full`` when that is the reason."""
+    from transformer.file_utils import WriteError
+
     where = err.filename if err.filename is not None else "a file"
-    return f"cannot access {where}: {err.strerror or err}"
+    if is_disk_full(err):
+        return f"cannot write {where}: {err.strerror or err}: the disk (or the quota, or the file-size limit) is full"
+    verb = "write" if isinstance(err, WriteError) else "access"
+    return f"cannot {verb} {where}: {err.strerror or err}"
+
+
+def as_os_error(err: BaseException) -> Optional[OSError]:
+    """``err`` itself if it is an `OSError`; the `OSError` behind a write that failed in torch's or
+    safetensors' writer; else None."""
+    if isinstance(err, OSError):
+        return err
+    from transformer.file_utils import as_write_error
+
+    return as_write_error(err)
 
 
 def user_error_status(err: BaseException) -> Optional[Tuple[str, int]]:
@@ -80,9 +92,10 @@ def user_error_status(err: BaseException) -> Optional[Tuple[str, int]]:
         cls = getattr(module, class_name, None) if module is not None else None
         if cls is not None and isinstance(err, cls):
             return one_line(err), int(getattr(err, "exit_code", status))
-    if isinstance(err, OSError) and err.errno is not None:
-        hint = "; free some space (or write elsewhere) and run the command again" if is_disk_full(err) else ""
-        return one_line(describe_os_error(err) + hint), 1
+    os_err = as_os_error(err)
+    if os_err is not None and os_err.errno is not None:
+        hint = "; free some space (or write elsewhere) and run the command again" if is_disk_full(os_err) else ""
+        return one_line(describe_os_error(os_err) + hint), 1
     return None
 
 

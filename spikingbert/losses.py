@@ -1,4 +1,4 @@
-"""Knowledge-distillation losses (SPEC §3), as plain functions of tensors.
+"""Knowledge-distillation and supervised losses, as plain functions of tensors.
 
 Layer map: with ``L_T`` teacher and ``L_S`` student encoder layers, ``k = L_T / L_S``
 must be an integer. Student hidden state ``j`` (0 = embeddings) is matched with
@@ -21,6 +21,7 @@ __all__ = [
     "rep_loss",
     "att_loss",
     "soft_cross_entropy",
+    "gold_label_loss",
 ]
 
 # Attention scores at or below this value are masked positions (the additive mask is -10000).
@@ -83,6 +84,14 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
     return (-targets * log_probs).mean()
+
+
+def gold_label_loss(logits: Tensor, labels: Tensor, output_mode: str) -> Tensor:
+    """Loss to the gold labels: cross-entropy of ``logits`` (B, K) to class ids (B,), or, for
+    ``output_mode="regression"``, MSE of the single output (B, 1) to the scores (B,)."""
+    if output_mode == "regression":
+        return F.mse_loss(logits.view(-1), labels.view(-1).float())
+    return F.cross_entropy(logits, labels.view(-1))
 
 
 def _unmask(scores: Tensor) -> Tensor:

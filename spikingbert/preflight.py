@@ -10,7 +10,6 @@ the file and saying what to do; nothing is written.
 """
 from __future__ import annotations
 
-import argparse
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -19,15 +18,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from models.modeling_utils import find_weights
+from transformer.file_utils import describe_load_error
+
 from . import glue
-from .checkpoint import TRAINING_STATE_NAME, describe_load_error, load_training_state
+from .checkpoint import TRAINING_STATE_NAME, load_training_state
 from .errors import UsageError, UserError
 
 __all__ = [
     "WeightsFileError",
     "StudentFiles",
     "weight_shapes",
-    "find_weights",
     "check_student_dir",
     "check_teacher_dir",
     "check_vocabularies",
@@ -38,7 +39,6 @@ __all__ = [
     "check_eval_inputs",
 ]
 
-WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
 #: Files that only a training run writes: a directory holding them but no weights is an unfinished run.
 RUN_OUTPUT_MARKERS = (TRAINING_STATE_NAME, "args.json", "metrics.jsonl")
 
@@ -60,14 +60,6 @@ class StudentFiles:
     directory: Path
     weights: Optional[Path]
     shapes: Dict[str, Tuple[int, ...]]
-
-
-def find_weights(directory: Path) -> Optional[Path]:
-    """``model.safetensors`` (preferred) or ``pytorch_model.bin`` of ``directory``, or None."""
-    for name in WEIGHT_FILE_NAMES:
-        if (Path(directory) / name).is_file():
-            return Path(directory) / name
-    return None
 
 
 def weight_shapes(path: Path, flag: str) -> Dict[str, Tuple[int, ...]]:
@@ -206,22 +198,21 @@ def _local_teacher(location: Optional[str]) -> Optional[Path]:
     return Path(location)
 
 
-def check_training_inputs(args: argparse.Namespace, student_hidden: int, teacher_hidden: int,
-                          resume: Optional[Path]) -> None:
+def check_training_inputs(output_dir: Path, overwrite: bool, student_dir: Path, teacher_model: str,
+                          student_hidden: int, teacher_hidden: int, resume: Optional[Path]) -> None:
     """All checks of a distillation run that need no model: teacher weights, vocabularies, the student
     (or the checkpoint to resume from), its training state, and that no input is the output dir."""
-    check_not_an_input(args.output_dir, args.overwrite_output_dir,
-                       {"--spiking_student_model": args.spiking_student_model,
-                        "--teacher_model": _local_teacher(args.teacher_model)})
-    teacher_dir = check_teacher_dir(args.teacher_model)
-    check_vocabularies(args.spiking_student_model, teacher_dir)
-    student = check_student_dir(resume or args.spiking_student_model)
+    check_not_an_input(output_dir, overwrite, {"--spiking_student_model": student_dir,
+                                               "--teacher_model": _local_teacher(teacher_model)})
+    teacher_dir = check_teacher_dir(teacher_model)
+    check_vocabularies(student_dir, teacher_dir)
+    student = check_student_dir(resume or student_dir)
     check_fit_dense(student, student_hidden, teacher_hidden)
     if resume is not None:
         load_training_state(resume, mmap=True)
 
 
-def check_eval_inputs(args: argparse.Namespace, task: str, splits: Sequence[str]) -> None:
+def check_eval_inputs(student_dir: Path, task: str, data_dir: Path, splits: Sequence[str], skip_bad_rows: bool) -> None:
     """--do_eval: a trained student with intact weights, and readable dev data."""
-    check_student_dir(args.spiking_student_model, need_weights=True)
-    check_task_data(task, args.data_dir, splits, args.skip_bad_rows)
+    check_student_dir(student_dir, need_weights=True)
+    check_task_data(task, data_dir, splits, skip_bad_rows)

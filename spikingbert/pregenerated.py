@@ -201,3 +201,32 @@ class PregeneratedDataset(Dataset):
             torch.from_numpy(self.lm_label_ids[item].astype(np.int64)),
             torch.tensor(int(self.is_nexts[item]), dtype=torch.long),
         )
+
+
+class PregeneratedEpochs:
+    """The training data of general KD: training epoch ``e`` reads data epoch ``e % num_data_epochs``.
+
+    One epoch's `PregeneratedDataset` is held at a time (the previous one is closed, which frees its
+    memory maps under ``reduce_memory``); ``num_examples`` reads only the metrics file.
+    """
+
+    def __init__(self, directory: Path, tokenizer, reduce_memory: bool = False):
+        self.directory = Path(directory)
+        self.tokenizer = tokenizer
+        self.reduce_memory = reduce_memory
+        self.num_data_epochs = count_data_epochs(self.directory)
+        self.seq_len = read_epoch_metrics(epoch_paths(self.directory, 0)[1])[1]
+        self._cache: dict = {}
+
+    def dataset(self, epoch: int) -> PregeneratedDataset:
+        data_epoch = epoch % self.num_data_epochs
+        if data_epoch not in self._cache:
+            for old in self._cache.values():
+                old.close()
+            self._cache.clear()
+            self._cache[data_epoch] = PregeneratedDataset(self.directory, data_epoch, self.tokenizer,
+                                                          self.num_data_epochs, reduce_memory=self.reduce_memory)
+        return self._cache[data_epoch]
+
+    def num_examples(self, epoch: int) -> int:
+        return read_epoch_metrics(epoch_paths(self.directory, epoch % self.num_data_epochs)[1])[0]

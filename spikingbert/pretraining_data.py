@@ -43,8 +43,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from spikingbert.archive import atomic_output
 from spikingbert.errors import DataError, UsageError
+from transformer.file_utils import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -406,13 +406,13 @@ def write_epoch(store: DocumentStore, vocab_list: Sequence[str], config: Pretrai
     metrics_path.unlink(missing_ok=True)  # never leave old metrics next to a new epoch file
     rng = random.Random(epoch_seed(config.seed, epoch))
     count = 0
-    with atomic_output(data_path) as f:
+    with atomic_open(data_path) as f:
         for doc_index in tqdm(range(len(store)), desc=f"epoch {epoch}", unit="doc",
                               disable=None if show_progress else True):
             for instance in create_instances_from_document(store, doc_index, config, vocab_list, rng):
                 f.write(json.dumps(instance) + "\n")
                 count += 1
-    with atomic_output(metrics_path) as f:
+    with atomic_open(metrics_path) as f:
         json.dump({"num_training_examples": count, "max_seq_len": config.max_seq_len}, f)
     return count
 

@@ -7,9 +7,9 @@ accumulation, mixed precision, DataParallel / DistributedDataParallel, progress
 bar, metrics, NaN detection, checkpoints and exact resume.
 
 Resume is exact: the data order of epoch ``e`` is a permutation seeded with
-``seed + e`` (`DistributedSampler`, also with a single process), a resumed run
-skips the micro-batches already consumed, and the optimizer, loss scaler and
-every RNG state come back from the checkpoint.
+``seed + e`` (`spikingbert.sampling.ResumableSampler`), a resumed run skips the
+micro-batches already consumed, and the optimizer, loss scaler, loss sums and
+every RNG state come back from the checkpoint (`spikingbert.training_state`).
 
 Faults: a NaN/inf loss (or gradient norm) stops the run naming the step, the loss
 parts and the last good checkpoint, or, with ``skip_nan_batches`` N, the step is
@@ -21,7 +21,6 @@ checkpoints intact.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -31,34 +30,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from transformer.file_utils import atomic_write_json
+
 from .checkpoint import (
-    atomic_write_json,
-    atomic_write_text,
     install_model_files,
     load_optimizer_state,
     load_training_state,
     optimizer_state_to_save,
     save_checkpoint,
 )
-from .errors import UserError, describe_os_error, is_disk_full
+from .errors import UserError, as_os_error, describe_os_error, is_disk_full
 from .runtime import Runtime, get_rng_state, set_rng_state
+from .sampling import ResumableSampler
+from .training_state import STATE_VERSION, LossTracker, MetricsLog, TrainingProgress, check_resumable
 
-__all__ = ["TrainerConfig", "Stage", "Trainer", "TrainingProgress", "TrainingDiverged", "TrainingInterrupted",
-           "OutputWriteError", "MetricsLog", "ResumableSampler", "group_by_length"]
+__all__ = ["TrainerConfig", "Stage", "Trainer", "TrainingDiverged", "TrainingInterrupted", "OutputWriteError"]
 
 logger = logging.getLogger(__name__)
-
-STATE_VERSION = 2       # 2: gradient norm in the loss sums, skipped_steps in the progress
-#: Micro-batches per megabatch of `group_by_length`.
-MEGABATCH_BATCHES = 50
-#: Fingerprint fields of checkpoints written before the field existed.
-_FINGERPRINT_DEFAULTS = {"group_by_length": False}
 
 
 class TrainingDiverged(UserError):
@@ -149,101 +142,6 @@ class Stage:
     collate: Optional[Callable[[List[Any]], Any]] = None
 
 
-class ResumableSampler(Sampler[int]):
-    """The indices of one epoch for this rank, seeded with ``seed + epoch``, minus the first ``skip``.
-
-    With one process this is a seeded random permutation; under torchrun each rank
-    gets its `DistributedSampler` share (padded with repeats to equal length). With
-    ``lengths`` (every example's real length, (N,)) that share is reordered into batches
-    of ``batch_size`` examples of similar length (`group_by_length`); ``skip`` must then
-    be a multiple of ``batch_size`` (whole batches, as the trainer skips them).
-    """
-
-    def __init__(self, num_examples: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, skip: int = 0,
-                 lengths: Optional[Sequence[int]] = None, batch_size: int = 1):
-        base = DistributedSampler(
-            range(num_examples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
-        )
-        base.set_epoch(epoch)
-        self._indices = list(base)
-        if lengths is not None:
-            self._indices = group_by_length(self._indices, lengths, batch_size, seed, epoch)
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices[self.skip:])
-
-    def __len__(self) -> int:
-        return max(len(self._indices) - self.skip, 0)
-
-
-def group_by_length(indices: Sequence[int], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                    megabatch_batches: int = MEGABATCH_BATCHES) -> List[int]:
-    """``indices`` reordered so that every ``batch_size`` consecutive ones form a batch of similar lengths.
-
-    The indices are cut into megabatches of ``megabatch_batches * batch_size``, each is sorted by
-    ``lengths`` (longest first, ties in the given order) and cut into batches, and the order of the
-    batches is shuffled (a generator seeded with ``seed`` and ``epoch``, the same on every rank) so
-    that long and short batches mix. A short last batch stays last: the k-th run of ``batch_size``
-    indices is always the k-th batch, so skipping ``k * batch_size`` indices skips k whole batches.
-    """
-    lengths = torch.as_tensor(lengths).tolist()
-    size = megabatch_batches * batch_size
-    batches: List[List[int]] = []
-    for start in range(0, len(indices), size):
-        megabatch = sorted(indices[start:start + size], key=lambda i: -lengths[i])
-        batches += [megabatch[i:i + batch_size] for i in range(0, len(megabatch), batch_size)]
-    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
-    rng = np.random.default_rng([seed % 2 ** 32, epoch])      # a stream of its own, apart from the permutation's
-    shuffled = [batches[j] for j in rng.permutation(len(batches))]
-    return [index for batch in shuffled + short for index in batch]
-
-
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, the file rewritten atomically on every append."""
-
-    def __init__(self, path: Path, keep_until_step: Optional[int] = None, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-        self.records: List[Dict[str, Any]] = []
-        if enabled and keep_until_step is not None and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    if record.get("step", 0) <= keep_until_step:
-                        self.records.append(record)
-            self._flush()
-
-    def append(self, record: Dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        self._flush()
-
-    def _flush(self) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
-
-
-@dataclass
-class TrainingProgress:
-    """Where a run stands (saved in every checkpoint).
-
-    Attributes:
-        global_step: optimizer steps done.
-        epoch: the current epoch.
-        batches_done: micro-batches of ``epoch`` already consumed (by this rank).
-        best_metric, best_step: the best evaluation so far (prediction KD).
-        skipped_steps: optimizer steps skipped for a non-finite loss (``skip_nan_batches``).
-    """
-
-    global_step: int = 0
-    epoch: int = 0
-    batches_done: int = 0
-    best_metric: Optional[float] = None
-    best_step: Optional[int] = None
-    skipped_steps: int = 0
-
-
 class Trainer:
     """Runs a `Stage` to completion (or resumes it), saving checkpoints along the way."""
 
@@ -288,7 +186,7 @@ class Trainer:
             raise UserError("nothing to train: the training set is empty or --num_train_epochs/--max_steps is 0")
         self.optimizer = stage.make_optimizer(total_steps)
         self.scaler = rt.grad_scaler()
-        self.tracker = _LossTracker(rt.device, check_grad_norm=self.scaler is None)
+        self.tracker = LossTracker(rt.device, check_grad_norm=self.scaler is None)
         progress = TrainingProgress()
         if cfg.resume_from is not None:
             progress = self._restore(total_steps)
@@ -465,17 +363,20 @@ class Trainer:
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
-        """Turn an `OSError` while writing ``what`` (e.g. a full disk) into one message naming the last
-        complete checkpoint, which the atomic writes leave intact."""
+        """Turn a failed write of ``what`` (e.g. a full disk, also in torch's or safetensors' writer) into one
+        message naming the last complete checkpoint, which the atomic writes leave intact."""
         try:
             yield
-        except OSError as err:
+        except Exception as caught:
+            err = as_os_error(caught)
+            if err is None:
+                raise
             first = "free some space, then " if is_disk_full(err) else "fix that, then "
             if self.last_checkpoint:
                 todo = f"{first}resume from the intact {self.last_checkpoint} with --continue_train"
             else:
                 todo = f"{first}start again (no checkpoint was written yet)"
-            raise OutputWriteError(f"{describe_os_error(err)} (writing {what}); {todo}") from err
+            raise OutputWriteError(f"{describe_os_error(err)} (writing {what}); {todo}") from caught
 
     @contextlib.contextmanager
     def _signals_stop_training(self) -> Iterator[None]:
@@ -558,7 +459,7 @@ class Trainer:
         """Load optimizer, scaler, loss sums and RNG states from the checkpoint; return its progress."""
         rt, path = self.runtime, self.config.resume_from
         state = load_training_state(path)
-        self._check_resumable(state, total_steps)
+        check_resumable(state, self._fingerprint(), self.stage.describe, path, total_steps)
         load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -575,105 +476,6 @@ class Trainer:
         return {"micro_batch_size": cfg.micro_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
                 "world_size": self.world_size, "seed": cfg.seed,
                 "group_by_length": self.stage.example_lengths is not None, **self.stage.describe}
-
-    def _check_resumable(self, state: Dict[str, Any], total_steps: int) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise UserError(f"{self.config.resume_from} was written by an incompatible version; start over "
-                            "with --overwrite_output_dir")
-        saved, now = {**_FINGERPRINT_DEFAULTS, **state["config"]}, self._fingerprint()
-        for key in sorted(set(saved) | set(now)):
-            if saved.get(key) != now.get(key):
-                if key in self.stage.describe:
-                    raise UserError(f"cannot resume {self.config.resume_from}: it was written with {key}="
-                                    f"{saved.get(key)!r}, this run has {now.get(key)!r}")
-                logger.warning("resuming with %s=%r (checkpoint: %r): the run will not repeat the original one",
-                               key, now.get(key), saved.get(key))
-        if state["total_steps"] != total_steps:
-            logger.warning("resuming with %d total steps (checkpoint: %d)", total_steps, state["total_steps"])
-
-
-class _LossTracker:
-    """Per-step means of the loss parts and of the gradient norm, summed on the device since the last
-    log, and the first non-finite step, without host syncs.
-
-    ``keys``: the objective's loss parts, then ``grad_norm``. With ``check_grad_norm`` off (fp16 with a
-    loss scaler, whose overflow steps have infinite gradients by design) only the losses are checked.
-    """
-
-    def __init__(self, device: torch.device, check_grad_norm: bool = True):
-        self.device = device
-        self.check_grad_norm = check_grad_norm
-        self.keys: Optional[List[str]] = None
-        self.sums: Optional[Tensor] = None
-        self.pending: Optional[Tensor] = None      # this step's loss parts so far (P,)
-        self.bad_parts: Optional[Tensor] = None
-        self.steps = 0
-        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
-
-    def add(self, losses: Dict[str, Tensor], group_size: int) -> None:
-        """Add one micro-batch's losses (``group_size`` micro-batches make the current optimizer step)."""
-        if self.keys is None:
-            self.keys = list(losses) + ["grad_norm"]
-        values = torch.stack([losses[k].detach() for k in self.keys[:-1]]) / group_size
-        self.pending = values if self.pending is None else self.pending + values
-
-    def _step_values(self, grad_norm: Tensor) -> Tensor:
-        """This step's loss parts and gradient norm (P+1,)."""
-        return torch.cat([self.pending, grad_norm.detach().float().reshape(1).to(self.pending.device)])
-
-    def _finite(self, values: Tensor) -> Tensor:
-        return torch.isfinite(values if self.check_grad_norm else values[:-1]).all()
-
-    def step_is_finite(self, grad_norm: Tensor) -> bool:
-        """Whether this step's losses (and gradient norm) are finite (one host sync)."""
-        return bool(self._finite(self._step_values(grad_norm)))
-
-    def step_parts(self, grad_norm: Tensor) -> Dict[str, float]:
-        return dict(zip(self.keys, self._step_values(grad_norm).tolist()))
-
-    def end_step(self, grad_norm: Tensor, step: int, skipped: bool = False) -> None:
-        """Count optimizer step ``step`` (a skipped one is left out of the means)."""
-        values = self._step_values(grad_norm)
-        self.pending = None
-        if skipped:
-            return
-        if self.sums is None:
-            self.sums = torch.zeros_like(values)
-            self.bad_parts = torch.zeros_like(values)
-        self.sums += values
-        self.steps += 1
-        newly_bad = ~self._finite(values) & (self.bad_step < 0)
-        self.bad_step = torch.where(newly_bad, torch.full_like(self.bad_step, step), self.bad_step)
-        self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
-
-    def state_dict(self) -> Dict[str, Any]:
-        """The sums since the last log (so a resumed run logs the same means)."""
-        sums = self.sums.cpu() if self.sums is not None else None
-        return {"keys": list(self.keys or []), "sums": sums, "steps": self.steps}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state["sums"] is not None:
-            self.keys = list(state["keys"])
-            self.sums = state["sums"].to(self.device)
-            self.bad_parts = torch.zeros_like(self.sums)
-            self.steps = int(state["steps"])
-
-    def first_bad(self):
-        """(step, parts) of the first non-finite step seen, or None (one host sync)."""
-        step = int(self.bad_step.item())
-        if step < 0:
-            return None
-        return step, dict(zip(self.keys, self.bad_parts.tolist()))
-
-    def flush(self) -> Dict[str, float]:
-        """Mean of each loss part and of the gradient norm over the optimizer steps since the last flush
-        (one host sync)."""
-        if self.sums is None or self.steps == 0:
-            return {}
-        record = {k: v / self.steps for k, v in zip(self.keys, self.sums.tolist())}
-        self.sums.zero_()
-        self.steps = 0
-        return record
 
 
 def _rank(value: float) -> float:

@@ -9,7 +9,6 @@ from torch import nn
 
 from spikingbert.checkpoint import (
     TRAINING_STATE_NAME,
-    atomic_write_json,
     install_model_files,
     latest_checkpoint,
     list_checkpoints,
@@ -21,7 +20,9 @@ from spikingbert.checkpoint import (
 )
 from spikingbert.errors import UsageError, UserError
 from spikingbert.runtime import get_rng_state, set_rng_state
-from spikingbert.trainer import MetricsLog, ResumableSampler
+from spikingbert.sampling import ResumableSampler
+from spikingbert.training_state import MetricsLog
+from transformer.file_utils import atomic_write_json
 from transformer.optimization import BertAdam
 
 

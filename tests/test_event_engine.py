@@ -198,7 +198,7 @@ def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixtur
 
 
 def test_report_convergence_pass_equals_the_tensor_code(use_engine):
-    from spikingbert.report import _BatchRecorder
+    from spikingbert.report.measure import _BatchRecorder
 
     class Head(torch.nn.Module):                                 # what the recorder needs of a student
         config = tiny_config(layers=1)

@@ -1,4 +1,4 @@
-"""Teacher fine-tuning (`python -m spikingbert.finetune`) end to end on a tiny BERT and an easy task.
+"""Teacher fine-tuning (`python -m apps.finetune`) end to end on a tiny BERT and an easy task.
 
 The task: sentences of filler words with one sentiment word; label 1 iff it is a positive one.
 A tiny random BERT (H 32, 2 layers) learns it in a few epochs on the CPU.
@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
 
 
 def run_finetune(*args, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "spikingbert.finetune", *map(str, args)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "apps.finetune", *map(str, args)], cwd=REPO,
                           env=script_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == expect_rc, proc.stderr[-3000:]
     return proc

@@ -1,4 +1,4 @@
-"""GLUE readers, feature conversion, feature cache and metrics (spikingbert/glue.py)."""
+"""GLUE readers, feature conversion, feature cache and metrics (spikingbert/glue/)."""
 import math
 import os
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""download_glue_data.py end to end against a local HTTP server on 127.0.0.1 (spikingbert/glue_download.py)."""
+"""download_glue_data.py end to end against a local HTTP server on 127.0.0.1 (spikingbert/glue/download.py)."""
 import io
 import random
 import subprocess
@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import pytest
 
-from spikingbert.archive import safe_extract_zip
+from spikingbert.glue.download import safe_extract_zip
 from spikingbert.errors import DataError
 from spikingbert.glue import get_processor
 

@@ -187,8 +187,7 @@ def test_general_distillation_output(general_dir, world):
     assert max_weight_diff(general_dir, general_dir / "checkpoint-6") == 0.0   # final model == last checkpoint
     records = read_jsonl(general_dir / "metrics.jsonl")
     assert {"loss", "att_loss", "rep_loss", "lr", "steps_per_sec"} <= records[-1].keys()
-    for r in records:
-        assert r["loss"] == pytest.approx(r["att_loss"] + r["rep_loss"], rel=1e-5)
+    assert all(math.isfinite(r["loss"]) for r in records)   # the values: tests/test_objectives_independent.py
     assert "train" in (general_dir / "train.log").read_text()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from spikingbert.corpora import build_bbc_corpus
+from apps.corpora import build_bbc_corpus
 from spikingbert.errors import DataError
 from spikingbert.pregenerated import PregeneratedDataset, count_data_epochs
 from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data

@@ -11,7 +11,7 @@ from typing import Dict, List
 import pytest
 
 import spikingbert.pretraining_data as pretraining_data
-from spikingbert.corpora import build_bbc_corpus
+from apps.corpora import build_bbc_corpus
 from spikingbert.errors import DataError
 from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
 from transformer.tokenization import BertTokenizer
@@ -196,10 +196,13 @@ def test_killed_run_leaves_only_complete_epoch_files(bbc_corpus, bert_vocab, tmp
                              "--bert_model", str(bert_vocab), "--do_lower_case", "--epochs_to_generate", "20"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "epoch_1_metrics.json").exists() and time.time() < deadline and proc.poll() is None:
+    while not (out / "epoch_1_metrics.json").exists():
+        assert proc.poll() is None, f"the run ended (status {proc.returncode}) before it wrote epoch 1"
+        assert time.time() < deadline, "epoch 1 was not written within 120 s"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL                       # killed while generating, not finished
+    assert not (out / "epoch_19_metrics.json").exists()
     assert (out / "epoch_0_metrics.json").exists()
     for data_file in out.glob("epoch_*.json"):
         if data_file.name.endswith("_metrics.json"):

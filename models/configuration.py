@@ -1,0 +1,106 @@
+"""The spiking student's configuration: the shared BERT fields plus the spiking and training settings."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from modules.neuron import SURROGATES
+from modules.solvers import SOLVERS
+from transformer.configuration import CONFIG_NAME, BertFields
+from transformer.file_utils import cached_path
+
+
+class SpikingConfigError(ValueError):
+    """A student configuration or checkpoint the user must fix; the message says what to do."""
+
+
+def resolve_location(path: str | os.PathLike) -> str:
+    """Local paths as they are; URLs, ``s3://`` and archives through the shared download cache."""
+    text = str(path)
+    return str(cached_path(text)) if "://" in text else text
+
+
+@dataclass
+class SpikingBertConfig(BertFields):
+    """Student configuration: Hugging Face BERT fields (:class:`BertFields`) plus the spiking and training settings."""
+
+    num_hidden_layers: int = 4
+    model_type: str = "bert"
+    # spiking simulation
+    t_conv: int = 100                 # simulation steps T
+    vth: float = 1.0                  # firing threshold
+    leak: float = 1.0                 # 1.0 = integrate-and-fire, (0, 1) = leaky
+    schedule: str = "fast"            # "fast" (time folded into GEMMs) or "step" (one step at a time)
+    time_chunk: Optional[int] = None  # steps per chunk of the fast schedule (None: sized automatically)
+    # training
+    train_mode: str = "ide"           # "ide" (implicit differentiation) or "bptt" (surrogate gradient)
+    ide_point: str = "ann"            # "ann" (published) or "snn" (Jacobians at the simulated rates)
+    feedback: bool = False            # Linear from the last O2 back into E
+    solver: str = "broyden"           # backward solver with feedback
+    solver_max_iter: int = 30
+    solver_tol: float = 1e-4
+    surrogate: str = "sigmoid"        # BPTT surrogate derivative
+    surrogate_alpha: float = 4.0
+    # heads
+    fit_size: Optional[int] = None    # teacher hidden size for fit_dense (None: hidden_size)
+    use_pooler: bool = False
+    num_labels: int = 2
+
+    def __post_init__(self):
+        if self.fit_size is None:
+            self.fit_size = self.hidden_size
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SpikingConfigError` naming the first setting that cannot work."""
+        checks = [
+            (self.t_conv >= 1, f"t_conv must be >= 1 (got {self.t_conv})"),
+            (self.vth > 0, f"vth must be > 0 (got {self.vth})"),
+            (0 < self.leak <= 1, f"leak must be in (0, 1] (got {self.leak})"),
+            (self.hidden_size % self.num_attention_heads == 0,
+             f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"),
+            (self.hidden_act == "gelu", f"hidden_act {self.hidden_act!r} is not supported (only 'gelu', erf form)"),
+            (self.schedule in ("fast", "step"), f"schedule must be 'fast' or 'step' (got {self.schedule!r})"),
+            (self.train_mode in ("ide", "bptt"), f"train_mode must be 'ide' or 'bptt' (got {self.train_mode!r})"),
+            (self.ide_point in ("ann", "snn"), f"ide_point must be 'ann' or 'snn' (got {self.ide_point!r})"),
+            (self.solver in SOLVERS, f"solver must be one of {sorted(SOLVERS)} (got {self.solver!r})"),
+            (self.surrogate in SURROGATES, f"surrogate must be one of {sorted(SURROGATES)} (got {self.surrogate!r})"),
+            (self.time_chunk is None or self.time_chunk >= 1, f"time_chunk must be >= 1 (got {self.time_chunk})"),
+            (self.num_labels >= 1, f"num_labels must be >= 1 (got {self.num_labels})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SpikingConfigError(message)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides) -> "SpikingBertConfig":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown_overrides = set(overrides) - known
+        if unknown_overrides:
+            raise SpikingConfigError(f"unknown student setting(s): {sorted(unknown_overrides)}")
+        kwargs, extra = cls.split_known({**data, **{k: v for k, v in overrides.items() if v is not None}})
+        extra.pop("extra", None)
+        return cls(**kwargs, extra=extra)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides) -> "SpikingBertConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SpikingConfigError(f"{path}: no such file; a student dir needs a config.json") from None
+        except json.JSONDecodeError as e:
+            raise SpikingConfigError(f"{path}: not valid JSON ({e}); fix or replace the config") from None
+        return cls.from_dict(data, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "SpikingBertConfig":
+        path = Path(resolve_location(path))
+        return cls.from_json_file(path / CONFIG_NAME if path.is_dir() else path, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``directory/config.json`` atomically."""
+        self.to_json_file(Path(directory) / CONFIG_NAME)

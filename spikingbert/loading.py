@@ -1,0 +1,122 @@
+"""What a stage loads — tokenizer, teacher, student — with errors that name the flag, and the checks that
+teacher and student fit each other (layer map, vocabulary, sequence length, ``fit_dense`` width)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+from torch import nn
+
+from models.configuration import SpikingBertConfig, SpikingConfigError
+from models.init_from_teacher import init_student_from_teacher
+from models.modeling_utils import find_weights
+from transformer.configuration import BertConfig
+from transformer.file_utils import ModelLoadError
+from transformer.tokenization import BertTokenizer
+
+from .errors import UsageError, UserError
+from .losses import layer_stride
+
+__all__ = [
+    "load_tokenizer",
+    "task_tokenizer",
+    "teacher_config",
+    "load_teacher",
+    "student_config",
+    "load_student",
+    "fit_size_override",
+    "check_compatibility",
+    "check_seq_length",
+    "maybe_init_from_teacher",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(path, flag: str, do_lower_case: bool) -> BertTokenizer:
+    try:
+        return BertTokenizer.from_pretrained(path, do_lower_case=do_lower_case)
+    except ModelLoadError as err:
+        raise UserError(f"{flag} {path}: {err}") from err
+
+
+def task_tokenizer(student_dir: Path, teacher_model: Optional[str], do_lower_case: bool) -> BertTokenizer:
+    """The student's vocab.txt when it has one, else the teacher's."""
+    if (student_dir / "vocab.txt").is_file():
+        return load_tokenizer(student_dir, "--spiking_student_model", do_lower_case)
+    if teacher_model is None:
+        raise UsageError(f"--spiking_student_model {student_dir} has no vocab.txt: add the "
+                         "vocabulary the student was trained with")
+    return load_tokenizer(teacher_model, "--teacher_model", do_lower_case)
+
+
+def teacher_config(path: str) -> BertConfig:
+    try:
+        return BertConfig.from_pretrained(path)
+    except ModelLoadError as err:
+        raise UserError(f"--teacher_model {path}: {err}") from err
+
+
+def load_teacher(cls, path: str, **kwargs) -> nn.Module:
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except ModelLoadError as err:
+        raise UserError(f"--teacher_model {path}: {err}") from err
+
+
+def student_config(path: Path, flag: str) -> SpikingBertConfig:
+    try:
+        return SpikingBertConfig.from_pretrained(path)
+    except SpikingConfigError as err:
+        raise UsageError(f"{flag} {path}: {err}") from err
+
+
+def load_student(cls, path: Path, flag: str, **overrides):
+    try:
+        return cls.from_pretrained(path, **overrides)
+    except SpikingConfigError as err:
+        raise UsageError(f"{flag} {path}: {err}") from err
+
+
+def fit_size_override(student_dir: Path, teacher_hidden: int) -> Dict[str, int]:
+    """``fit_size`` for a new student; a saved student must already project to the teacher's width."""
+    if find_weights(student_dir) is None:
+        return {"fit_size": teacher_hidden}
+    fit_size = student_config(student_dir, "--spiking_student_model").fit_size
+    if fit_size != teacher_hidden:
+        raise UsageError(f"--spiking_student_model {student_dir} projects to width {fit_size} (fit_size) but the "
+                         f"teacher's hidden size is {teacher_hidden}: use the teacher it was distilled from")
+    return {}
+
+
+def check_compatibility(teacher: BertConfig, student: SpikingBertConfig, tokenizer, max_seq_length: int) -> int:
+    """Layer map, vocabulary and sequence length that teacher and student can both handle; returns k."""
+    stride = layer_stride(teacher.num_hidden_layers, student.num_hidden_layers)
+    if len(tokenizer.vocab) > student.vocab_size:
+        raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the student's config.json has "
+                         f"vocab_size {student.vocab_size}: set vocab_size to at least {len(tokenizer.vocab)}")
+    if len(tokenizer.vocab) > teacher.vocab_size:
+        raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the --teacher_model config.json has "
+                         f"vocab_size {teacher.vocab_size}: use the vocab.txt the teacher was trained with")
+    check_seq_length(max_seq_length, student.max_position_embeddings, "--spiking_student_model")
+    check_seq_length(max_seq_length, teacher.max_position_embeddings, "--teacher_model")
+    return stride
+
+
+def check_seq_length(max_seq_length: int, positions: int, flag: str) -> None:
+    if max_seq_length > positions:
+        raise UsageError(f"sequences of {max_seq_length} tokens do not fit the {flag} model "
+                         f"(max_position_embeddings {positions}): pass --max_seq_length {positions} or less")
+
+
+def maybe_init_from_teacher(enabled: bool, student: nn.Module, teacher: nn.Module, stride: int, source: Path,
+                            resume: Optional[Path]) -> Optional[int]:
+    """``--init_from_teacher`` for a new student (no weights, not resuming); returns the tensors copied."""
+    if not enabled:
+        return None
+    if resume is not None or find_weights(source) is not None:
+        logger.warning("--init_from_teacher ignored: %s already holds trained weights",
+                       resume if resume is not None else source)
+        return None
+    return len(init_student_from_teacher(student, teacher, stride))
