@@ -55,7 +55,16 @@ class Setting:
     def describe(self) -> dict:
         return {"size": self.size, **self.dims(), "B": self.batch, "S": self.seq_len, "T": self.t_conv,
                 "weights": self.weights, "device": self.device, "threads": torch.get_num_threads(),
-                "torch": torch.__version__}
+                "torch": torch.__version__, "cpu": cpu_name(), "loadavg": round(os.getloadavg()[0], 2)}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s "Model name")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def _sync(device: str) -> None:
@@ -117,6 +126,16 @@ def firing_rates(student, ids, types, mask) -> dict[str, float]:
     return {k: round(float(v.float().mean()), 3) for k, v in rates.items()}
 
 
+def input_densities(asr: dict[str, float]) -> dict[str, float]:
+    """Density of each spike-input product's input (the rate of the layer that feeds it), from ``asr``."""
+    out, feed = {}, "E"
+    for k in range(sum(key.endswith(".O2") for key in asr)):
+        out.update({f"{k}.key_value_query": asr[feed], f"{k}.attention.output": asr[f"{k}.A"],
+                    f"{k}.intermediate": asr[f"{k}.O1"], f"{k}.output": asr[f"{k}.I"]})
+        feed = f"{k}.O2"
+    return out
+
+
 def case_eval(setting: Setting, repeats: int) -> dict:
     """Student eval forward vs T x ANN forward: ``R_eval = t_snn / (T * t_ann)``."""
     student, ann, ids, types, mask = build(setting)
@@ -132,8 +151,9 @@ def case_eval(setting: Setting, repeats: int) -> dict:
 
     ms = time_alternating({"snn": on_engine("auto", snn), "dense_snn": on_engine("dense", snn), "ann": ann_fwd},
                           setting.device, repeats)
+    asr = firing_rates(student, ids, types, mask)
     return {"case": "eval", **setting.describe(), "engine": event_engine.engine()[0],
-            "asr": firing_rates(student, ids, types, mask), "ms_snn": ms["snn"], "ms_dense_snn": ms["dense_snn"],
+            "asr": asr, "density_in": input_densities(asr), "ms_snn": ms["snn"], "ms_dense_snn": ms["dense_snn"],
             "ms_ann": ms["ann"], "R_eval": ms["snn"] / (setting.t_conv * ms["ann"]),
             "R_eval_dense": ms["dense_snn"] / (setting.t_conv * ms["ann"]), "speedup": ms["dense_snn"] / ms["snn"]}
 
