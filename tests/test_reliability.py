@@ -162,6 +162,17 @@ def test_resume_with_changed_settings_is_refused_or_warned(kd, tmp_path):
     assert (out / "checkpoint-2").is_dir()
 
 
+def test_finetune_resume_with_another_max_seq_length_is_refused(kd, tmp_path):
+    out = tmp_path / "teacher"
+    argv = ["--task_name", "SST-2", "--data_dir", kd.sst2, "--bert_model", kd.base.teacher_sst2, "--output_dir", out,
+            "--do_lower_case", "--train_batch_size", "4", "--max_steps", "1", "--save_steps", "1"]
+    cli_runner.run(FINETUNE, [*argv, "--max_seq_length", SEQ])
+    before = _snapshot(out)
+    _fails(FINETUNE, [*argv, "--max_seq_length", "12", "--max_steps", "2", "--continue_train"], 2,
+           f"max_seq_length_used {SEQ} (now 12)", "--allow_changed_settings")
+    assert _snapshot(out) == before
+
+
 # ------------------------------------------------------------------------------- 4. output dir in use
 
 def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_pid(kd, tmp_path):
@@ -301,6 +312,36 @@ def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next(kd, tmp_path)
                                            "--output_dir", out, "--do_lower_case", "--epochs_to_generate", "1",
                                            "--max_seq_len", SEQ])
     assert sorted(p.name for p in out.iterdir()) == ["epoch_0.json", "epoch_0_metrics.json"]
+
+
+STAGE = """
+import pathlib, signal, sys, time
+def stop(signum, frame):
+    pathlib.Path(sys.argv[1], "stage-stopped").write_text(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+pathlib.Path(sys.argv[1], "stage-ready").write_text("")
+time.sleep(120)
+"""
+
+
+def main(argv):
+    """What `test_sigterm_to_the_demo_is_passed_to_its_stage` runs through `run_cli`: the demo's stage runner."""
+    from apps import demo
+
+    root = Path(argv[0])
+    demo.run_stages([demo.DemoStage("slow", "a stage that waits", ["-c", STAGE, str(root)], [root / "never"])], root)
+    return 0
+
+
+def test_sigterm_to_the_demo_is_passed_to_its_stage(tmp_path):
+    run = cli_runner.start("tests.test_reliability", [tmp_path])
+    _wait_for(lambda: (tmp_path / "stage-ready").exists(), "the stage", run)
+    os.kill(run.pid, signal.SIGTERM)
+    result = run.wait(60)
+    assert result.returncode == 143 and result.error_line() == "error: interrupted (SIGTERM)", result.output[-3000:]
+    assert (tmp_path / "stage-stopped").read_text() == "SIGTERM"          # the stage stopped itself
+    assert not (tmp_path / "stages" / "slow.json").exists()                 # not marked as finished
 
 
 def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):
