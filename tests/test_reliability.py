@@ -9,6 +9,7 @@ with what it must say, no traceback, and that nothing was left behind.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from spikingbert.glue.features import tokenize_prefix
 from tests import cli_runner
 from tests.kd_world import SEQ, KDWorld, build_kd_world
 from tests.test_pipeline import REPO, script_env
+from transformer.file_utils import as_write_error
 from transformer.tokenization import BertTokenizer
 
 CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.corpora"
@@ -342,6 +344,27 @@ def test_sigterm_to_the_demo_is_passed_to_its_stage(tmp_path):
     assert result.returncode == 143 and result.error_line() == "error: interrupted (SIGTERM)", result.output[-3000:]
     assert (tmp_path / "stage-stopped").read_text() == "SIGTERM"          # the stage stopped itself
     assert not (tmp_path / "stages" / "slow.json").exists()                 # not marked as finished
+
+
+class _InterruptedWrites(io.BytesIO):
+    """A file whose third write is interrupted (as a signal handler raising in Python's ``write`` does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            raise KeyboardInterrupt("SIGTERM")
+        return super().write(data)
+
+
+def test_an_interrupted_torch_writer_is_an_interruption_not_a_disk_error():
+    with pytest.raises(RuntimeError, match="unexpected pos") as caught:      # how torch's zip writer words it
+        torch.save({"weight": torch.zeros(10_000)}, _InterruptedWrites())
+    with pytest.raises(KeyboardInterrupt):
+        as_write_error(caught.value, "checkpoint-2/training_state.pt")
 
 
 def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):

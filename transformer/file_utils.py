@@ -128,7 +128,7 @@ def as_write_error(err: BaseException, path: str | os.PathLike | None = None) ->
     of the Python file it wrote through, if any, as its context) and safetensors raises
     ``SafetensorError: Error while serializing: I/O error: ... (os error 28)``. Those become a
     `WriteError` naming ``path``, as does an `OSError` that names no file; an `OSError` naming its
-    file is returned as it is.
+    file is returned as it is. An interruption torch's writer reports as a failed write is raised again.
     """
     def located(code: int, strerror: str) -> OSError:
         return WriteError(code, strerror, None if path is None else os.fspath(path))
@@ -145,6 +145,8 @@ def as_write_error(err: BaseException, path: str | os.PathLike | None = None) ->
     if isinstance(err, RuntimeError) and _TORCH_WRITER_FAILURE.search(text):
         seen, cause = set(), err.__cause__ or err.__context__
         while cause is not None and id(cause) not in seen:   # the Python file's own OSError, if any
+            if not isinstance(cause, Exception):             # Ctrl-C or SIGTERM stopped the writer: not a write error
+                raise cause
             if isinstance(cause, OSError) and cause.errno is not None:
                 return located(cause.errno, cause.strerror or os.strerror(cause.errno))
             seen.add(id(cause))
