@@ -162,6 +162,10 @@ def test_resume_with_changed_settings_is_refused_or_warned(kd, tmp_path):
                                                         "--learning_rate", "1e-4", "--max_steps", "2"))
     assert "learning_rate changed from 5e-05 to 0.0001" in result.output, result.output[-3000:]
     assert (out / "checkpoint-2").is_dir()
+    result = cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "5",
+                                                        "--allow_changed_settings", "--max_steps", "3"))
+    assert "resuming with changed model settings: t_conv 4 (now 5)" in result.output, result.output[-3000:]
+    assert json.loads((out / "checkpoint-3" / "config.json").read_text())["t_conv"] == 5
 
 
 def test_finetune_resume_with_another_max_seq_length_is_refused(kd, tmp_path):
