@@ -257,7 +257,7 @@ def test_second_sigterm_stops_at_once(kd, tmp_path):
     saved, and (no checkpoint having been written yet) nothing of the run left behind."""
     out = tmp_path / "out"
     run = cli_runner.start(cli_runner.GENERAL, _general_argv(kd, out, "--max_steps", "100000", "--save_steps",
-                                                             "100000", "--t_conv", "64", "--train_batch_size", "10"))
+                                                             "100000", "--t_conv", "256", "--train_batch_size", "10"))
     metrics = out / "metrics.jsonl"
 
     def logged() -> int:
@@ -270,15 +270,18 @@ def test_second_sigterm_stops_at_once(kd, tmp_path):
             time.sleep(0.0005)
 
     wait_until(lambda: logged() >= 1, "training did not start")     # in the loop: the trainer's handler is set
-    steps = logged()
-    wait_until(lambda: logged() > steps, "no step ended")            # a step has just begun
-    started = time.monotonic()
+    boundaries = []
+    for _ in range(2):                                               # the time one step takes
+        steps = logged()
+        wait_until(lambda: logged() > steps, "no step ended")
+        boundaries.append(time.monotonic())
+    step = boundaries[1] - boundaries[0]
+    time.sleep(step / 4)                                             # in the middle of the next step
     os.kill(run.pid, signal.SIGTERM)
-    time.sleep(0.02)                                                  # handled at once (between two torch ops)
+    time.sleep(min(0.05, step / 10))                                 # handled at once (between two torch ops)
     os.kill(run.pid, signal.SIGTERM)
-    sent = time.monotonic() - started
     result = run.wait(60)
     assert result.returncode == 128 + signal.SIGTERM, result.output[-2000:]
     assert result.error_line() == "error: interrupted (SIGTERM)" and "stopped:" not in result.output
     assert "training: 100000 optimizer steps" in result.output
-    assert not out.exists(), f"{sorted(p.name for p in out.iterdir())} (signals {sent:.3f} s apart)"
+    assert not out.exists(), f"{sorted(p.name for p in out.iterdir())} (steps of {step:.3f} s)"
