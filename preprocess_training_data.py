@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import List
 
 from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +58,9 @@ def load_tokenizer(bert_model: str, do_lower_case: bool):
 def main(argv: List[str]) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+    from spikingbert.run_dir import check_output_location
+
     config = PretrainingConfig(
         max_seq_len=args.max_seq_len,
         short_seq_prob=args.short_seq_prob,
@@ -71,6 +73,7 @@ def main(argv: List[str]) -> None:
     config.validate()
     if not Path(args.train_corpus).is_file():
         raise DataError(f"--train_corpus {args.train_corpus} not found")    # before --output_dir is created
+    check_output_location(Path(args.output_dir), "--output_dir")
     tokenizer = load_tokenizer(args.bert_model, args.do_lower_case)
     generate_pretraining_data(args.train_corpus, args.output_dir, tokenizer, config, args.epochs_to_generate,
                               reduce_memory=args.reduce_memory, num_workers=args.num_workers)

@@ -16,12 +16,13 @@ See ``--help`` for all flags; errors a user can fix are reported in one line.
 import sys
 from typing import List
 
-from spikingbert.args import parse_task_args
-from spikingbert.distill import run_task_distillation
 from spikingbert.errors import run_cli
 
 
 def main(argv: List[str]) -> int:
+    from spikingbert.args import parse_task_args               # here: run_cli handles signals from the start
+    from spikingbert.distill import run_task_distillation
+
     return run_task_distillation(parse_task_args(argv))
 
 

@@ -1,5 +1,6 @@
 """Applications built on the `spikingbert` library: the demo (``python -m apps.demo``), teacher
-fine-tuning (``python -m apps.finetune``) and the demo's corpus builders (``python -m apps.corpora``).
+fine-tuning (``python -m apps.finetune``), the demo's corpus builders (``python -m apps.corpora``) and the import of
+published checkpoints (``python -m apps.convert_published``).
 
 They sit above the library: they import `spikingbert`, `models` and `transformer`; nothing there imports them.
 """

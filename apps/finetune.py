@@ -15,6 +15,8 @@ dev metrics and the majority-class baseline)::
     python -m apps.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
         --bert_model all-MiniLM-L6-v2/ --output_dir runs/teacher-sst2 --do_lower_case \
         --max_seq_length 64 --num_train_epochs 3 --learning_rate 5e-5
+
+The library (and torch) are imported inside the functions, after `run_cli` took over Ctrl-C and SIGTERM.
 """
 from __future__ import annotations
 
@@ -27,47 +29,18 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from torch import Tensor, nn
+from spikingbert.args import GROUP_BY_LENGTH_HELP, MAX_EPOCHS
+from spikingbert.errors import ArgumentParser, UsageError, run_cli
 
-from spikingbert import glue
-from spikingbert.args import GROUP_BY_LENGTH_HELP
-from spikingbert.errors import UsageError, UserError, run_cli
-from spikingbert.evaluation import LogitsOnly, chance_level, evaluate_task, labels_of, print_table
-from spikingbert.loading import load_tokenizer
-from spikingbert.losses import gold_label_loss
-from spikingbert.objectives import build_optimizer
-from spikingbert.run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
-from spikingbert.runtime import Runtime, set_seed
-from spikingbert.trainer import Stage, Trainer, TrainerConfig
-from transformer.file_utils import ModelLoadError, atomic_write_json
-
-__all__ = ["ClassificationObjective", "finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
+__all__ = ["finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS_NAME = "eval_results.json"
 
 
-class ClassificationObjective(nn.Module):
-    """Forward + loss of a plain fine-tune: cross-entropy to the gold labels (MSE for regression).
-
-    ``forward(batch, teacher_out)`` with ``batch = (input_ids, input_mask, segment_ids, label_ids, ...)``
-    (each (B, S), labels (B,)); ``teacher_out`` is unused (there is no teacher).
-    """
-
-    def __init__(self, model: nn.Module, output_mode: str):
-        super().__init__()
-        self.model = model
-        self.output_mode = output_mode
-
-    def forward(self, batch: Sequence[Tensor], teacher_out=None) -> Dict[str, Tensor]:
-        input_ids, input_mask, segment_ids, labels = batch[:4]
-        logits = self.model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits.float()
-        return {"loss": gold_label_loss(logits, labels, self.output_mode)}
-
-
 def finetune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m apps.finetune",
         description="Fine-tune a BERT on a GLUE-format task (the task teacher of the distillation scripts).")
     p = parser.add_argument
@@ -96,6 +69,9 @@ def finetune_parser() -> argparse.ArgumentParser:
     p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
     p("--continue_train", action="store_true", help="resume from the latest complete checkpoint in --output_dir")
     p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir")
+    p("--allow_changed_settings", action="store_true",
+      help="--continue_train even when settings that change the model or the objective (--bert_model, task, data, "
+           "max_seq_length, ...) differ from the resumed run's args.json")
     p("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
     p("--local_rank", "--local-rank", type=int, default=-1, help="set by the legacy launcher; torchrun uses LOCAL_RANK")
     p("--fp16", action="store_true", help="mixed precision: fp16 + loss scaling on GPU, bf16 on CPU")
@@ -111,7 +87,10 @@ def parse_finetune_args(argv: Optional[Sequence[str]] = None) -> argparse.Namesp
         (args.gradient_accumulation_steps >= 1,
          f"--gradient_accumulation_steps must be >= 1 (got {args.gradient_accumulation_steps})"),
         (args.learning_rate > 0, f"--learning_rate must be > 0 (got {args.learning_rate})"),
+        (args.learning_rate <= 10, f"--learning_rate must be <= 10 (got {args.learning_rate})"),
         (args.num_train_epochs > 0, f"--num_train_epochs must be > 0 (got {args.num_train_epochs})"),
+        (args.num_train_epochs <= MAX_EPOCHS, f"--num_train_epochs must be <= {MAX_EPOCHS} (got {args.num_train_epochs})"),
+        (0 <= args.seed < 2 ** 32, f"--seed must be in [0, 2**32) (got {args.seed})"),
         (args.max_steps >= 0, f"--max_steps must be >= 0 (got {args.max_steps})"),
         (0 <= args.warmup_proportion < 1, f"--warmup_proportion must be in [0, 1) (got {args.warmup_proportion})"),
         (args.weight_decay >= 0, f"--weight_decay must be >= 0 (got {args.weight_decay})"),
@@ -124,6 +103,8 @@ def parse_finetune_args(argv: Optional[Sequence[str]] = None) -> argparse.Namesp
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    from spikingbert import glue
+
     glue.canonical_task_name(args.task_name)
     if not args.data_dir.is_dir():
         raise UsageError(f"--data_dir {args.data_dir} is not a directory: pass the task's directory (train.tsv, dev.tsv)")
@@ -133,35 +114,71 @@ def parse_finetune_args(argv: Optional[Sequence[str]] = None) -> argparse.Namesp
 
 
 def _load_model(source: str, num_labels: int, flag: str):
+    from spikingbert.loading import load_teacher
     from transformer.modeling import BertForSequenceClassification
 
-    try:
-        return BertForSequenceClassification.from_pretrained(source, num_labels=num_labels)
-    except ModelLoadError as err:
-        raise UserError(f"{flag} {source}: {err}") from err
+    return load_teacher(BertForSequenceClassification, source, flag, num_labels=num_labels)
+
+
+def _finetune_inputs(args: argparse.Namespace, runtime, output, task: str, micro_batch: int):
+    """The checks before any model is loaded or the output dir touched: vocabulary, --bert_model's config.json and
+    weights file, the sequence length, every TSV row, the output dir and the settings of a run to resume, the memory.
+    Returns the tokenizer, the sequence length and the checkpoint to resume from."""
+    from spikingbert import glue, preflight
+    from spikingbert.evaluation import dev_splits
+    from spikingbert.loading import check_seq_length, load_tokenizer, teacher_config
+    from spikingbert.memory_check import check_memory, teacher_step_need
+    from spikingbert.resume_settings import check_resume_settings
+
+    tokenizer = load_tokenizer(args.bert_model, "--bert_model", args.do_lower_case)
+    config = teacher_config(args.bert_model, "--bert_model")
+    max_seq_length = args.max_seq_length or glue.default_task_settings(task).max_seq_length
+    check_seq_length(max_seq_length, config.max_position_embeddings, "--bert_model")
+    preflight.check_vocabulary_size(tokenizer, config.vocab_size, args.bert_model, "--bert_model")
+    local = None if "://" in args.bert_model else Path(args.bert_model)
+    preflight.check_not_an_input(args.output_dir, args.overwrite_output_dir, {"--bert_model": local})
+    resume = output.check(runtime)
+    if resume is not None:
+        check_resume_settings(args.output_dir, vars(args), {"max_seq_length_used": max_seq_length}, resume,
+                              args.allow_changed_settings)
+    preflight.check_teacher_dir(args.bert_model, "--bert_model")
+    if resume is not None:
+        preflight.check_teacher_dir(str(resume), "--output_dir checkpoint")
+    preflight.check_task_data(task, args.data_dir, ["train", *dev_splits(task)], args.skip_bad_rows)
+    per_device = -(-micro_batch // max(1, runtime.n_gpu))
+    check_memory([teacher_step_need(config, per_device, max_seq_length, train=True, fp16=runtime.fp16),
+                  teacher_step_need(config, args.eval_batch_size, max_seq_length, fp16=runtime.fp16)], runtime.device,
+                 f"fine-tuning on micro-batches of {per_device} x {max_seq_length} tokens",
+                 "lower --train_batch_size (or raise --gradient_accumulation_steps), --eval_batch_size or "
+                 "--max_seq_length")
+    return tokenizer, max_seq_length, resume
 
 
 def run_finetuning(args: argparse.Namespace) -> int:
     """Fine-tune ``--bert_model`` on the task's train split; keep the best dev model in ``--output_dir``."""
+    from spikingbert import glue
+    from spikingbert.evaluation import LogitsOnly
+    from spikingbert.objectives import ClassificationObjective, build_optimizer
+    from spikingbert.run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
+    from spikingbert.runtime import set_seed
+    from spikingbert.trainer import Stage, Trainer, TrainerConfig
+
     task = glue.canonical_task_name(args.task_name)
     processor = glue.get_processor(task)
     metric = glue.main_metric(task)
-    with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime:
+    output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
+    with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime, output:
         micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
-        tokenizer = load_tokenizer(args.bert_model, "--bert_model", args.do_lower_case)
-        max_seq_length = args.max_seq_length or glue.default_task_settings(task).max_seq_length
-        resume = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir).prepare(runtime, args.debug)
+        tokenizer, max_seq_length, resume = _finetune_inputs(args, runtime, output, task, micro_batch)
         set_seed(args.seed)
         model = _load_model(str(resume) if resume else args.bert_model, processor.num_labels,
                             "--output_dir checkpoint" if resume else "--bert_model")
-        if model.config.max_position_embeddings < max_seq_length:
-            raise UsageError(f"--max_seq_length {max_seq_length} does not fit --bert_model (max_position_embeddings "
-                             f"{model.config.max_position_embeddings})")
         model.config.extra["architectures"] = [type(model).__name__]
         model.to(runtime.device).train()
 
         data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
         train_set, dev_sets = data.load("train"), data.dev_sets()
+        resume = output.prepare(runtime, args.debug) or resume   # only now, so that a failed start leaves nothing
         example_lengths, collate = length_grouping(args.group_by_length, train_set, trim=True)
         stage = Stage(
             student=model,
@@ -196,13 +213,15 @@ def run_finetuning(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_teacher(model: nn.Module, vocab_file: Path, directory: Path) -> None:
+def _save_teacher(model, vocab_file: Path, directory: Path) -> None:
     """A complete teacher directory: config.json, model.safetensors and the tokenizer's vocab.txt."""
     model.save_pretrained(directory)
     shutil.copyfile(vocab_file, Path(directory) / "vocab.txt")
 
 
-def _evaluation(runtime: Runtime, eval_model: nn.Module, task: str, output_mode: str, dev_sets, batch_size: int):
+def _evaluation(runtime, eval_model, task: str, output_mode: str, dev_sets, batch_size: int):
+    from spikingbert.evaluation import evaluate_task
+
     def evaluate() -> Dict[str, float]:
         return evaluate_task(runtime.wrap_frozen(eval_model), task, output_mode, dev_sets, runtime, batch_size)
     return evaluate
@@ -211,6 +230,9 @@ def _evaluation(runtime: Runtime, eval_model: nn.Module, task: str, output_mode:
 def _write_results(output_dir: Path, task: str, metric: str, bert_model: str, dev_set, train_examples: int,
                    max_seq_length: int, seconds: float) -> None:
     """``eval_results.json``: the kept model's dev metrics (from best_results.json) and the majority baseline."""
+    from spikingbert.evaluation import chance_level, labels_of, print_table
+    from transformer.file_utils import atomic_write_json
+
     best = json.loads((output_dir / "best_results.json").read_text(encoding="utf-8"))
     results = {
         "task": task, "bert_model": bert_model, "best_step": best.pop("step"),

@@ -6,16 +6,20 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from modules.neuron import SURROGATES
 from modules.solvers import SOLVERS
-from transformer.configuration import CONFIG_NAME, BertFields
+from transformer.configuration import CONFIG_NAME, BertFields, FieldSpec
 from transformer.file_utils import cached_path
 
 
 class SpikingConfigError(ValueError):
     """A student configuration or checkpoint the user must fix; the message says what to do."""
+
+
+def _choice(*values: str) -> FieldSpec:
+    return FieldSpec(str, choices=values)
 
 
 def resolve_location(path: str | os.PathLike) -> str:
@@ -50,6 +54,28 @@ class SpikingBertConfig(BertFields):
     use_pooler: bool = False
     num_labels: int = 2
 
+    FIELD_SPECS: ClassVar[dict] = {
+        **BertFields.FIELD_SPECS,
+        "hidden_act": _choice("gelu"),
+        "model_type": FieldSpec(str),
+        "t_conv": FieldSpec(int, 1, 1_000_000),
+        "vth": FieldSpec(float, 0.0, 1e6, low_open=True),
+        "leak": FieldSpec(float, 0.0, 1.0, low_open=True),
+        "schedule": _choice("fast", "step"),
+        "time_chunk": FieldSpec(int, 1, 1_000_000, nullable=True),
+        "train_mode": _choice("ide", "bptt"),
+        "ide_point": _choice("ann", "snn"),
+        "feedback": FieldSpec(bool),
+        "solver": _choice(*sorted(SOLVERS)),
+        "solver_max_iter": FieldSpec(int, 1, 1_000_000),
+        "solver_tol": FieldSpec(float, 0.0, 1.0, low_open=True),
+        "surrogate": _choice(*sorted(SURROGATES)),
+        "surrogate_alpha": FieldSpec(float, 0.0, 1e6, low_open=True),
+        "fit_size": FieldSpec(int, 1, 1 << 16, nullable=True),
+        "use_pooler": FieldSpec(bool),
+        "num_labels": FieldSpec(int, 1, 1 << 16),
+    }
+
     def __post_init__(self):
         if self.fit_size is None:
             self.fit_size = self.hidden_size
@@ -77,24 +103,34 @@ class SpikingBertConfig(BertFields):
                 raise SpikingConfigError(message)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides) -> "SpikingBertConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "the student config", **overrides) -> "SpikingBertConfig":
+        """The config of ``data`` (the fields of a config.json, read from ``source``) with ``overrides`` (None: keep);
+        every field's type and range is checked first (`BertFields.check_fields`)."""
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         unknown_overrides = set(overrides) - known
         if unknown_overrides:
             raise SpikingConfigError(f"unknown student setting(s): {sorted(unknown_overrides)}")
-        kwargs, extra = cls.split_known({**data, **{k: v for k, v in overrides.items() if v is not None}})
+        cls.check_fields(data, source, SpikingConfigError)
+        values = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        cls.check_fields(values, f"{source} with the command line's settings", SpikingConfigError)
+        kwargs, extra = cls.split_known(values)
         extra.pop("extra", None)
         return cls(**kwargs, extra=extra)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides) -> "SpikingBertConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SpikingConfigError(f"{path}: no such file; a student dir needs a config.json") from None
-        except json.JSONDecodeError as e:
+        except IsADirectoryError:
+            raise SpikingConfigError(f"{path} is a directory: pass a student dir holding a config.json") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SpikingConfigError(f"{path}: not valid JSON ({e}); fix or replace the config") from None
-        return cls.from_dict(data, **overrides)
+        try:
+            return cls.from_dict(data, str(path), **overrides)
+        except SpikingConfigError as e:
+            raise SpikingConfigError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "SpikingBertConfig":

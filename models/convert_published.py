@@ -1,7 +1,9 @@
 """Import a checkpoint written by the authors' published SpikingBERT code.
 
-    python -m models.convert_published --checkpoint FILE.bin --config DIR_OR_JSON --output_dir OUT \
+    python -m apps.convert_published --checkpoint FILE.bin --config DIR_OR_JSON --output_dir OUT \
         [--t_conv N --vth V --leak L --num_labels K]
+
+(``python -m models.convert_published`` runs the same command line.)
 
 The published files name the neuron layers ``network_x`` (embeddings) and
 ``network_s1 … network_s{6L+1}``; the aliases ``snn_func.*``,
@@ -11,17 +13,15 @@ model.safetensors, vocab.txt when found beside the config).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Tuple
 
-from torch import Tensor
+if TYPE_CHECKING:                       # imported in the functions: the command line starts without torch
+    from torch import Tensor
 
-from .configuration import SpikingBertConfig, SpikingConfigError
-from .modeling_utils import load_state_dict_file
-from .spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+    from .spiking_bert import SpikingBertPreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ _HEADS = {
 
 def convert_state_dict(state: dict[str, Tensor], num_layers: int, feedback: bool = False) -> dict[str, Tensor]:
     """Rename published keys to this project's; unknown keys raise :class:`SpikingConfigError`."""
+    from .configuration import SpikingConfigError
+
     out: dict[str, Tensor] = {}
     unknown = []
     feedback_index = 6 * num_layers + 1
@@ -79,8 +81,13 @@ def convert_state_dict(state: dict[str, Tensor], num_layers: int, feedback: bool
     return out
 
 
-def convert(checkpoint: str, config: str, output_dir: str, **overrides):
-    """Convert ``checkpoint`` and write a model directory to ``output_dir``; returns the model."""
+def build_converted(checkpoint: str, config: str, **overrides) -> Tuple["SpikingBertPreTrainedModel", Optional[Path]]:
+    """The model of a published ``checkpoint`` with the student config ``config`` (a directory or its config.json),
+    and the vocab.txt beside that config (or None); nothing is written."""
+    from .configuration import SpikingBertConfig
+    from .modeling_utils import load_state_dict_file
+    from .spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+
     config_path = Path(config)
     config_file = config_path / "config.json" if config_path.is_dir() else config_path
     state = load_state_dict_file(checkpoint)
@@ -98,31 +105,18 @@ def convert(checkpoint: str, config: str, output_dir: str, **overrides):
     model = (SpikingBertForSequenceClassification if has_head else SpikingBertForDistillation)(cfg)
     model.load_checkpoint(converted, checkpoint)
     vocab = config_file.parent / "vocab.txt"
-    model.save_pretrained(output_dir, vocab_file=vocab if vocab.is_file() else None)
-    logger.info("wrote %s (%s, %d layers)", output_dir, type(model).__name__, cfg.num_hidden_layers)
+    return model, vocab if vocab.is_file() else None
+
+
+def convert(checkpoint: str, config: str, output_dir: str, **overrides):
+    """Convert ``checkpoint`` and write a model directory to ``output_dir``; returns the model."""
+    model, vocab = build_converted(checkpoint, config, **overrides)
+    model.save_pretrained(output_dir, vocab_file=vocab)
+    logger.info("wrote %s (%s, %d layers)", output_dir, type(model).__name__, model.config.num_hidden_layers)
     return model
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="published pytorch_model.bin or step_N_pytorch_model.bin")
-    parser.add_argument("--config", required=True, help="student config dir or config.json used for that checkpoint")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--t_conv", type=int, help="simulation steps used in training (published default 100)")
-    parser.add_argument("--vth", type=float, help="threshold used in training (published default 1.0)")
-    parser.add_argument("--leak", type=float, help="leak used in training (published default 1.0, IF)")
-    parser.add_argument("--num_labels", type=int, help="classes of a task checkpoint (read from the head if present)")
-    parser.add_argument("--feedback", action="store_true", help="keep the feedback Linear (network_s{6L+1}.fc)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        convert(args.checkpoint, args.config, args.output_dir, t_conv=args.t_conv, vth=args.vth, leak=args.leak,
-                num_labels=args.num_labels, feedback=args.feedback or None)
-    except (SpikingConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+if __name__ == "__main__":      # the published command name: the command line lives above the models
+    import runpy
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("apps.convert_published", run_name="__main__", alter_sys=True)

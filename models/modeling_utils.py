@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from transformer.file_utils import atomic_write, describe_load_error
+from transformer.file_utils import ModelLoadError, atomic_write, load_error_message
 
 from .configuration import SpikingBertConfig, SpikingConfigError, resolve_location
 
@@ -46,10 +46,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise SpikingConfigError(f"{path}: no such file") from None
+        raise ModelLoadError(f"{path}: no such file") from None
     except Exception as e:  # truncated/corrupt files, pickled code refused by weights_only
-        raise SpikingConfigError(f"{path}: cannot be read as a weights file ({describe_load_error(e)}); "
-                                 f"it may be truncated or not a plain tensor checkpoint") from None
+        raise ModelLoadError(load_error_message(path, e, "it is truncated or not a plain tensor checkpoint; "
+                                                         "replace it with an intact copy")) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise SpikingConfigError(f"{path}: expected a flat dict of tensors")
     return dict(state)

@@ -18,6 +18,9 @@ from .errors import ArgumentParser, UsageError
 __all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "spiking_settings",
            "trainer_settings", "GROUP_BY_LENGTH_HELP"]
 
+#: Upper bounds of flags whose larger values only overflow or never end.
+MAX_EPOCHS, MAX_T_CONV = 10_000, 1_000_000
+
 GROUP_BY_LENGTH_HELP = (
     "train on batches of similar length: the epoch's shuffled examples are sorted by length within megabatches "
     "of 50 micro-batches, and the batches run in a shuffled order. Where the loss reads only the logits "
@@ -50,6 +53,9 @@ def _common(parser: argparse.ArgumentParser, default_eval_step: int, default_bat
     p("--continue_train", action="store_true",
       help="resume from the latest complete checkpoint in --output_dir")
     p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir")
+    p("--allow_changed_settings", action="store_true",
+      help="--continue_train even when settings that change the model or the objective (t_conv, vth, teacher, "
+           "task, max_seq_length, temperature, ...) differ from the resumed run's args.json")
     p("--eval_step", type=int, default=default_eval_step,
       help="evaluate (prediction KD) every this many steps; also the default --save_steps")
     p("--save_steps", type=int, default=None, help="write checkpoint-{step} every this many steps (default: --eval_step)")
@@ -148,8 +154,8 @@ def parse_task_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = task_parser().parse_args(argv)
     if args.teacher_model is None and not args.do_eval:
         raise UsageError("--teacher_model is required for distillation (only --do_eval runs without a teacher)")
-    if args.temperature <= 0:
-        raise UsageError(f"--temperature must be > 0 (got {args.temperature})")
+    if not 0 < args.temperature <= 1e4:
+        raise UsageError(f"--temperature must be > 0 and <= 10000 (got {args.temperature})")
     _validate_common(args)
     _validate_report_flags(args)
     _require_dir(args.data_dir, "--data_dir", "download the task with download_glue_data.py")
@@ -166,6 +172,7 @@ def _validate_common(args: argparse.Namespace) -> None:
          f"--train_batch_size {args.train_batch_size} must be a multiple of --gradient_accumulation_steps "
          f"{args.gradient_accumulation_steps}"),
         (args.learning_rate > 0, f"--learning_rate must be > 0 (got {args.learning_rate})"),
+        (args.learning_rate <= 10, f"--learning_rate must be <= 10 (got {args.learning_rate})"),
         (args.weight_decay >= 0, f"--weight_decay must be >= 0 (got {args.weight_decay})"),
         (0 <= args.warmup_proportion < 1, f"--warmup_proportion must be in [0, 1) (got {args.warmup_proportion})"),
         (args.eval_step >= 1, f"--eval_step must be >= 1 (got {args.eval_step})"),
@@ -177,10 +184,15 @@ def _validate_common(args: argparse.Namespace) -> None:
         (args.skip_nan_batches >= 0, f"--skip_nan_batches must be >= 0 (got {args.skip_nan_batches})"),
         (args.num_train_epochs is None or args.num_train_epochs > 0,
          f"--num_train_epochs must be > 0 (got {args.num_train_epochs})"),
+        (args.num_train_epochs is None or args.num_train_epochs <= MAX_EPOCHS,
+         f"--num_train_epochs must be <= {MAX_EPOCHS} (got {args.num_train_epochs})"),
+        (0 <= args.seed < 2 ** 32, f"--seed must be in [0, 2**32) (got {args.seed})"),
         (args.max_seq_length is None or args.max_seq_length >= 3,
          f"--max_seq_length must be >= 3 (got {args.max_seq_length})"),
         (args.t_conv is None or args.t_conv >= 1, f"--t_conv must be >= 1 (got {args.t_conv})"),
+        (args.t_conv is None or args.t_conv <= MAX_T_CONV, f"--t_conv must be <= {MAX_T_CONV} (got {args.t_conv})"),
         (args.vth is None or args.vth > 0, f"--vth must be > 0 (got {args.vth})"),
+        (args.vth is None or args.vth <= 1e6, f"--vth must be <= 1e6 (got {args.vth})"),
         (args.leak is None or 0 < args.leak <= 1, f"--leak must be in (0, 1] (got {args.leak})"),
     ]
     for ok, message in checks:

@@ -29,15 +29,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from transformer.file_utils import describe_load_error, save_torch
+from transformer.file_utils import load_error_message, save_torch
 
 from .errors import UsageError, UserError
+from .run_dir import LOCK_NAME, TMP_PREFIX, DirectoryLock, remove_temporaries
 
 __all__ = [
     "TRAINING_STATE_NAME",
     "OUTPUT_ARTIFACTS",
     "check_output_dir",
     "prepare_output_dir",
+    "worth_keeping",
     "list_checkpoints",
     "latest_checkpoint",
     "save_checkpoint",
@@ -52,7 +54,6 @@ logger = logging.getLogger(__name__)
 TRAINING_STATE_NAME = "training_state.pt"
 MODEL_FILES = ("config.json", "model.safetensors")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TMP_PREFIX = ".tmp-"
 # Files this project writes into an output directory (removed by --overwrite_output_dir).
 OUTPUT_ARTIFACTS = (
     "config.json", "model.safetensors", "vocab.txt", "args.json", "metrics.jsonl", "train.log",
@@ -66,7 +67,8 @@ def check_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) ->
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} exists and is not a directory: choose another --output_dir")
-    entries = [p.name for p in output_dir.iterdir()] if output_dir.is_dir() else []
+    DirectoryLock(output_dir, "--output_dir").probe()
+    entries = [p.name for p in output_dir.iterdir() if p.name != LOCK_NAME] if output_dir.is_dir() else []
     if entries and not (continue_train or overwrite):
         raise UsageError(
             f"--output_dir {output_dir} is not empty: pass --continue_train to resume from its latest "
@@ -85,7 +87,7 @@ def prepare_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) 
     resume_from = check_output_dir(output_dir, continue_train, overwrite)
     entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
     output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(output_dir)
+    remove_temporaries(output_dir)
     if continue_train:
         if resume_from is None:
             logger.warning("--continue_train: no complete checkpoint in %s, starting from the beginning", output_dir)
@@ -100,6 +102,11 @@ def prepare_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) 
                     path.unlink()
         logger.info("--overwrite_output_dir: removed the previous run's files from %s", output_dir)
     return None
+
+
+def worth_keeping(new_entries) -> bool:
+    """Whether a failed run's new files include a checkpoint or a model (kept to resume from or to use)."""
+    return any(CHECKPOINT_RE.match(name) or name in MODEL_FILES for name in new_entries)
 
 
 def list_checkpoints(output_dir: Path) -> List[Tuple[int, Path]]:
@@ -181,10 +188,8 @@ def load_training_state(checkpoint_dir: Path, mmap: bool = False) -> Dict[str, A
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise UserError(
-            f"cannot read the training state {path} ({describe_load_error(err)}); delete that checkpoint "
-            "directory to resume from the one before it"
-        ) from err
+        todo = "delete that checkpoint directory to resume from the one before it"
+        raise UserError("the training state " + load_error_message(path, err, todo, todo)) from err
 
 
 def optimizer_state_to_save(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
@@ -221,16 +226,6 @@ def _is_complete(path: Path) -> bool:
     return (path / TRAINING_STATE_NAME).is_file() and all((path / name).is_file() for name in MODEL_FILES)
 
 
-def _remove_temporaries(output_dir: Path) -> None:
-    """Remove what a killed run left half written."""
-    for path in output_dir.iterdir():
-        if path.name.startswith(TMP_PREFIX):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                _remove_quietly(path)
-
-
 def _remove_dir(path: Path) -> None:
     """Delete a directory without ever leaving it half deleted under its own name."""
     doomed = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stale-", dir=path.parent))
@@ -243,10 +238,3 @@ def _fsync_dir_files(directory: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass

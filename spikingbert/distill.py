@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+from transformer.configuration import BertConfig
 from transformer.file_utils import atomic_write_json
 
 from . import glue, preflight
@@ -45,6 +46,9 @@ from .loading import (
     teacher_config,
 )
 from .objectives import IntermediateDistillation, PredictionDistillation, TeacherOutputs, build_optimizer, teacher_forward
+from .memory_check import check_memory, student_step_need, teacher_step_need
+from .resume_settings import check_resume_settings
+from .run_dir import check_output_location, claim_output_dir
 from .run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, resolve_task_settings, session, write_args_json
 from .runtime import Runtime, set_seed
 from .trainer import Stage, Trainer, TrainerConfig
@@ -78,25 +82,13 @@ def run_general_distillation(args: argparse.Namespace) -> int:
     """General KD: intermediate loss on pregenerated data, BertAdam with warm-up linear schedule."""
     from transformer.modeling import BertForPreTraining
 
-    from .pregenerated import PregeneratedEpochs
-
-    with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime:
+    output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
+    with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime, output:
         if args.do_eval:
             logger.warning("--do_eval has no effect in general distillation (there is no dev set); evaluate task "
                            "students with spiking_bert_task_distill.py --do_eval")
-        output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
         micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
-        tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", args.do_lower_case)
-        student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
-        data = PregeneratedEpochs(args.pregenerated_data, tokenizer, args.reduce_memory)
-        if data.seq_len != args.max_seq_length:
-            logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
-                        data.seq_len, args.max_seq_length)
-        teacher_cfg = teacher_config(args.teacher_model)
-        stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, data.seq_len)
-        resume = output.check(runtime)
-        preflight.check_training_inputs(args.output_dir, args.overwrite_output_dir, args.spiking_student_model,
-                                        args.teacher_model, student_cfg.hidden_size, teacher_cfg.hidden_size, resume)
+        tokenizer, data, stride, resume = _general_inputs(args, runtime, output, micro_batch)
         set_seed(args.seed)
         teacher, student, copied = _load_models(runtime, BertForPreTraining, SpikingBertForDistillation,
                                                 args.teacher_model, args.spiking_student_model, resume, stride,
@@ -125,6 +117,51 @@ def run_general_distillation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _general_inputs(args: argparse.Namespace, runtime: Runtime, output: OutputDir, micro_batch: int):
+    """General KD's checks before any model is loaded or the output dir touched: vocabulary, student and teacher
+    configs, the pregenerated data (its first epoch read in full), the output dir, the settings of a run to resume,
+    the weights files and the memory. Returns the tokenizer, the data, the layer stride and the checkpoint to
+    resume from."""
+    from .pregenerated import PregeneratedEpochs
+
+    tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", args.do_lower_case)
+    student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
+    data = PregeneratedEpochs(args.pregenerated_data, tokenizer, args.reduce_memory)
+    if data.seq_len != args.max_seq_length:
+        logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
+                    data.seq_len, args.max_seq_length)
+    teacher_cfg = teacher_config(args.teacher_model)
+    stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, data.seq_len,
+                                 source=f"--pregenerated_data {args.pregenerated_data}")
+    resume = output.check(runtime)
+    if resume is not None:
+        check_resume_settings(args.output_dir, vars(args), {"stage": "general"}, resume, args.allow_changed_settings)
+    preflight.check_training_inputs(args.output_dir, args.overwrite_output_dir, args.spiking_student_model,
+                                    args.teacher_model, student_cfg.hidden_size, teacher_cfg.hidden_size, resume)
+    _check_memory(runtime, resume or args.spiking_student_model, spiking_settings(args), teacher_cfg, micro_batch, 0,
+                  data.seq_len, "the pregenerated data's sequence length (preprocess_training_data.py --max_seq_len)")
+    data.check()
+    return tokenizer, data, stride, resume
+
+
+def _check_memory(runtime: Runtime, student_dir: Path, overrides: Dict[str, Any], teacher_cfg: Optional[BertConfig],
+                  micro_batch: int, eval_batch: int, seq_len: int, length_knob: str = "--max_seq_length") -> None:
+    """Refuse a run whose micro-batch (per device), sequence length and t_conv cannot fit in memory."""
+    student = student_config(student_dir, "--spiking_student_model", **overrides)
+    devices = max(1, runtime.n_gpu)
+    train, evaluation = math.ceil(micro_batch / devices), math.ceil(eval_batch / devices)
+    needs = [student_step_need(student, train, seq_len, train=True, fp16=runtime.fp16)] if train else []
+    if evaluation:
+        needs.append(student_step_need(student, evaluation, seq_len, train=False, fp16=runtime.fp16))
+    if teacher_cfg is not None:
+        needs.append(teacher_step_need(teacher_cfg, max(train, evaluation), seq_len, fp16=runtime.fp16))
+    what = (f"a micro-batch of {max(train, evaluation)} x {seq_len} tokens per device at t_conv {student.t_conv}"
+            f"{' (--train_mode bptt keeps every step)' if train and student.train_mode == 'bptt' else ''}")
+    batch_flags = "--train_batch_size (or raise --gradient_accumulation_steps)" if train else "--eval_batch_size"
+    check_memory(needs, runtime.device, what, f"lower {batch_flags}, {length_knob}"
+                 f"{' or --t_conv' if train and student.train_mode == 'bptt' else ''}")
+
+
 # ------------------------------------------------------------------------------------------ task KD / eval
 
 def run_task_distillation(args: argparse.Namespace) -> int:
@@ -135,7 +172,8 @@ def run_task_distillation(args: argparse.Namespace) -> int:
             logger.warning("--data_url is accepted for compatibility and ignored")
         if args.do_eval:
             return run_task_evaluation(args, runtime, task)
-        return run_task_training(args, runtime, task)
+        with OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir) as output:
+            return run_task_training(args, runtime, task, output)
 
 
 def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -> int:
@@ -144,16 +182,7 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
     if args.pred_distill or args.train_true_labels:
         logger.warning("--do_eval only evaluates: --pred_distill/--train_true_labels are ignored")
     processor = glue.get_processor(task)
-    max_seq_length, _, notes = resolve_task_settings(task, args.max_seq_length, None, evaluation=True, prediction=True)
-    for note in notes:
-        logger.info(note)
-    preflight.check_eval_inputs(args.spiking_student_model, task, args.data_dir, dev_splits(task), args.skip_bad_rows)
-    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
-    config = student_config(args.spiking_student_model, "--spiking_student_model")
-    check_seq_length(max_seq_length, config.max_position_embeddings, "--spiking_student_model")
-    if config.extra.get("architectures") not in (None, ["SpikingBertForSequenceClassification"]):
-        logger.warning("%s holds a %s: its classifier is untrained, scores will be near chance",
-                       args.spiking_student_model, config.extra["architectures"][0])
+    tokenizer, max_seq_length, teacher = _eval_inputs(args, runtime, task)
     student = load_student(SpikingBertForSequenceClassification, args.spiking_student_model, "--spiking_student_model",
                            num_labels=processor.num_labels, **spiking_settings(args))
     student.to(runtime.device).eval()
@@ -167,47 +196,60 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
         "max_seq_length": max_seq_length, "examples": sum(len(d) for d in dev_sets.values()),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    if runtime.is_main and (args.report or args.adaptive_t is not None):
-        from . import report
+    if not runtime.is_main:
+        return 0
+    with claim_output_dir(args.output_dir, "--output_dir"):     # created only now; removed again if writing fails
+        if args.report or args.adaptive_t is not None:
+            from . import report
 
-        teacher = str(args.teacher_model) if args.teacher_model is not None else None
-        results.update(report.evaluation_report(
-            student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task, runtime.device,
-            report_dir=args.output_dir / "report" if args.report else None, adaptive_tol=args.adaptive_t,
-            adaptive_window=args.adaptive_window, teacher_config=teacher_config(teacher) if teacher else None,
-            info={"task": task, "model": str(args.spiking_student_model), **metrics, "teacher_model": teacher}))
-    if runtime.is_main:
+            teacher_model = str(args.teacher_model) if args.teacher_model is not None else None
+            results.update(report.evaluation_report(
+                student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task,
+                runtime.device, report_dir=args.output_dir / "report" if args.report else None,
+                adaptive_tol=args.adaptive_t, adaptive_window=args.adaptive_window, teacher_config=teacher,
+                info={"task": task, "model": str(args.spiking_student_model), **metrics,
+                      "teacher_model": teacher_model}))
         _write_eval_results(args.output_dir, results, f"{task} dev evaluation of {args.spiking_student_model}")
     return 0
 
 
+def _eval_inputs(args: argparse.Namespace, runtime: Runtime, task: str):
+    """``--do_eval``'s checks before the student is loaded: the student dir, the dev data, the vocabulary, the output
+    dir, the memory; returns the tokenizer, the sequence length and the teacher's config (for the report, or None)."""
+    max_seq_length, _, notes = resolve_task_settings(task, args.max_seq_length, None, evaluation=True, prediction=True)
+    for note in notes:
+        logger.info(note)
+    preflight.check_eval_inputs(args.spiking_student_model, task, args.data_dir, dev_splits(task), args.skip_bad_rows)
+    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
+    config = student_config(args.spiking_student_model, "--spiking_student_model")
+    check_seq_length(max_seq_length, config.max_position_embeddings, "--spiking_student_model")
+    preflight.check_vocabulary_size(tokenizer, config.vocab_size, args.spiking_student_model)
+    if config.extra.get("architectures") not in (None, ["SpikingBertForSequenceClassification"]):
+        logger.warning("%s holds a %s: its classifier is untrained, scores will be near chance",
+                       args.spiking_student_model, config.extra["architectures"][0])
+    check_output_location(args.output_dir, "--output_dir")
+    _check_memory(runtime, args.spiking_student_model, spiking_settings(args), None, 0, args.eval_batch_size,
+                  max_seq_length)
+    wants_teacher = args.teacher_model is not None and (args.report or args.adaptive_t is not None)
+    return tokenizer, max_seq_length, teacher_config(args.teacher_model) if wants_teacher else None
+
+
 def _write_eval_results(output_dir: Path, results: Dict[str, Any], title: str) -> None:
     """``output_dir/eval_results.json`` and the printed table."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / "eval_results.json", results)
     print_table(title, flatten(results))
     logger.info("wrote %s", output_dir / "eval_results.json")
 
 
-def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> int:
+def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, output: OutputDir) -> int:
     """Task IKD, or prediction KD with ``--pred_distill`` / ``--train_true_labels`` (gold labels)."""
     from transformer.modeling import BertForSequenceClassification
 
     processor = glue.get_processor(task)
     prediction = args.pred_distill or args.train_true_labels
-    output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
     micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
-    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
-    student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
-    max_seq_length, epochs, notes = resolve_task_settings(task, args.max_seq_length, args.num_train_epochs,
-                                                          evaluation=False, prediction=prediction)
-    teacher_cfg = teacher_config(args.teacher_model)
-    stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, max_seq_length)
-    resume = output.check(runtime)
+    tokenizer, max_seq_length, epochs, notes, stride, resume = _task_inputs(args, runtime, task, output, micro_batch)
     train_split = "aug" if args.aug_train else "train"
-    preflight.check_task_data(task, args.data_dir, [train_split, *dev_splits(task)], args.skip_bad_rows)
-    preflight.check_training_inputs(args.output_dir, args.overwrite_output_dir, args.spiking_student_model,
-                                    args.teacher_model, student_cfg.hidden_size, teacher_cfg.hidden_size, resume)
     set_seed(args.seed)
     teacher, student, copied = _load_models(runtime, BertForSequenceClassification, SpikingBertForSequenceClassification,
                                             args.teacher_model, args.spiking_student_model, resume, stride,
@@ -247,6 +289,31 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
                     summary.best_metric, summary.best_step, teacher_results.get(stage.main_metric, math.nan),
                     args.output_dir)
     return 0
+
+
+def _task_inputs(args: argparse.Namespace, runtime: Runtime, task: str, output: OutputDir, micro_batch: int):
+    """Task training's checks before any model is loaded or the output dir touched: vocabulary, configs, sequence
+    length, the output dir and the settings of a run to resume, every TSV row, the weights files and the memory.
+    Returns the tokenizer, the sequence length, the epochs (and notes on both), the layer stride and the checkpoint
+    to resume from."""
+    prediction = args.pred_distill or args.train_true_labels
+    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
+    student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
+    max_seq_length, epochs, notes = resolve_task_settings(task, args.max_seq_length, args.num_train_epochs,
+                                                          evaluation=False, prediction=prediction)
+    teacher_cfg = teacher_config(args.teacher_model)
+    stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, max_seq_length)
+    resume = output.check(runtime)
+    if resume is not None:
+        check_resume_settings(args.output_dir, vars(args), {"max_seq_length_used": max_seq_length}, resume,
+                              args.allow_changed_settings)
+    preflight.check_task_data(task, args.data_dir, ["aug" if args.aug_train else "train", *dev_splits(task)],
+                              args.skip_bad_rows)
+    preflight.check_training_inputs(args.output_dir, args.overwrite_output_dir, args.spiking_student_model,
+                                    args.teacher_model, student_cfg.hidden_size, teacher_cfg.hidden_size, resume)
+    _check_memory(runtime, resume or args.spiking_student_model, spiking_settings(args), teacher_cfg, micro_batch,
+                  args.eval_batch_size if prediction else 0, max_seq_length)
+    return tokenizer, max_seq_length, epochs, notes, stride, resume
 
 
 def _teacher_intermediate(runtime: Runtime, teacher: nn.Module):

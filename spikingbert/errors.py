@@ -14,6 +14,8 @@ the same way, also where the writer that failed was torch's or safetensors' (see
 `transformer.file_utils.as_write_error`).
 """
 import argparse
+import math
+import signal
 import sys
 from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
 
@@ -34,12 +36,48 @@ class DataError(UserError):
     """An input data file is missing, empty or malformed."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM) arrived; raised where the program is, like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def handle_termination() -> None:
+    """SIGTERM raises `Interrupted` (Ctrl-C raises KeyboardInterrupt already), unless it is ignored."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose syntax errors (unknown or missing flags, bad values) raise
-    `UsageError`, so that `run_cli` reports them in its one-line format with exit status 2."""
+    `UsageError`, so that `run_cli` reports them in its one-line format with exit status 2.
+
+    Every ``type=float`` flag must be a finite number (``inf`` and ``nan`` parse as floats, and then
+    overflow, never stop, or make every loss NaN); its range is checked by the command's own checks.
+    """
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        check_finite_floats(self, parsed)
+        return parsed, rest
+
+
+def check_finite_floats(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raise `UsageError` naming the first ``type=float`` flag of ``parser`` whose value is inf or nan."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.type is float and isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{action.option_strings[-1] if action.option_strings else action.dest} must be a "
+                             f"finite number (got {value})")
 
 
 #: Errors of packages that do not import this one: (module, class name, exit status).
@@ -68,6 +106,7 @@ def describe_os_error(err: OSError) -> str:
 
     where = err.filename if err.filename is not None else "a file"
     if is_disk_full(err):
+        where = err.filename2 if err.filename2 is not None else where      # a copy names its source first
         return f"cannot write {where}: {err.strerror or err}: the disk (or the quota, or the file-size limit) is full"
     verb = "write" if isinstance(err, WriteError) else "access"
     return f"cannot {verb} {where}: {err.strerror or err}"
@@ -109,18 +148,23 @@ def run_cli(
     A user error (see `user_error_status`) becomes one line ``<prefix>: <message>`` on
     stderr (prefix ``error``, or the error's ``prefix``) and its exit status; with
     `debug_flag` among the arguments it propagates with its traceback instead. Ctrl-C
-    exits with status 130. `main_fn` must accept (and ignore) `debug_flag` in its
-    argument parser.
+    exits with status 130 (``error: interrupted``), SIGTERM with 143 (``error: interrupted
+    (SIGTERM)``): both unwind the program, so every temporary file is removed on the way.
+    `main_fn` must accept (and ignore) `debug_flag` in its argument parser; it imports the
+    heavy modules itself, so that a signal during those imports is reported the same way.
     """
+    handle_termination()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_flag in args
     try:
         status = main_fn(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        signum = getattr(err, "signum", signal.SIGINT)
+        print("error: interrupted" + ("" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"),
+              file=sys.stderr)
+        sys.exit(128 + signum)
     except Exception as err:
         reported = user_error_status(err)
         if reported is None or debug:

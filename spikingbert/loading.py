@@ -19,6 +19,7 @@ from .errors import UsageError, UserError
 from .losses import layer_stride
 
 __all__ = [
+    "flagged",
     "load_tokenizer",
     "task_tokenizer",
     "teacher_config",
@@ -34,11 +35,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def flagged(flag: str, location, err: ModelLoadError) -> UserError:
+    """``err`` (a model, config or vocabulary problem) as a `UserError` naming ``flag``, with its exit status (2 for
+    a config field or a vocabulary that cannot work, 1 for a file that cannot be read or fetched)."""
+    cls = UsageError if getattr(err, "exit_code", 1) == 2 else UserError
+    return cls(f"{flag} {location}: {err}")
+
+
 def load_tokenizer(path, flag: str, do_lower_case: bool) -> BertTokenizer:
     try:
         return BertTokenizer.from_pretrained(path, do_lower_case=do_lower_case)
     except ModelLoadError as err:
-        raise UserError(f"{flag} {path}: {err}") from err
+        raise flagged(flag, path, err) from err
 
 
 def task_tokenizer(student_dir: Path, teacher_model: Optional[str], do_lower_case: bool) -> BertTokenizer:
@@ -51,23 +59,23 @@ def task_tokenizer(student_dir: Path, teacher_model: Optional[str], do_lower_cas
     return load_tokenizer(teacher_model, "--teacher_model", do_lower_case)
 
 
-def teacher_config(path: str) -> BertConfig:
+def teacher_config(path: str, flag: str = "--teacher_model") -> BertConfig:
     try:
         return BertConfig.from_pretrained(path)
     except ModelLoadError as err:
-        raise UserError(f"--teacher_model {path}: {err}") from err
+        raise flagged(flag, path, err) from err
 
 
-def load_teacher(cls, path: str, **kwargs) -> nn.Module:
+def load_teacher(cls, path: str, flag: str = "--teacher_model", **kwargs) -> nn.Module:
     try:
         return cls.from_pretrained(path, **kwargs)
     except ModelLoadError as err:
-        raise UserError(f"--teacher_model {path}: {err}") from err
+        raise flagged(flag, path, err) from err
 
 
-def student_config(path: Path, flag: str) -> SpikingBertConfig:
+def student_config(path: Path, flag: str, **overrides) -> SpikingBertConfig:
     try:
-        return SpikingBertConfig.from_pretrained(path)
+        return SpikingBertConfig.from_pretrained(path, **overrides)
     except SpikingConfigError as err:
         raise UsageError(f"{flag} {path}: {err}") from err
 
@@ -77,6 +85,8 @@ def load_student(cls, path: Path, flag: str, **overrides):
         return cls.from_pretrained(path, **overrides)
     except SpikingConfigError as err:
         raise UsageError(f"{flag} {path}: {err}") from err
+    except ModelLoadError as err:
+        raise flagged(flag, path, err) from err
 
 
 def fit_size_override(student_dir: Path, teacher_hidden: int) -> Dict[str, int]:
@@ -90,8 +100,10 @@ def fit_size_override(student_dir: Path, teacher_hidden: int) -> Dict[str, int]:
     return {}
 
 
-def check_compatibility(teacher: BertConfig, student: SpikingBertConfig, tokenizer, max_seq_length: int) -> int:
-    """Layer map, vocabulary and sequence length that teacher and student can both handle; returns k."""
+def check_compatibility(teacher: BertConfig, student: SpikingBertConfig, tokenizer, max_seq_length: int,
+                        source: Optional[str] = None) -> int:
+    """Layer map, vocabulary and sequence length that teacher and student can both handle; returns k.
+    ``source`` names where the sequence length comes from when it is not ``--max_seq_length``."""
     stride = layer_stride(teacher.num_hidden_layers, student.num_hidden_layers)
     if len(tokenizer.vocab) > student.vocab_size:
         raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the student's config.json has "
@@ -99,15 +111,22 @@ def check_compatibility(teacher: BertConfig, student: SpikingBertConfig, tokeniz
     if len(tokenizer.vocab) > teacher.vocab_size:
         raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the --teacher_model config.json has "
                          f"vocab_size {teacher.vocab_size}: use the vocab.txt the teacher was trained with")
-    check_seq_length(max_seq_length, student.max_position_embeddings, "--spiking_student_model")
-    check_seq_length(max_seq_length, teacher.max_position_embeddings, "--teacher_model")
+    check_seq_length(max_seq_length, student.max_position_embeddings, "--spiking_student_model", source)
+    check_seq_length(max_seq_length, teacher.max_position_embeddings, "--teacher_model", source)
     return stride
 
 
-def check_seq_length(max_seq_length: int, positions: int, flag: str) -> None:
-    if max_seq_length > positions:
+def check_seq_length(max_seq_length: int, positions: int, flag: str, source: Optional[str] = None) -> None:
+    """``max_seq_length`` fits the model's positions; ``source`` (e.g. the pregenerated data) names where the length
+    comes from when it is not ``--max_seq_length``."""
+    if max_seq_length <= positions:
+        return
+    if source is None:
         raise UsageError(f"sequences of {max_seq_length} tokens do not fit the {flag} model "
                          f"(max_position_embeddings {positions}): pass --max_seq_length {positions} or less")
+    raise UsageError(f"{source} has sequences of {max_seq_length} tokens, which do not fit the {flag} model "
+                     f"(max_position_embeddings {positions}): regenerate the data with preprocess_training_data.py "
+                     f"--max_seq_len {positions} or less (--max_seq_length does not apply to general distillation)")
 
 
 def maybe_init_from_teacher(enabled: bool, student: nn.Module, teacher: nn.Module, stride: int, source: Path,

@@ -2,6 +2,7 @@
 
 * `IntermediateDistillation`: ``att_loss + rep_loss`` (general KD and task IKD).
 * `PredictionDistillation`: soft cross-entropy to the teacher's logits (or the gold-label loss).
+* `ClassificationObjective`: a plain fine-tune of a classifier on the gold labels (the task teacher).
 * `TeacherOutputs` / `teacher_forward`: the teacher's side of a batch, as plain tuples.
 * `build_optimizer`: BertAdam with decoupled weight decay.
 """
@@ -16,6 +17,7 @@ from .losses import att_loss, gold_label_loss, rep_loss, soft_cross_entropy
 __all__ = [
     "IntermediateDistillation",
     "PredictionDistillation",
+    "ClassificationObjective",
     "TeacherOutputs",
     "teacher_forward",
     "build_optimizer",
@@ -71,6 +73,24 @@ class PredictionDistillation(nn.Module):
         else:
             loss = gold_label_loss(logits, labels, self.output_mode)
         return {"loss": loss, "cls_loss": loss.detach()}
+
+
+class ClassificationObjective(nn.Module):
+    """Forward + loss of a plain fine-tune: cross-entropy to the gold labels (MSE for regression).
+
+    ``forward(batch, teacher_out)`` with ``batch = (input_ids, input_mask, segment_ids, label_ids, ...)``
+    (each (B, S), labels (B,)); ``teacher_out`` is unused (there is no teacher).
+    """
+
+    def __init__(self, model: nn.Module, output_mode: str):
+        super().__init__()
+        self.model = model
+        self.output_mode = output_mode
+
+    def forward(self, batch: Sequence[Tensor], teacher_out=None) -> Dict[str, Tensor]:
+        input_ids, input_mask, segment_ids, labels = batch[:4]
+        logits = self.model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits.float()
+        return {"loss": gold_label_loss(logits, labels, self.output_mode)}
 
 
 class TeacherOutputs(nn.Module):

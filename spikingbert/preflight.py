@@ -10,7 +10,7 @@ the file and saying what to do; nothing is written.
 """
 from __future__ import annotations
 
-import pickle
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from models.modeling_utils import find_weights
-from transformer.file_utils import describe_load_error
+from transformer.file_utils import load_error_message
 
 from . import glue
 from .checkpoint import TRAINING_STATE_NAME, load_training_state
@@ -32,12 +32,15 @@ __all__ = [
     "check_student_dir",
     "check_teacher_dir",
     "check_vocabularies",
+    "check_vocabulary_size",
     "check_fit_dense",
     "check_not_an_input",
     "check_task_data",
     "check_training_inputs",
     "check_eval_inputs",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Files that only a training run writes: a directory holding them but no weights is an unfinished run.
 RUN_OUTPUT_MARKERS = (TRAINING_STATE_NAME, "args.json", "metrics.jsonl")
@@ -77,15 +80,10 @@ def weight_shapes(path: Path, flag: str) -> Dict[str, Tuple[int, ...]]:
             with safe_open(str(path), framework="pt") as f:
                 return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        reason = describe_load_error(err)
-        if "refused" in reason:
-            raise WeightsFileError(f"{flag}: {path} was not loaded: {reason}; use weights saved as a plain "
-                                   "state_dict (model.safetensors) from a source you trust") from err
-        raise WeightsFileError(f"{flag}: {path} cannot be read: {reason}; replace it with an intact copy") from err
-    except Exception as err:  # safetensors, zip and OS errors of a truncated or damaged file
-        raise WeightsFileError(f"{flag}: {path} cannot be read ({describe_load_error(err)}): it is truncated or "
-                               "damaged; replace it with an intact copy (or use the checkpoint before it)") from err
+    except Exception as err:  # refused pickles; safetensors, zip and OS errors of a truncated or damaged file
+        raise WeightsFileError(f"{flag}: " + load_error_message(path, err, "it is truncated or damaged; replace it "
+                                                                "with an intact copy (or use the checkpoint before "
+                                                                "it)")) from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsFileError(f"{flag}: {path} does not hold a flat dict of tensors; save the model's state_dict()")
     return {key: tuple(value.shape) for key, value in state.items()}
@@ -113,22 +111,23 @@ def check_student_dir(directory: Path, flag: str = "--spiking_student_model",
     return StudentFiles(directory, weights, weight_shapes(weights, flag))
 
 
-def check_teacher_dir(location: str) -> Path:
-    """The local directory of ``--teacher_model`` (downloaded first for a URL), with its weights file checked."""
+def check_teacher_dir(location: str, flag: str = "--teacher_model") -> Path:
+    """The local directory of a BERT (``--teacher_model``; downloaded first for a URL), with its weights file
+    checked."""
     from transformer.file_utils import ModelLoadError, cached_path
 
     try:
         directory = cached_path(location)
     except ModelLoadError as err:
-        raise UserError(f"--teacher_model {location}: {err}") from err
+        raise UserError(f"{flag} {location}: {err}") from err
     if not directory.is_dir():
-        raise UsageError(f"--teacher_model {location} is not a directory: pass the directory of a saved BERT "
+        raise UsageError(f"{flag} {location} is not a directory: pass the directory of a saved BERT "
                          "(config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
     weights = find_weights(directory)
     if weights is None:
-        raise UsageError(f"--teacher_model {location} has neither model.safetensors nor pytorch_model.bin: pass the "
+        raise UsageError(f"{flag} {location} has neither model.safetensors nor pytorch_model.bin: pass the "
                          "directory of a saved BERT (config.json, weights, vocab.txt)")
-    weight_shapes(weights, "--teacher_model")
+    weight_shapes(weights, flag)
     return directory
 
 
@@ -154,6 +153,18 @@ def check_vocabularies(student_dir: Path, teacher_dir: Path) -> None:
         f"({len(b)} tokens) differ from line {first + 1} on ({shown(a)} vs {shown(b)}): teacher and student "
         "must share one vocabulary; use the teacher the student was distilled from"
     )
+
+
+def check_vocabulary_size(tokenizer, vocab_size: int, model_dir: Path, flag: str = "--spiking_student_model") -> None:
+    """The vocabulary must fit the model's ``vocab_size`` (ids beyond it have no embedding); a smaller one is
+    reported, as a vocab.txt that lost lines shifts the id of every token after the gap."""
+    tokens = len(tokenizer.vocab)
+    if tokens > vocab_size:
+        raise UsageError(f"{flag} {model_dir}: {tokenizer.vocab_file} has {tokens} tokens but config.json has "
+                         f"vocab_size {vocab_size}: use the vocab.txt the model was trained with")
+    if tokens < vocab_size:
+        logger.warning("%s has %d tokens, config.json's vocab_size is %d: if lines are missing from vocab.txt, the ids "
+                       "of all tokens after them are shifted", tokenizer.vocab_file, tokens, vocab_size)
 
 
 def check_fit_dense(student: StudentFiles, student_hidden: int, teacher_hidden: int) -> None:

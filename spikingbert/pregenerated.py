@@ -218,6 +218,23 @@ class PregeneratedEpochs:
         self.seq_len = read_epoch_metrics(epoch_paths(self.directory, 0)[1])[1]
         self._cache: dict = {}
 
+    def check(self) -> None:
+        """Read the first epoch in full (kept for training) and check the others as far as is cheap: a metrics file
+        with the same sequence length, and a data file that ends with a complete line (a truncated file does not)."""
+        self.dataset(0)
+        for epoch in range(1, self.num_data_epochs):
+            data_path, metrics_path = epoch_paths(self.directory, epoch)
+            num_examples, seq_len = read_epoch_metrics(metrics_path)
+            if seq_len != self.seq_len:
+                raise DataError(f"{metrics_path}: max_seq_len {seq_len} differs from epoch 0's {self.seq_len}: the "
+                                f"epochs come from different runs; {REGENERATE}")
+            with open(data_path, "rb") as f:
+                size = f.seek(0, 2)
+                f.seek(max(size - 1, 0))
+                complete = size == 0 and num_examples == 0 or f.read(1) == b"\n"
+            if not complete:
+                raise DataError(f"{data_path} ends in the middle of a line (truncated?); {REGENERATE}")
+
     def dataset(self, epoch: int) -> PregeneratedDataset:
         data_epoch = epoch % self.num_data_epochs
         if data_epoch not in self._cache:

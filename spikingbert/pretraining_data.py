@@ -44,7 +44,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spikingbert.errors import DataError, UsageError
-from transformer.file_utils import atomic_open
+from spikingbert.run_dir import claim_output_dir
+from transformer.file_utils import atomic_open, naming_write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,8 @@ class _ArrayWriter:
     def append(self, values: Sequence[int]) -> None:
         array = np.asarray(values, dtype=self.dtype)
         if self.raw is not None:
-            self.raw.write(array.tobytes())
+            with naming_write_errors(self.path):
+                self.raw.write(array.tobytes())
         else:
             self.parts.append(array)
 
@@ -440,6 +442,30 @@ def _remove_stale_epochs(output_dir: Path, first_stale: int) -> None:
         epoch += 1
 
 
+def _write_epochs(store: DocumentStore, vocab_list: List[str], config: PretrainingConfig, epochs: int,
+                  output_dir: Path, num_workers: int) -> List[int]:
+    """Write the epochs, in ``num_workers`` processes; returns the instance count of each."""
+    counts = [0] * epochs
+    workers = min(num_workers, epochs)
+    if workers == 1:
+        for epoch in range(epochs):
+            counts[epoch] = write_epoch(store, vocab_list, config, epoch, output_dir)
+        return counts
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(store, vocab_list, config, str(output_dir)))
+    try:
+        done = pool.imap_unordered(_worker_write_epoch, range(epochs))
+        for epoch, count in tqdm(done, total=epochs, desc="epochs", disable=None):
+            counts[epoch] = count
+        pool.close()
+    except BaseException:
+        pool.terminate()                       # the workers' half-written temporaries go with the claim's cleanup
+        raise
+    finally:
+        pool.join()
+    return counts
+
+
 def vocab_list_of(tokenizer) -> List[str]:
     """Tokens in id order."""
     return [token for token, _ in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])]
@@ -462,6 +488,10 @@ def generate_pretraining_data(
         raise UsageError(f"--num_workers {num_workers} must be >= 1")
     output_dir = Path(output_dir)
     vocab_list = vocab_list_of(tokenizer)
+    if config.masked_lm_prob > 0 and "[MASK]" not in tokenizer.vocab:
+        raise UsageError(f"--masked_lm_prob {config.masked_lm_prob} masks tokens with [MASK], but the vocabulary "
+                         f"{getattr(tokenizer, 'vocab_file', '')} has no [MASK] token; use a BERT vocab.txt or "
+                         "--masked_lm_prob 0")
     with tempfile.TemporaryDirectory(prefix="spikingbert-docs-") as tmp_dir:
         store = DocumentStore.build(Path(corpus_path), tokenizer, tmp_dir if reduce_memory else None)
         if len(store) == 0:
@@ -469,27 +499,9 @@ def generate_pretraining_data(
         if len(store) < 2 and not config.one_seq:
             raise DataError(f"--train_corpus {corpus_path} has a single document: random next sentences need at "
                             "least two; separate documents (or chapters, sections) with blank lines")
-        output_dir.mkdir(parents=True, exist_ok=True)                 # only once the corpus is known good
-        _remove_stale_epochs(output_dir, epochs_to_generate)
-        counts = [0] * epochs_to_generate
-        workers = min(num_workers, epochs_to_generate)
-        if workers == 1:
-            for epoch in range(epochs_to_generate):
-                counts[epoch] = write_epoch(store, vocab_list, config, epoch, output_dir)
-        else:
-            context = multiprocessing.get_context("spawn")
-            pool = context.Pool(workers, initializer=_init_worker,
-                                initargs=(store, vocab_list, config, str(output_dir)))
-            try:
-                done = pool.imap_unordered(_worker_write_epoch, range(epochs_to_generate))
-                for epoch, count in tqdm(done, total=epochs_to_generate, desc="epochs", disable=None):
-                    counts[epoch] = count
-                pool.close()
-            except BaseException:
-                pool.terminate()
-                raise
-            finally:
-                pool.join()
+        with claim_output_dir(output_dir, "--output_dir"):       # only once the corpus is known good
+            _remove_stale_epochs(output_dir, epochs_to_generate)
+            counts = _write_epochs(store, vocab_list, config, epochs_to_generate, output_dir, num_workers)
     logger.info("wrote %d epochs to %s (%s instances; settings %s)",
                 epochs_to_generate, output_dir, counts, asdict(config))
     return counts

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 from transformer.file_utils import atomic_write_json
 
 from . import glue
-from .checkpoint import check_output_dir, prepare_output_dir
+from .checkpoint import check_output_dir, prepare_output_dir, worth_keeping
 from .errors import UsageError, UserError
 from .evaluation import dev_splits
+from .run_dir import claim_output_dir
 from .runtime import Runtime, setup_logging, setup_runtime
 
 __all__ = [
@@ -46,22 +47,42 @@ def session(no_cuda: bool, local_rank: int, fp16: bool, debug: bool) -> Iterator
         runtime.close()
 
 
-@dataclass(frozen=True)
+@dataclass
 class OutputDir:
-    """``--output_dir`` and the flags that decide what may happen to it (see `spikingbert.checkpoint`)."""
+    """``--output_dir`` and the flags that decide what may happen to it (see `spikingbert.checkpoint`).
+
+    Used as a context manager around the run: `prepare` claims the directory for this run
+    (`spikingbert.run_dir.claim_output_dir`: an OS lock, stale temporaries removed) until the block
+    ends; when the block fails before the run wrote a checkpoint or a model, what the run created
+    in the directory is removed again.
+    """
 
     path: Path
     continue_train: bool = False
     overwrite: bool = False
+    _claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        return self._claims.__exit__(*exc_info)
 
     def check(self, runtime: Runtime) -> Optional[Path]:
         """The output-dir rules, checked (on the main process) without writing; returns the checkpoint to resume."""
         return _on_main(runtime, lambda: check_output_dir(self.path, self.continue_train, self.overwrite))
 
     def prepare(self, runtime: Runtime, debug: bool) -> Optional[Path]:
-        """Check (and create) the directory on the main process, share the outcome, start logging into it;
+        """Check, create and claim the directory on the main process, share the outcome, start logging into it;
         returns the checkpoint to resume from."""
-        resume = _on_main(runtime, lambda: prepare_output_dir(self.path, self.continue_train, self.overwrite))
+        def claim_and_prepare() -> Optional[Path]:
+            check_output_dir(self.path, self.continue_train, self.overwrite)
+            claim = self._claims.enter_context(claim_output_dir(self.path, "--output_dir", keep=worth_keeping))
+            resume = prepare_output_dir(self.path, self.continue_train, self.overwrite)
+            claim.mark()                       # files --overwrite_output_dir kept are not this run's
+            return resume
+
+        resume = _on_main(runtime, claim_and_prepare)
         setup_logging(self.path, runtime.is_main, debug)
         return resume
 

@@ -285,7 +285,7 @@ CASES = [
     ("leak-above-one", GENERAL, lambda x, o: _general_argv(x, o, "--leak", "1.5"), 2,
      ["--leak must be in (0, 1] (got 1.5)"]),
     ("vth-in-config-json", TASK, lambda x, o: _task_argv(x, o, student=x.student_bad_vth), 2,
-     ["--spiking_student_model", "vth must be > 0 (got -1.0)"]),
+     ["--spiking_student_model", "student_bad_vth/config.json: vth must be a finite number in (0, 1e+06] (got -1.0)"]),
     ("max-seq-length-above-positions", TASK, lambda x, o: _task_argv(x, o, "--max_seq_length", "200"), 2,
      ["sequences of 200 tokens", "max_position_embeddings 128", "--max_seq_length 128 or less"]),
     ("vocab-mismatch-task", TASK, lambda x, o: _task_argv(x, o, student=x.student_other_vocab), 2,
@@ -311,7 +311,8 @@ CASES = [
     ("teacher-truncated-bin", TASK, lambda x, o: _task_argv(x, o, teacher=x.teacher_truncated_bin), 1,
      ["--teacher_model", "pytorch_model.bin cannot be read", "truncated or damaged"]),
     ("student-bin-with-code", TASK, lambda x, o: _task_argv(x, o, student=x.student_payload), 1,
-     ["pytorch_model.bin was not loaded", "the Python object exec", "refused"]),
+     ["pytorch_model.bin was not loaded", "it would run code when loaded", "the Python object builtins.exec",
+      "refused"]),
     ("teacher-bin-with-code", GENERAL, lambda x, o: _general_argv(x, o, teacher=x.teacher_payload), 1,
      ["--teacher_model", "pytorch_model.bin was not loaded", "refused"]),
     ("skip-nan-batches-negative", TASK, lambda x, o: _task_argv(x, o, "--skip_nan_batches", "-1"), 2,
@@ -383,7 +384,7 @@ def test_corrupt_training_state_of_the_checkpoint_to_resume(inputs, cli, tmp_pat
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     code, stderr = cli(TASK, *_task_argv(inputs, out, "--continue_train"))
     line = _error_line(stderr)
-    assert code == 1 and "cannot read the training state" in line and "checkpoint-2" in line
+    assert code == 1 and "the training state" in line and "cannot be read" in line and "checkpoint-2" in line
     assert "delete that checkpoint directory" in line
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
@@ -476,7 +477,7 @@ def test_nan_loss_stops_the_cli_run_or_is_skipped(inputs, tmp_path, capsys):
     code, stderr = _run_inprocess(GENERAL, _general_run(inputs, out, "--max_steps", "4", "--save_steps", "2",
                                                         teacher=inputs.teacher_nan), capsys)
     line = _error_line(stderr)
-    assert code == 1
+    assert code == 1, line
     assert "the loss is not finite at optimizer step 1 (loss=nan, att_loss=nan, rep_loss=nan, grad_norm=nan)" in line
     assert "no checkpoint was written yet" in line and "--skip_nan_batches" in line
     assert list_checkpoints(out) == []

@@ -29,9 +29,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import models.convert_published as convert_published
+from apps import convert_published
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from spikingbert.objectives import IntermediateDistillation, build_optimizer
+from spikingbert.errors import run_cli
 from spikingbert.runtime import Runtime
 from spikingbert.trainer import Stage, Trainer, TrainerConfig
 from tests import cli_runner
@@ -342,8 +343,10 @@ def test_converter_leak_and_num_labels(tmp_path, capsys):
     assert json.loads((tmp_path / "general" / "config.json").read_text())["num_labels"] == 5
     assert SpikingBertForSequenceClassification.from_pretrained(tmp_path / "general").classifier.out_features == 5
     capsys.readouterr()
-    assert convert_published.main(["--checkpoint", str(tmp_path / "task.bin"), "--config", str(config), "--output_dir",
-                                   str(tmp_path / "bad"), "--num_labels", "2"]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(convert_published.main, ["--checkpoint", str(tmp_path / "task.bin"), "--config", str(config),
+                                         "--output_dir", str(tmp_path / "bad"), "--num_labels", "2"])
+    assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "classifier.weight has shape (3, 16)" in err[0]
     assert not (tmp_path / "bad").exists()

@@ -58,21 +58,51 @@ class DownloadError(ModelLoadError):
     """A remote file could not be downloaded (HTTP error, timeout, truncated body, S3 error)."""
 
 
+def refused_object(err: BaseException) -> Optional[str]:
+    """The Python object (``posix.system``, ``builtins.exec``, a class, ...) whose use made
+    ``torch.load(..., weights_only=True)`` refuse a file, or None when ``err`` is not such a refusal."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    patterns = (r"unsupported GLOBAL ([\w.]+) whose module", r"Unsupported global: GLOBAL ([\w.]+)",
+                r"call reduce for unrecognized function (.+?)(?: which belongs|$)",
+                r"Can only (?:create new object|build)[^\n]* but got <class '([\w.]+)'>")
+    for pattern in patterns:
+        found = re.search(pattern, text, re.MULTILINE)
+        if found:
+            name = found.group(1).strip()
+            return name if "." in name or " " in name else f"builtins.{name}"   # torch drops "builtins."
+    return None
+
+
 def describe_load_error(err: BaseException) -> str:
     """A short, one-line reason why ``torch.load(..., weights_only=True)`` refused or failed to read a file.
 
-    torch's own message for a refused global spans many lines and suggests loading with
-    ``weights_only=False``, which would run whatever code the file carries; it is not repeated.
+    A refusal names the object the file would have made Python import and call (`refused_object`); torch's
+    own message spans many lines and suggests loading with ``weights_only=False``, which would run whatever
+    code the file carries: it is not repeated.
     """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if isinstance(err, pickle.UnpicklingError) and found:
-        return (f"it refers to the Python object {found.group(1)}, which only an unsafe load that can run code "
-                "would create; it was refused (only plain tensors are loaded)")
+    name = refused_object(err)
+    if name is not None:
+        return (f"it would run code when loaded (it calls the Python object {name}), so it was refused (only plain "
+                "tensors are loaded, nothing was run)")
     if isinstance(err, pickle.UnpicklingError):
         return "it is not a valid torch file (damaged, truncated or of another format)"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
     return f"{type(err).__name__}: {first[:200]}"
+
+
+#: What to do with a weights file that `torch.load(..., weights_only=True)` refused.
+REFUSED_HINT = "use weights saved as a plain state_dict (model.safetensors) from a source you trust"
+
+
+def load_error_message(path: str | os.PathLike, err: BaseException, damaged: str, refused: str = REFUSED_HINT) -> str:
+    """One line on why ``path`` was not loaded: refused because it would run code (then ``refused``), or unreadable
+    (then ``damaged``, e.g. ``it is truncated or damaged; replace it``)."""
+    if refused_object(err) is not None:
+        return f"{path} was not loaded: {describe_load_error(err)}; {refused}"
+    return f"{path} cannot be read ({describe_load_error(err)}): {damaged}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,7 +128,7 @@ def as_write_error(err: BaseException, path: str | os.PathLike | None = None) ->
     of the Python file it wrote through, if any, as its context) and safetensors raises
     ``SafetensorError: Error while serializing: I/O error: ... (os error 28)``. Those become a
     `WriteError` naming ``path``, as does an `OSError` that names no file; an `OSError` naming its
-    file is returned as it is.
+    file is returned as it is. An interruption torch's writer reports as a failed write is raised again.
     """
     def located(code: int, strerror: str) -> OSError:
         return WriteError(code, strerror, None if path is None else os.fspath(path))
@@ -115,6 +145,8 @@ def as_write_error(err: BaseException, path: str | os.PathLike | None = None) ->
     if isinstance(err, RuntimeError) and _TORCH_WRITER_FAILURE.search(text):
         seen, cause = set(), err.__cause__ or err.__context__
         while cause is not None and id(cause) not in seen:   # the Python file's own OSError, if any
+            if not isinstance(cause, Exception):             # Ctrl-C or SIGTERM stopped the writer: not a write error
+                raise cause
             if isinstance(cause, OSError) and cause.errno is not None:
                 return located(cause.errno, cause.strerror or os.strerror(cause.errno))
             seen.add(id(cause))
@@ -130,6 +162,17 @@ def raise_write_error(err: BaseException, path: str | os.PathLike) -> None:
     os_err = as_write_error(err, path) if isinstance(err, Exception) else None
     if os_err is not None and os_err is not err:
         raise os_err from err
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """A failed write in the block (a full disk, the file-size limit, torch's or safetensors' writer) raises an
+    `OSError` naming ``path`` (Python's file objects do not say which file a failed ``write`` was for)."""
+    try:
+        yield
+    except Exception as err:
+        raise_write_error(err, path)
+        raise
 
 
 def _umask() -> int:
@@ -173,12 +216,8 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     `OSError` with its errno (torch's own file writer only says ``unexpected pos``)."""
     import torch
 
-    try:
-        with open(path, "wb") as f:
-            torch.save(obj, f)
-    except Exception as err:
-        raise_write_error(err, path)
-        raise
+    with naming_write_errors(path), open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -214,7 +253,8 @@ def build_directory(final: Path, build: Callable[[Path], object], keep_existing:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name[:32]}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        build(tmp)
+        with naming_write_errors(tmp):
+            build(tmp)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -363,9 +403,9 @@ def _get_once(url: str, part: Path, resume: bool, timeout, http, hint: str) -> O
             offset = 0                                       # the server sent the whole file
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None and length.isdigit() else None
-        with open(part, "ab" if offset else "wb") as out, tqdm(total=total, initial=offset, unit="B",
-                                                                unit_scale=True, desc=Path(urlparse(url).path).name,
-                                                                leave=False, disable=None) as bar:
+        with naming_write_errors(part), open(part, "ab" if offset else "wb") as out, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, desc=Path(urlparse(url).path).name,
+                leave=False, disable=None) as bar:
             for chunk in resp.iter_content(chunk_size=_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))

@@ -26,7 +26,7 @@ from torch import nn
 
 from .activations import ACT2FN
 from .configuration import CONFIG_NAME, BertConfig, BertFields
-from .file_utils import ModelLoadError, atomic_write, cached_path, describe_load_error
+from .file_utils import ModelLoadError, atomic_write, cached_path, load_error_message
 from .linear import Linear
 
 logger = logging.getLogger(__name__)
@@ -477,7 +477,7 @@ def _read_weights(model_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
-            raise ModelLoadError(f"cannot read {path} ({describe_load_error(err)}); the file is damaged or not a weights file") from err
+            raise ModelLoadError(load_error_message(path, err, "the file is damaged or not a weights file")) from err
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelLoadError(f"{path} does not hold a flat dict of tensors; save the model's state_dict()")
         return path, state

@@ -27,7 +27,15 @@ logger = logging.getLogger(__name__)
 
 VOCAB_NAME = "vocab.txt"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: Special tokens every input of the pipeline is built with (``[CLS] a [SEP] b [SEP]``, unknown words).
+REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
 MAX_INPUT_CHARS_PER_WORD = 100
+
+
+class VocabularyError(ModelLoadError):
+    """A vocab.txt the pipeline cannot use (a special token missing, empty); exit status 2: a wrong input."""
+
+    exit_code = 2
 
 
 def load_vocab(vocab_file: str | os.PathLike) -> "OrderedDict[str, int]":
@@ -159,9 +167,16 @@ class BertTokenizer:
             raise ModelLoadError(f"vocabulary file {vocab_file} not found: pass a model directory with a {VOCAB_NAME} "
                                  "or the path of a vocab.txt")
         self.vocab_file = vocab_file
-        self.vocab = load_vocab(vocab_file)
-        if unk_token not in self.vocab:
-            raise ModelLoadError(f"vocabulary file {vocab_file} has no {unk_token} token: use a BERT vocab.txt")
+        try:
+            self.vocab = load_vocab(vocab_file)
+        except UnicodeDecodeError as err:
+            raise VocabularyError(f"vocabulary file {vocab_file} is not UTF-8 text ({err.reason}): use a BERT "
+                                  "vocab.txt") from None
+        missing = [token for token in dict.fromkeys((*REQUIRED_TOKENS, unk_token)) if token not in self.vocab]
+        if missing:
+            raise VocabularyError(f"vocabulary file {vocab_file} ({len(self.vocab)} tokens) has no "
+                                  f"{' or '.join(missing)} token: every input is built as [CLS] text [SEP] with "
+                                  f"{unk_token} for unknown words; use the vocab.txt the model was trained with")
         self.ids_to_tokens = OrderedDict((idx, tok) for tok, idx in self.vocab.items())
         self.do_lower_case = do_lower_case
         self.unk_token = unk_token

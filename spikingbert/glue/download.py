@@ -21,7 +21,8 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from spikingbert.errors import DataError, UsageError
-from transformer.file_utils import DownloadError, download, safe_extract
+from spikingbert.run_dir import TMP_PREFIX, check_output_location, claim_output_dir
+from transformer.file_utils import DownloadError, download, naming_write_errors, safe_extract
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def _read_dev_ids(path: Path) -> Set[Tuple[str, str]]:
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with naming_write_errors(path), open(path, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in lines)
 
 
@@ -261,7 +262,7 @@ def download_task(data_dir: Path, task: GlueTask, fetcher: Fetcher, path_to_mrpc
         raise DataError(f"{data_dir / task.dir_name} exists but lacks {', '.join(missing)}; "
                         "move or delete it and run again")
     logger.info("downloading %s", task.name)
-    staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{task.dir_name}.", suffix=".staging"))
+    staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=f"{TMP_PREFIX}{task.dir_name}.", suffix=".staging"))
     fetched: List[Tuple[Path, bool]] = []
     try:
         if task.name == "MRPC":
@@ -283,7 +284,8 @@ def download_task(data_dir: Path, task: GlueTask, fetcher: Fetcher, path_to_mrpc
             fetched.append(fetcher.fetch(task.source, GLUE_BASE_URL))
             root = staging / task.dir_name
             root.mkdir()
-            shutil.copyfile(fetched[-1][0], root / task.required_files[0])
+            with naming_write_errors(root / task.required_files[0]):
+                shutil.copyfile(fetched[-1][0], root / task.required_files[0])
         os.replace(root, data_dir / task.dir_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -301,16 +303,22 @@ def download_glue(
     mirror: Optional[str] = None,
     config: DownloadConfig = DownloadConfig(),
 ) -> List[str]:
-    """Download `tasks` into `data_dir`; returns the names of the tasks installed by this call."""
+    """Download `tasks` into `data_dir`; returns the names of the tasks installed by this call.
+
+    ``data_dir`` is created (and locked, its stale staging directories removed) only once the flags are checked;
+    when nothing could be installed, what the call created there is removed again (partial downloads are kept
+    in ``.downloads`` for the next run to resume).
+    """
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     if path_to_mrpc is not None and not Path(path_to_mrpc).is_dir():
         raise UsageError(f"--path_to_mrpc {path_to_mrpc} is not a directory")
+    check_output_location(data_dir, "--data_dir")
     download_dir = data_dir / DOWNLOAD_SUBDIR
     fetcher = Fetcher(download_dir, mirror, config)
-    try:
-        return [task.name for task in tasks
-                if download_task(data_dir, task, fetcher, Path(path_to_mrpc) if path_to_mrpc else None)]
-    finally:
-        if download_dir.is_dir() and not any(download_dir.iterdir()):  # keep partial files for resuming
-            download_dir.rmdir()
+    with claim_output_dir(data_dir, "--data_dir", keep=lambda new: bool(new)):
+        try:
+            return [task.name for task in tasks
+                    if download_task(data_dir, task, fetcher, Path(path_to_mrpc) if path_to_mrpc else None)]
+        finally:
+            if download_dir.is_dir() and not any(download_dir.iterdir()):  # keep partial files for resuming
+                download_dir.rmdir()

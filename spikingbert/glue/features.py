@@ -2,6 +2,7 @@
 a feature cache, and batches trimmed to their longest example."""
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -58,6 +59,28 @@ def _truncate_seq_pair(tokens_a: List[str], tokens_b: List[str], max_length: int
     return truncated
 
 
+#: Characters of a text tokenized at first (a multiple of the tokens needed); doubled until enough tokens come out.
+_CHARS_PER_TOKEN = 16
+_WHITESPACE = re.compile(r"\s")
+
+
+def tokenize_prefix(tokenizer, text: str, needed: int) -> List[str]:
+    """The first tokens of ``text``, at least ``needed`` of them when it has that many, without tokenizing the
+    whole of a long text: a prefix cut at a whitespace (where words, hence tokens, end) is tokenized, and made
+    longer while it gives fewer than ``needed`` tokens. The tokens returned are those of the whole text up to
+    the cut, so truncating them to ``needed`` or fewer gives what truncating the whole text's tokens gives."""
+    size = max(needed, 1) * _CHARS_PER_TOKEN
+    while size < len(text):
+        space = _WHITESPACE.search(text, size)
+        if space is None:
+            break
+        tokens = tokenizer.tokenize(text[:space.start()])
+        if len(tokens) >= needed:
+            return tokens
+        size *= 2
+    return tokenizer.tokenize(text)
+
+
 def _convert(
     examples: Sequence[InputExample],
     label_list: Sequence[Optional[str]],
@@ -73,10 +96,11 @@ def _convert(
     label_map = {label: i for i, label in enumerate(label_list)}
     features: List[InputFeatures] = []
     num_truncated = 0
+    needed = max_seq_length - 1                    # one more than fits: truncation is then seen
     for example in examples:
-        tokens_a = tokenizer.tokenize(example.text_a)
+        tokens_a = tokenize_prefix(tokenizer, example.text_a, needed)
         if example.text_b is not None:
-            tokens_b = tokenizer.tokenize(example.text_b)
+            tokens_b = tokenize_prefix(tokenizer, example.text_b, needed)
             truncated = _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
         else:
             tokens_b = None

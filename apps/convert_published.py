@@ -1,0 +1,81 @@
+"""Import a checkpoint written by the authors' published SpikingBERT code (`models.convert_published`).
+
+    python -m apps.convert_published --checkpoint FILE.bin --config DIR_OR_JSON --output_dir OUT \
+        [--t_conv N --vth V --leak L --num_labels K]
+
+The checkpoint is read with ``weights_only=True`` (a file that would run code is refused), the config's
+fields are checked, and the model is built before ``--output_dir`` is created; the directory is then
+locked for this run, and on a failure what the run created in it is removed. Errors are one line (exit
+status 2: a wrong flag or config, 1: an unreadable file or a failed write). ``python -m
+models.convert_published`` runs this command line too.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List
+
+from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
+
+__all__ = ["convert_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m apps.convert_published",
+                            description="Import a checkpoint written by the authors' published SpikingBERT code.")
+    parser.add_argument("--checkpoint", required=True, help="published pytorch_model.bin or step_N_pytorch_model.bin")
+    parser.add_argument("--config", required=True, help="student config dir or config.json used for that checkpoint")
+    parser.add_argument("--output_dir", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--t_conv", type=int, help="simulation steps used in training (published default 100)")
+    parser.add_argument("--vth", type=float, help="threshold used in training (published default 1.0)")
+    parser.add_argument("--leak", type=float, help="leak used in training (published default 1.0, IF)")
+    parser.add_argument("--num_labels", type=int, help="classes of a task checkpoint (read from the head if present)")
+    parser.add_argument("--feedback", action="store_true", help="keep the feedback Linear (network_s{6L+1}.fc)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    checks = [
+        (args.t_conv is None or args.t_conv >= 1, f"--t_conv must be >= 1 (got {args.t_conv})"),
+        (args.vth is None or args.vth > 0, f"--vth must be > 0 (got {args.vth})"),
+        (args.leak is None or 0 < args.leak <= 1, f"--leak must be in (0, 1] (got {args.leak})"),
+        (args.num_labels is None or args.num_labels >= 1, f"--num_labels must be >= 1 (got {args.num_labels})"),
+        (Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint} is not a file"),
+        (Path(args.config).exists(), f"--config {args.config} does not exist: pass the student config dir or its "
+                                     "config.json"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def main(argv: List[str]) -> int:
+    args = convert_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _check_flags(args)
+    from models.configuration import SpikingConfigError
+    from models.convert_published import build_converted
+    from spikingbert.run_dir import check_output_location, claim_output_dir
+    from transformer.file_utils import ModelLoadError
+
+    check_output_location(args.output_dir, "--output_dir")
+    try:
+        model, vocab = build_converted(args.checkpoint, args.config, t_conv=args.t_conv, vth=args.vth, leak=args.leak,
+                                       num_labels=args.num_labels, feedback=args.feedback or None)
+    except ModelLoadError as err:                        # its message starts with the file's path
+        raise (UsageError if getattr(err, "exit_code", 1) == 2 else UserError)(f"--checkpoint: {err}") from err
+    except SpikingConfigError as err:
+        raise UsageError(f"{err}") from err
+    with claim_output_dir(args.output_dir, "--output_dir"):
+        model.save_pretrained(args.output_dir, vocab_file=vocab)
+    logger.info("wrote %s (%s, %d layers)", args.output_dir, type(model).__name__, model.config.num_hidden_layers)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
