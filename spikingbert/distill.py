@@ -30,7 +30,7 @@ from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequen
 from transformer.file_utils import atomic_write_json
 
 from . import glue, preflight
-from .args import spiking_settings, trainer_settings
+from .args import ignored_flags, spiking_settings, trainer_settings
 from .evaluation import LogitsOnly, chance_level, dev_splits, evaluate_task, flatten, labels_of, print_table
 from .loading import (
     check_compatibility,
@@ -83,9 +83,9 @@ def run_general_distillation(args: argparse.Namespace) -> int:
     from .pregenerated import PregeneratedEpochs
 
     with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime:
-        if args.do_eval:
-            logger.warning("--do_eval has no effect in general distillation (there is no dev set); evaluate task "
-                           "students with spiking_bert_task_distill.py --do_eval")
+        for flag in ignored_flags(args):
+            logger.warning("%s has no effect in general distillation (there is no dev set); evaluate task "
+                           "students with spiking_bert_task_distill.py --do_eval", flag)
         output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
         micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
         student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
@@ -135,8 +135,8 @@ def run_task_distillation(args: argparse.Namespace) -> int:
     """Task IKD (default), prediction KD (``--pred_distill`` / ``--train_true_labels``) or ``--do_eval``."""
     task = glue.canonical_task_name(args.task_name)
     with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime:
-        if args.data_url:
-            logger.warning("--data_url is accepted for compatibility and ignored")
+        for flag in ignored_flags(args):
+            logger.warning("%s is accepted for compatibility with the published scripts and has no effect", flag)
         if args.do_eval:
             return run_task_evaluation(args, runtime, task)
         return run_task_training(args, runtime, task)

@@ -54,11 +54,11 @@ def task_tokenizer(student_dir: Path, teacher_model: Optional[str], do_lower_cas
     return load_tokenizer(teacher_model, "--teacher_model", do_lower_case)
 
 
-def teacher_config(path: str) -> BertConfig:
+def teacher_config(path: str, flag: str = "--teacher_model") -> BertConfig:
     try:
         return BertConfig.from_pretrained(path)
     except ModelLoadError as err:
-        raise UserError(f"--teacher_model {path}: {err}") from err
+        raise UserError(f"{flag} {path}: {err}") from err
 
 
 def load_teacher(cls, path: str, **kwargs) -> nn.Module:

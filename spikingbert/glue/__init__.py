@@ -16,7 +16,7 @@ from .features import (
     trim_batch,
     vocab_fingerprint,
 )
-from .info import TASK_INFO_NAME, TaskInfo, task_info, write_task_info
+from .info import TASK_INFO_NAME, TaskInfo, fill_recorded_settings, task_info, write_task_info
 from .metrics import compute_metrics, main_metric
 from .tasks import (
     DEFAULT_TASK_SETTINGS,
@@ -55,6 +55,7 @@ __all__ = [
     "load_task_dataset",
     "main_metric",
     "task_info",
+    "fill_recorded_settings",
     "trim_batch",
     "vocab_fingerprint",
     "write_task_info",

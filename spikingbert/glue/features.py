@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from spikingbert.errors import DataError, UsageError
 from transformer.file_utils import atomic_open
+from transformer.tokenization import pack_inputs
 
 from .tasks import PROCESSORS, SPLITS, InputExample, canonical_task_name
 
@@ -48,16 +49,6 @@ class DatasetStats:
     cache_path: Optional[str]
 
 
-def _truncate_seq_pair(tokens_a: List[str], tokens_b: List[str], max_length: int) -> bool:
-    """Drop tokens from the end of the longer sequence until both fit; True if anything was dropped."""
-    truncated = False
-    while len(tokens_a) + len(tokens_b) > max_length:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        longer.pop()
-        truncated = True
-    return truncated
-
-
 def _convert(
     examples: Sequence[InputExample],
     label_list: Sequence[Optional[str]],
@@ -74,20 +65,9 @@ def _convert(
     features: List[InputFeatures] = []
     num_truncated = 0
     for example in examples:
-        tokens_a = tokenizer.tokenize(example.text_a)
-        if example.text_b is not None:
-            tokens_b = tokenizer.tokenize(example.text_b)
-            truncated = _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
-        else:
-            tokens_b = None
-            truncated = len(tokens_a) > max_seq_length - 2
-            del tokens_a[max_seq_length - 2:]
+        tokens_b = tokenizer.tokenize(example.text_b) if example.text_b is not None else None
+        tokens, segment_ids, truncated = pack_inputs(tokenizer.tokenize(example.text_a), tokens_b, max_seq_length)
         num_truncated += truncated
-        tokens = ["[CLS]"] + tokens_a + ["[SEP]"]
-        segment_ids = [0] * len(tokens)
-        if tokens_b is not None:
-            tokens += tokens_b + ["[SEP]"]
-            segment_ids += [1] * (len(tokens_b) + 1)
         input_ids = tokenizer.convert_tokens_to_ids(tokens)
         seq_length = len(input_ids)
         padding = [0] * (max_seq_length - seq_length)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
-from spikingbert.errors import DataError
+from spikingbert.errors import DataError, UserError
 from transformer.file_utils import atomic_write_json
 
 from .tasks import get_processor
 
-__all__ = ["TASK_INFO_NAME", "TaskInfo", "task_info", "write_task_info"]
+__all__ = ["TASK_INFO_NAME", "TaskInfo", "task_info", "write_task_info", "fill_recorded_settings"]
 
 TASK_INFO_NAME = "task.json"
 
@@ -84,3 +84,33 @@ def write_task_info(data_dir: Union[str, Path], display_name: str, labels: Mappi
     path = Path(data_dir) / TASK_INFO_NAME
     atomic_write_json(path, {"display_name": display_name, "labels": dict(labels)})
     return path
+
+
+def fill_recorded_settings(config, model_dir: Union[str, Path]) -> list[str]:
+    """Complete the label names of a student config written before the stages recorded them.
+
+    ``model_dir/args.json`` (every stage writes it) names the task; the label names come from its ``task.json``
+    when its ``data_dir`` is found (relative to the working directory or to a folder above ``model_dir``), else
+    from the task's GLUE names. (``do_lower_case`` and ``max_seq_length`` are read from ``args.json`` by
+    `models.inference` itself.) Returns the names of the settings it set: ``["id2label"]`` or none.
+    """
+    if config.id2label is not None:
+        return []
+    try:
+        args = json.loads((Path(model_dir) / "args.json").read_text(encoding="utf-8"))
+        info = task_info(args["task_name"], _find_data_dir(args.get("data_dir"), Path(model_dir)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
+        return []
+    if len(info.label_names) != config.num_labels or info.output_mode != "classification":
+        return []
+    config.id2label, config.label2id = info.id2label, info.label2id
+    return ["id2label"]
+
+
+def _find_data_dir(data_dir: object, model_dir: Path) -> Optional[Path]:
+    if not isinstance(data_dir, str):
+        return None
+    for base in (Path.cwd(), *model_dir.resolve().parents):
+        if (base / data_dir).is_dir():
+            return base / data_dir
+    return None
