@@ -10,26 +10,30 @@ import argparse
 import logging
 from typing import List
 
+from spikingbert.args import HelpFormatter, short_metavars
 from spikingbert.errors import ArgumentParser, UsageError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     from spikingbert.glue.download import TASKS          # here: run_cli handles signals from the start
 
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="directory to put the task directories in")
+    parser = ArgumentParser(prog="python download_glue_data.py", description=__doc__.split("\n\nLogic")[0],
+                            formatter_class=HelpFormatter)
+    parser.add_argument("--data_dir", required=True, metavar="DIR", help="directory to put the task directories in")
     parser.add_argument("--tasks", default="all",
                         help=f"'all' or a comma list of {','.join(task.name for task in TASKS)} (case-insensitive)")
     parser.add_argument("--path_to_mrpc", default=None,
-                        help="directory with msr_paraphrase_train.txt and msr_paraphrase_test.txt "
-                             "(default: download them)")
-    parser.add_argument("--mirror", default=None,
+                        metavar="DIR", help="directory with msr_paraphrase_train.txt and msr_paraphrase_test.txt "
+                                            "(default: download them)")
+    parser.add_argument("--mirror", default=None, metavar="DIR_OR_URL",
                         help="local directory or base URL holding the archives under their standard names "
-                             "(CoLA.zip, SST-2.zip, QQP-clean.zip, ..., mrpc_dev_ids.tsv)")
+                             "(CoLA.zip, SST-2.zip, QQP-clean.zip, ..., mrpc_dev_ids.tsv). Default: the official "
+                             "download locations")
     parser.add_argument("--retries", type=int, default=5, help="further tries after a failed download")
     parser.add_argument("--retry_wait", type=float, default=2.0,
                         help="seconds before the first retry, doubled after each failure")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    short_metavars(parser)
     return parser
 
 

@@ -5,7 +5,7 @@ epoch_{i}.json (one instance a line: tokens, segment_ids, is_random_next,
 masked_lm_positions, masked_lm_labels) and epoch_{i}_metrics.json
 (num_training_examples, max_seq_len) for i < --epochs_to_generate.
 
-    python preprocess_training_data.py --train_corpus wiki.txt --bert_model bert-base-uncased/ \
+    python preprocess_training_data.py --train_corpus wiki.txt --bert_model bert-base-uncased/ \\
         --do_lower_case --output_dir pregenerated/ --epochs_to_generate 3 --reduce_memory
 
 Logic: spikingbert/pretraining_data.py.
@@ -15,32 +15,37 @@ import logging
 from pathlib import Path
 from typing import List
 
+from spikingbert.args import HelpFormatter, short_metavars
 from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_corpus", required=True,
-                        help="text file: one sentence a line, blank line between documents")
-    parser.add_argument("--output_dir", required=True, help="directory for epoch_{i}.json and epoch_{i}_metrics.json")
-    parser.add_argument("--bert_model", required=True,
-                        help="BERT model directory holding vocab.txt (or a vocab.txt path or URL)")
-    parser.add_argument("--do_lower_case", action="store_true", help="lower-case the text (uncased models)")
-    parser.add_argument("--do_whole_word_mask", action="store_true",
-                        help="mask whole words rather than single WordPieces (only with --masked_lm_prob > 0)")
-    parser.add_argument("--reduce_memory", action="store_true",
-                        help="keep the tokenized corpus in memory-mapped files in a temporary directory")
-    parser.add_argument("--num_workers", type=int, default=1, help="processes generating epochs in parallel")
-    parser.add_argument("--epochs_to_generate", type=int, default=3, help="number of epochs (files) to write")
-    parser.add_argument("--max_seq_len", type=int, default=128, help="tokens per instance, [CLS] and [SEP] included")
-    parser.add_argument("--short_seq_prob", type=float, default=0.1,
-                        help="probability of a shorter random target length")
-    parser.add_argument("--masked_lm_prob", type=float, default=0.0,
-                        help="masking probability (0: no masked-LM targets, as distillation needs none)")
-    parser.add_argument("--max_predictions_per_seq", type=int, default=20, help="most masked tokens per instance")
-    parser.add_argument("--one_seq", action="store_true", help="single-segment instances, no sentence pairs")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (output depends on it only)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = ArgumentParser(prog="python preprocess_training_data.py", description=__doc__.split("\n\nLogic")[0],
+                            formatter_class=HelpFormatter)
+    data, instances, output = (parser.add_argument_group(name) for name in ("data", "instances", "output"))
+    p = data.add_argument
+    p("--train_corpus", required=True, metavar="FILE",
+      help="text file: one sentence a line, blank line between documents")
+    p("--bert_model", required=True, metavar="DIR", help="BERT model directory holding vocab.txt (or a vocab.txt path or URL)")
+    p("--do_lower_case", action="store_true", help="lower-case the text (uncased models)")
+    p("--reduce_memory", action="store_true",
+      help="keep the tokenized corpus in memory-mapped files in a temporary directory")
+    p = instances.add_argument
+    p("--epochs_to_generate", type=int, default=3, help="number of epochs (files) to write")
+    p("--max_seq_len", type=int, default=128, help="tokens per instance, [CLS] and [SEP] included")
+    p("--short_seq_prob", type=float, default=0.1, help="probability of a shorter random target length")
+    p("--one_seq", action="store_true", help="single-segment instances, no sentence pairs")
+    p("--masked_lm_prob", type=float, default=0.0,
+      help="masking probability (0: no masked-LM targets, as distillation needs none)")
+    p("--max_predictions_per_seq", type=int, default=20, help="most masked tokens per instance")
+    p("--do_whole_word_mask", action="store_true",
+      help="mask whole words rather than single WordPieces (only with --masked_lm_prob > 0)")
+    p("--seed", type=int, default=42, help="random seed (the output depends on it only)")
+    p = output.add_argument
+    p("--output_dir", required=True, metavar="DIR", help="directory for epoch_{i}.json and epoch_{i}_metrics.json")
+    p("--num_workers", type=int, default=1, help="processes generating epochs in parallel")
+    p("--debug", action="store_true", help="show tracebacks")
+    short_metavars(parser)
     return parser
 
 

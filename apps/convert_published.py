@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from spikingbert.args import HelpFormatter, short_metavars
 from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
 
 __all__ = ["convert_parser", "main"]
@@ -25,17 +26,23 @@ logger = logging.getLogger(__name__)
 
 
 def convert_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m apps.convert_published",
-                            description="Import a checkpoint written by the authors' published SpikingBERT code.")
-    parser.add_argument("--checkpoint", required=True, help="published pytorch_model.bin or step_N_pytorch_model.bin")
-    parser.add_argument("--config", required=True, help="student config dir or config.json used for that checkpoint")
-    parser.add_argument("--output_dir", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--t_conv", type=int, help="simulation steps used in training (published default 100)")
-    parser.add_argument("--vth", type=float, help="threshold used in training (published default 1.0)")
-    parser.add_argument("--leak", type=float, help="leak used in training (published default 1.0, IF)")
-    parser.add_argument("--num_labels", type=int, help="classes of a task checkpoint (read from the head if present)")
-    parser.add_argument("--feedback", action="store_true", help="keep the feedback Linear (network_s{6L+1}.fc)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = ArgumentParser(prog="python -m apps.convert_published", formatter_class=HelpFormatter,
+                            description="Import a checkpoint written by the authors' published SpikingBERT code.",
+                            epilog="The result is a complete student directory (config.json, model.safetensors, "
+                                   "vocab.txt when found beside --config).")
+    p = parser.add_argument
+    p("--checkpoint", required=True, metavar="FILE", help="the published pytorch_model.bin or step_N_pytorch_model.bin")
+    p("--config", required=True, metavar="DIR_OR_JSON", help="student config dir or config.json used for that checkpoint")
+    p("--output_dir", type=Path, required=True, metavar="DIR", help="where the converted student directory is written")
+    p("--t_conv", type=int, metavar="N",
+      help="simulation steps used in training (default: the config's; the published default is 100)")
+    p("--vth", type=float, metavar="X", help="threshold used in training (default: the config's; published: 1.0)")
+    p("--leak", type=float, metavar="X", help="leak used in training (default: the config's; published: 1.0, IF)")
+    p("--num_labels", type=int, metavar="N",
+      help="classes of a task checkpoint (default: read from the classifier head when there is one)")
+    p("--feedback", action="store_true", help="keep the feedback Linear (network_s{6L+1}.fc) (default: off)")
+    p("--debug", action="store_true", help="show tracebacks")
+    short_metavars(parser)
     return parser
 
 

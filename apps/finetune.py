@@ -8,15 +8,14 @@ stages (`spikingbert.trainer.Trainer` with a `Stage`): checkpoints, exact resume
 ``--eval_step`` steps), the best model kept in ``--output_dir``.
 
 ``--output_dir`` ends up a complete teacher directory (``config.json`` with
-``num_labels``, ``model.safetensors``, ``vocab.txt``) that the distillation
+``num_labels``, the label names ``id2label`` / ``label2id``, ``do_lower_case`` and ``max_seq_length``;
+``model.safetensors``, ``vocab.txt``; loadable by Hugging Face transformers too) that the distillation
 scripts take as ``--teacher_model``, plus ``eval_results.json`` (the kept model's
 dev metrics and the majority-class baseline)::
 
     python -m apps.finetune --task_name SST-2 --data_dir glue_data/SST-2 \
         --bert_model all-MiniLM-L6-v2/ --output_dir runs/teacher-sst2 --do_lower_case \
         --max_seq_length 64 --num_train_epochs 3 --learning_rate 5e-5
-
-The library (and torch) are imported inside the functions, after `run_cli` took over Ctrl-C and SIGTERM.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from spikingbert.args import GROUP_BY_LENGTH_HELP, MAX_EPOCHS
+from spikingbert.args import GROUP_BY_LENGTH_HELP, MAX_EPOCHS, HelpFormatter, add_device_flags, short_metavars
 from spikingbert.errors import ArgumentParser, UsageError, run_cli
 
 __all__ = ["finetune_parser", "parse_finetune_args", "run_finetuning", "main"]
@@ -41,41 +40,54 @@ RESULTS_NAME = "eval_results.json"
 
 def finetune_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m apps.finetune",
-        description="Fine-tune a BERT on a GLUE-format task (the task teacher of the distillation scripts).")
-    p = parser.add_argument
-    p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
-    p("--data_dir", type=Path, required=True, help="the task's directory (train.tsv, dev.tsv)")
-    p("--bert_model", type=str, required=True,
-      help="pre-trained BERT directory (or URL): config.json, model.safetensors or pytorch_model.bin, vocab.txt")
-    p("--output_dir", type=Path, required=True, help="where the fine-tuned teacher and checkpoints are written")
-    p("--do_lower_case", action="store_true", help="lower-case the input (uncased vocabularies)")
-    p("--cache_dir", type=Path, default=None, help="cache for tokenized features")
-    p("--max_seq_length", type=int, default=None, help="default: per task (see the README's per-task defaults)")
+        prog="python -m apps.finetune", formatter_class=HelpFormatter,
+        description="Fine-tune a BERT on a GLUE-format task: the task teacher of the distillation scripts.",
+        epilog="example:\n  python -m apps.finetune --task_name SST-2 --data_dir glue_data/SST-2 --do_lower_case \\\n"
+               "      --bert_model all-MiniLM-L6-v2/ --output_dir runs/teacher-sst2 --max_seq_length 64")
+    groups = {name: parser.add_argument_group(name)
+              for name in ("data", "model", "training", "checkpoints", "evaluation", "distributed", "output")}
+    p = groups["data"].add_argument
+    p("--task_name", type=str, required=True, metavar="TASK",
+      help="GLUE task (case-insensitive): CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-mm, QNLI, RTE, WNLI")
+    p("--data_dir", type=Path, required=True, metavar="DIR", help="the task's directory (train.tsv, dev.tsv)")
+    p("--do_lower_case", action="store_true", default=None,
+      help="lower-case the input before WordPiece (uncased vocabularies). Default: what --bert_model's config.json "
+           "records, else off")
+    p("--max_seq_length", type=int, default=None,
+      help="tokens per example, [CLS] and [SEP] included. Default: per task (see the README)")
+    p("--cache_dir", type=Path, default=None, metavar="DIR", help="cache for tokenized features. Default: no cache")
+    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows (counted and logged) instead of stopping")
+    groups["model"].add_argument(
+        "--bert_model", type=str, required=True, metavar="DIR",
+        help="pre-trained BERT directory (or URL): config.json, model.safetensors or pytorch_model.bin, vocab.txt")
+    p = groups["training"].add_argument
     p("--train_batch_size", type=int, default=32,
       help="examples per optimizer step, over all processes and accumulation steps")
-    p("--eval_batch_size", type=int, default=64)
-    p("--learning_rate", type=float, default=5e-5)
-    p("--num_train_epochs", type=float, default=3.0)
+    p("--learning_rate", type=float, default=5e-5, help="peak learning rate of BertAdam")
+    p("--num_train_epochs", type=float, default=3.0, help="training epochs (may be fractional)")
     p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
     p("--warmup_proportion", type=float, default=0.1, help="fraction of the steps with linear learning-rate warm-up")
     p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
     p("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    p("--eval_step", type=int, default=0, help="also evaluate every this many steps (0: at epoch ends only)")
+    p("--seed", type=int, default=42, help="seed of every random number generator (data order, dropout, head init)")
+    p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
+    p = groups["checkpoints"].add_argument
     p("--save_steps", type=int, default=0, help="write checkpoint-{step} every this many steps (0: at the end)")
     p("--save_total_limit", type=int, default=1, help="keep only the newest this many checkpoints")
-    p("--seed", type=int, default=42)
-    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows instead of stopping")
-    p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
     p("--continue_train", action="store_true", help="resume from the latest complete checkpoint in --output_dir")
-    p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir")
     p("--allow_changed_settings", action="store_true",
       help="--continue_train even when settings that change the model or the objective (--bert_model, task, data, "
            "max_seq_length, ...) differ from the resumed run's args.json")
-    p("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
-    p("--local_rank", "--local-rank", type=int, default=-1, help="set by the legacy launcher; torchrun uses LOCAL_RANK")
-    p("--fp16", action="store_true", help="mixed precision: fp16 + loss scaling on GPU, bf16 on CPU")
+    p = groups["evaluation"].add_argument
+    p("--eval_batch_size", type=int, default=64, help="examples per evaluation batch (per process)")
+    p("--eval_step", type=int, default=0, help="also evaluate every this many steps (0: at epoch ends only)")
+    add_device_flags(groups["distributed"])
+    p = groups["output"].add_argument
+    p("--output_dir", type=Path, required=True, metavar="DIR",
+      help="where the fine-tuned teacher (the best dev model), checkpoints, logs and training_curves.png go")
+    p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir first")
     p("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
+    short_metavars(parser)
     return parser
 
 
@@ -126,12 +138,12 @@ def _finetune_inputs(args: argparse.Namespace, runtime, output, task: str, micro
     Returns the tokenizer, the sequence length and the checkpoint to resume from."""
     from spikingbert import glue, preflight
     from spikingbert.evaluation import dev_splits
-    from spikingbert.loading import check_seq_length, load_tokenizer, teacher_config
+    from spikingbert.loading import check_seq_length, load_tokenizer, lower_case_setting, teacher_config
     from spikingbert.memory_check import check_memory, teacher_step_need
     from spikingbert.resume_settings import check_resume_settings
 
-    tokenizer = load_tokenizer(args.bert_model, "--bert_model", args.do_lower_case)
     config = teacher_config(args.bert_model, "--bert_model")
+    tokenizer = load_tokenizer(args.bert_model, "--bert_model", lower_case_setting(args.do_lower_case, config))
     max_seq_length = args.max_seq_length or glue.default_task_settings(task).max_seq_length
     check_seq_length(max_seq_length, config.max_position_embeddings, "--bert_model")
     preflight.check_vocabulary_size(tokenizer, config.vocab_size, args.bert_model, "--bert_model")
@@ -158,6 +170,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
     """Fine-tune ``--bert_model`` on the task's train split; keep the best dev model in ``--output_dir``."""
     from spikingbert import glue
     from spikingbert.evaluation import LogitsOnly
+    from spikingbert.loading import describe_model
     from spikingbert.objectives import ClassificationObjective, build_optimizer
     from spikingbert.run_setup import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
     from spikingbert.runtime import set_seed
@@ -174,6 +187,8 @@ def run_finetuning(args: argparse.Namespace) -> int:
         model = _load_model(str(resume) if resume else args.bert_model, processor.num_labels,
                             "--output_dir checkpoint" if resume else "--bert_model")
         model.config.extra["architectures"] = [type(model).__name__]
+        model.config.extra.setdefault("model_type", "bert")    # what Hugging Face's AutoModel classes read
+        describe_model(model.config, tokenizer.do_lower_case, max_seq_length, glue.task_info(task, args.data_dir))
         model.to(runtime.device).train()
 
         data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)

@@ -57,21 +57,27 @@ def plan(args) -> list[tuple[str, object]]:
     return [(c, s) for c, s in jobs if c in wanted]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few representative settings (about 3 min on 2 cores)")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {ALL_CASES}")
-    parser.add_argument("--sizes", default="small,base")
+    parser.add_argument("--sizes", default="small,base", help="comma-separated model sizes: small, base")
     parser.add_argument("--weights", default="auto", choices=("auto", "recipe", "dense_recipe", "random"),
                         help="student weights of the eval/train cases: auto = the demo's trained student "
                              "(--demo_student) if it exists, else recipe = weights shaped to fire like it; "
                              "dense_recipe = shaped to fire densely (rates 0.5-0.6)")
     parser.add_argument("--demo_student", default="runs/demo/pred", help="the demo's trained student directory")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", help="also append the JSON lines to this file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to measure on")
+    parser.add_argument("--out", help="also append the JSON lines to this file (default: standard output only)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = bench_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("modules.event_engine").setLevel(logging.INFO)           # which engine runs
     keep_freed_memory()                          # as the training/eval scripts do (spikingbert.runtime)

@@ -14,6 +14,12 @@ from transformer.configuration import CONFIG_NAME, BertFields, FieldSpec
 from transformer.file_utils import cached_path
 
 
+#: ``model_type`` of a student's config.json: Hugging Face transformers does not know it, so it refuses a
+#: student directory instead of building an ordinary BERT from the spiking weights. Directories written
+#: before it existed say ``"bert"`` and still load.
+MODEL_TYPE = "spiking_bert"
+
+
 class SpikingConfigError(ValueError):
     """A student configuration or checkpoint the user must fix; the message says what to do."""
 
@@ -33,7 +39,7 @@ class SpikingBertConfig(BertFields):
     """Student configuration: Hugging Face BERT fields (:class:`BertFields`) plus the spiking and training settings."""
 
     num_hidden_layers: int = 4
-    model_type: str = "bert"
+    model_type: str = MODEL_TYPE
     # spiking simulation
     t_conv: int = 100                 # simulation steps T
     vth: float = 1.0                  # firing threshold
@@ -53,6 +59,11 @@ class SpikingBertConfig(BertFields):
     fit_size: Optional[int] = None    # teacher hidden size for fit_dense (None: hidden_size)
     use_pooler: bool = False
     num_labels: int = 2
+    # what the directory says about its inputs and outputs (the stages that train it write them)
+    id2label: Optional[dict[str, str]] = None   # class index ("0", "1", ...) -> label name
+    label2id: Optional[dict[str, int]] = None   # label name -> class index
+    do_lower_case: Optional[bool] = None        # the texts were lower-cased before WordPiece
+    max_seq_length: Optional[int] = None        # tokens per input in training, [CLS] and [SEP] included
 
     FIELD_SPECS: ClassVar[dict] = {
         **BertFields.FIELD_SPECS,
@@ -79,7 +90,18 @@ class SpikingBertConfig(BertFields):
     def __post_init__(self):
         if self.fit_size is None:
             self.fit_size = self.hidden_size
+        if self.model_type == "bert":               # written before MODEL_TYPE existed
+            self.model_type = MODEL_TYPE
+        if self.id2label is not None:
+            self.id2label = {str(k): str(v) for k, v in self.id2label.items()}
+            self.label2id = {name: int(i) for i, name in self.id2label.items()}
         self.validate()
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names of the outputs in class-index order (``LABEL_i`` where the directory names none)."""
+        names = self.id2label or {}
+        return [names.get(str(i), f"LABEL_{i}") for i in range(self.num_labels)]
 
     def validate(self) -> None:
         """Raise :class:`SpikingConfigError` naming the first setting that cannot work."""
@@ -97,6 +119,10 @@ class SpikingBertConfig(BertFields):
             (self.surrogate in SURROGATES, f"surrogate must be one of {sorted(SURROGATES)} (got {self.surrogate!r})"),
             (self.time_chunk is None or self.time_chunk >= 1, f"time_chunk must be >= 1 (got {self.time_chunk})"),
             (self.num_labels >= 1, f"num_labels must be >= 1 (got {self.num_labels})"),
+            (self.id2label is None or set(self.id2label) == {str(i) for i in range(self.num_labels)},
+             f"id2label must name the classes 0..{self.num_labels - 1} (got {self.id2label})"),
+            (self.max_seq_length is None or self.max_seq_length >= 3,
+             f"max_seq_length must be >= 3 (got {self.max_seq_length})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -115,6 +141,10 @@ class SpikingBertConfig(BertFields):
         cls.check_fields(values, f"{source} with the command line's settings", SpikingConfigError)
         kwargs, extra = cls.split_known(values)
         extra.pop("extra", None)
+        labels = kwargs.get("id2label")
+        if overrides.get("num_labels") is not None and isinstance(labels, dict) and len(labels) != overrides["num_labels"]:
+            kwargs.pop("id2label")                  # the names of another head (e.g. a general-KD student's)
+            kwargs.pop("label2id", None)
         return cls(**kwargs, extra=extra)
 
     @classmethod

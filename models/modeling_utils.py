@@ -67,6 +67,9 @@ class SpikingBertPreTrainedModel(nn.Module):
         super().__init__()
         self.config = config
         self.vocab_file: Optional[Path] = None
+        self.source: Optional[Path] = None           # the directory `from_pretrained` read
+        self.weights_file: Optional[Path] = None     # its weight file (None: a new, untrained student)
+        self.initialised_keys: list[str] = []        # keys the weight file lacked (initialised, untrained)
 
     def init_weights(self) -> None:
         std = self.config.initializer_range
@@ -104,11 +107,13 @@ class SpikingBertPreTrainedModel(nn.Module):
         model = cls(config)
         vocab = directory / VOCAB_NAME
         model.vocab_file = vocab if vocab.is_file() else None
+        model.source = directory
         weights = find_weights(directory)
         if weights is None:
             logger.info("%s has no weights: initialised a new student", directory)
             return model
         model.load_checkpoint(load_state_dict_file(weights), str(weights))
+        model.weights_file = weights
         return model
 
     def load_checkpoint(self, state: dict[str, Tensor], source: str) -> None:
@@ -133,6 +138,7 @@ class SpikingBertPreTrainedModel(nn.Module):
                     f"{source}: {k} has shape {tuple(v.shape)} but the config gives {tuple(own[k].shape)} "
                     f"(e.g. a different num_labels or hidden size)")
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        self.initialised_keys = initialised
         if initialised:
             logger.info("initialised %s (not in %s)", initialised, source)
         if ignored:

@@ -5,7 +5,8 @@
   evaluates the equivalent rate network (implicit differentiation) or unrolls
   the simulation with a surrogate gradient (BPTT baseline).
 * :class:`SpikingBertForDistillation` — the ``fit_dense`` projection to the teacher's width;
-  :class:`SpikingBertForSequenceClassification` adds the classifier on top of it.
+  :class:`SpikingBertForSequenceClassification` adds the classifier on top of it, and ``predict`` (label
+  names and class probabilities of raw texts, :mod:`models.inference`).
 
 The configuration is :class:`models.configuration.SpikingBertConfig`; model directories and weight
 loading are in :mod:`models.modeling_utils`, the blocks in :mod:`modules.blocks`.
@@ -19,7 +20,7 @@ order). Both give the same spikes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ from modules.solvers import SolverInfo
 from transformer.linear import Linear
 
 from .configuration import SpikingBertConfig, SpikingConfigError
+from .inference import Prediction, predict
 from .modeling_utils import SpikingBertPreTrainedModel
 
 #: Elements of the largest per-chunk current tensor the fast schedule aims for (bounds eval memory).
@@ -266,6 +268,12 @@ class SpikingBertForSequenceClassification(SpikingBertForDistillation):
         out = super().forward(input_ids, token_type_ids, attention_mask, **kwargs)
         out.logits = self.head(out.rates[-1][:, 0])
         return out
+
+    def predict(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None, **kwargs) -> list[Prediction]:
+        """Label names and class probabilities of ``texts`` (and ``text_pairs``), tokenized with this student
+        directory's vocabulary and recorded settings; see :func:`models.inference.predict` for ``kwargs``
+        (``batch_size``, ``t_conv``, ``adaptive_tol``, ...)."""
+        return predict(self, texts, text_pairs, **kwargs)
 
     def head(self, cls_rate: Tensor) -> Tensor:
         """Logits ``(B, num_labels)`` from the last layer's [CLS] rate ``(B, H)``."""

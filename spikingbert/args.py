@@ -1,10 +1,14 @@
-"""Command-line arguments of the two distillation scripts, and their validation.
+"""Command-line flags of the two distillation scripts, grouped and documented, and their validation.
 
-Flags that exist in the published scripts keep their names and meaning. Spiking
-settings (``--t_conv``, ``--vth``, ``--leak``, ...) default to ``None``: the value in
-the student's config.json is kept unless the flag is given. In the task script,
-``--max_seq_length`` and ``--num_train_epochs`` default to ``None`` too and are
-resolved per task by `spikingbert.run_setup.resolve_task_settings`.
+Flags that exist in the published scripts keep their names and meaning. Each script lists only the
+flags it uses, in groups (data, model, training, checkpoints, evaluation, spiking, distributed, output),
+every flag with its help text and default (`HelpFormatter`). A published flag that a script does not
+use is accepted without being listed, and the runner warns that it has no effect (`ignored_flags`).
+
+Spiking settings (``--t_conv``, ``--vth``, ``--leak``, ...) default to ``None``: the value in the
+student's config.json is kept unless the flag is given. ``--do_lower_case`` defaults to what the model
+directories record. In the task script, ``--max_seq_length`` and ``--num_train_epochs`` default to
+``None`` too and are resolved per task by `spikingbert.run_setup.resolve_task_settings`.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import ArgumentParser, UsageError
 
-__all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "spiking_settings",
-           "trainer_settings", "GROUP_BY_LENGTH_HELP"]
+__all__ = ["HelpFormatter", "general_parser", "task_parser", "parse_general_args", "parse_task_args",
+           "spiking_settings", "trainer_settings", "ignored_flags", "UNUSED_FLAGS", "add_spiking_flags", "add_device_flags",
+           "short_metavars", "GROUP_BY_LENGTH_HELP", "LOWER_CASE_HELP"]
 
 #: Upper bounds of flags whose larger values only overflow or never end.
 MAX_EPOCHS, MAX_T_CONV = 10_000, 1_000_000
@@ -26,124 +31,232 @@ GROUP_BY_LENGTH_HELP = (
     "of 50 micro-batches, and the batches run in a shuffled order. Where the loss reads only the logits "
     "(--pred_distill, --train_true_labels, fine-tuning) each batch is also cut to its longest example, which "
     "leaves every example's logits as they are; task intermediate KD only groups (its att/rep losses average "
-    "over the padded positions too, as published). Default off: the published random batches")
+    "over the padded positions too, as published). Default: off, the published random batches")
+LOWER_CASE_HELP = ("lower-case the input before WordPiece (uncased vocabularies). Default: what the student's "
+                   "(else the teacher's) config.json records, else off")
 
 
-def _common(parser: argparse.ArgumentParser, default_eval_step: int, default_batch: int) -> None:
-    """Flags shared by both scripts."""
-    p = parser.add_argument
-    p("--teacher_model", type=str, default=None,
-      help="directory (or URL) of the BERT teacher: config.json, weights, vocab.txt")
-    p("--spiking_student_model", type=Path, required=True,
-      help="student directory: a config-only dir (new student) or a saved student (continue from its weights)")
-    p("--output_dir", type=Path, required=True, help="where checkpoints, logs and the final student are written")
-    p("--do_lower_case", action="store_true", help="lower-case the input (uncased vocabularies)")
-    p("--train_batch_size", type=int, default=default_batch,
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with every flag's default: ``(default: X)`` after the help text, ``(default: off)`` for on/off flags;
+    a help text that already names its default (flags whose default is None say what happens) is left as is.
+    The description and epilog keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.required or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'off' if action.default is False else 'on'})"
+        if action.default is None or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+#: Flags of the published scripts that a script accepts, unlisted, and warns about (they have no effect there).
+UNUSED_FLAGS = {"general": ("do_eval", "eval_batch_size"), "task": ("data_url",)}
+
+
+def _accept_unused(parser: argparse.ArgumentParser, script: str) -> None:
+    """The published flags ``script`` does not use (unlisted), and short metavars in the usage lines."""
+    for name in UNUSED_FLAGS[script]:
+        parser.add_argument(f"--{name}", default=None, nargs="?", const=True, help=argparse.SUPPRESS)
+    parser.set_defaults(script=script)
+    short_metavars(parser)
+
+
+def short_metavars(parser: argparse.ArgumentParser) -> None:
+    """``N`` for integer flags and ``X`` for real-valued ones where no metavar was chosen (short usage lines)."""
+    for action in parser._actions:
+        if action.metavar is None and action.choices is None and action.type in (int, float):
+            action.metavar = "N" if action.type is int else "X"
+
+
+def _groups(parser: argparse.ArgumentParser, *names: str) -> Dict[str, argparse._ArgumentGroup]:
+    return {name: parser.add_argument_group(name) for name in names}
+
+
+def add_spiking_flags(group: argparse._ArgumentGroup, training: bool = True) -> None:
+    """The spiking settings; each defaults to the value in the student's config.json."""
+    q = group.add_argument
+    q("--t_conv", type=int, default=None, help="simulation time steps T. Default: the student's config.json")
+    q("--vth", type=float, default=None, help="firing threshold Vth. Default: the student's config.json")
+    q("--leak", type=float, default=None,
+      help="membrane leak factor in (0, 1]; 1 = integrate-and-fire. Default: the student's config.json")
+    if not training:
+        return
+    q("--ide_point", choices=("ann", "snn"), default=None,
+      help="where the equivalent rate function is evaluated for the implicit gradient: ann (on its own "
+           "activations, as published) or snn (at the simulated rates). Default: the student's config.json (ann)")
+    q("--feedback", action="store_true", default=None,
+      help="add the feedback connection from the last layer into the embeddings (a true fixed point; backward "
+           "solved by Broyden). Default: the student's config.json (off)")
+    q("--train_mode", choices=("ide", "bptt"), default=None,
+      help="implicit differentiation at equilibrium (ide) or backpropagation through time with a surrogate "
+           "gradient (bptt, memory grows with T). Default: the student's config.json (ide)")
+
+
+def add_device_flags(group: argparse._ArgumentGroup) -> None:
+    """--no_cuda, --local_rank and --fp16."""
+    p = group.add_argument
+    p("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
+    p("--local_rank", "--local-rank", type=int, default=-1,
+      help="process rank set by the legacy torch.distributed.launch; torchrun sets LOCAL_RANK instead")
+    p("--fp16", action="store_true", help="mixed precision: fp16 autocast with loss scaling on GPU, bf16 on CPU")
+
+
+def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
+    g.add_argument("--teacher_model", type=str, default=None, metavar="DIR",
+                   help="directory (or URL) of the BERT teacher: config.json, weights, vocab.txt; "
+                        + ("fine-tuned on the task (not needed with --do_eval). Default: none"
+                           if task else "pre-trained (required)"))
+    g.add_argument("--spiking_student_model", type=Path, required=True, metavar="DIR",
+                   help="student directory: a config-only directory (a new student, e.g. spiking_student_model/) "
+                        "or a saved student (training continues from its weights)")
+    g.add_argument("--init_from_teacher", action="store_true",
+                   help="a new student (no weights) starts from the teacher's embeddings and every k-th teacher layer "
+                        "(student layer j <- teacher layer j*k+k-1, k = teacher layers / student layers)")
+
+
+def _training_flags(g: argparse._ArgumentGroup, task: bool) -> None:
+    p = g.add_argument
+    p("--train_batch_size", type=int, default=32,
       help="examples per optimizer step, over all GPUs/processes and accumulation steps")
-    p("--eval_batch_size", type=int, default=32, help="examples per evaluation batch (per process)")
-    p("--learning_rate", type=float, default=5e-5)
-    p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
+    p("--learning_rate", type=float, default=5e-5, help="peak learning rate of BertAdam")
+    if task:
+        p("--num_train_epochs", type=float, default=None,
+          help="training epochs (may be fractional). Default: per task for intermediate KD (see the README), "
+               "3 for prediction KD")
+    else:
+        p("--num_train_epochs", type=float, default=3.0, help="training epochs (may be fractional)")
+    p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
     p("--warmup_proportion", type=float, default=0.1,
       help="fraction of the steps with linear learning-rate warm-up (warm-up linear schedules only)")
-    p("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
-    p("--local_rank", "--local-rank", type=int, default=-1, help="set by the legacy launcher; torchrun uses LOCAL_RANK")
-    p("--seed", type=int, default=42)
+    p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
     p("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    p("--fp16", action="store_true", help="mixed precision: fp16 + loss scaling on GPU, bf16 on CPU")
-    p("--continue_train", action="store_true",
-      help="resume from the latest complete checkpoint in --output_dir")
-    p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir")
-    p("--allow_changed_settings", action="store_true",
-      help="--continue_train even when settings that change the model or the objective (t_conv, vth, teacher, "
-           "task, max_seq_length, temperature, ...) differ from the resumed run's args.json")
-    p("--eval_step", type=int, default=default_eval_step,
-      help="evaluate (prediction KD) every this many steps; also the default --save_steps")
-    p("--save_steps", type=int, default=None, help="write checkpoint-{step} every this many steps (default: --eval_step)")
-    p("--save_total_limit", type=int, default=None, help="keep only the newest this many checkpoints")
-    p("--logging_steps", type=int, default=10, help="log the averaged losses to metrics.jsonl every this many steps")
-    p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
+    p("--seed", type=int, default=42, help="seed of every random number generator (data order, dropout, init)")
     p("--skip_nan_batches", type=int, default=0,
       help="skip (no update) up to this many optimizer steps whose loss or gradient is NaN/inf, then stop; "
            "0: stop at the first one")
-    p("--do_eval", action="store_true", help="evaluate --spiking_student_model instead of training")
+    if task:
+        p("--pred_distill", action="store_true",
+          help="prediction-layer KD: soft cross-entropy to the teacher's logits (MSE for regression), warm-up "
+               "linear schedule, dev evaluation every --eval_step steps, best model kept")
+        p("--train_true_labels", action="store_true",
+          help="prediction stage trained on the gold labels (cross-entropy) instead of the teacher's logits")
+        p("--temperature", type=float, default=1.0, help="temperature of the prediction KD soft cross-entropy")
+        p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
+
+
+def _checkpoint_flags(g: argparse._ArgumentGroup, task: bool) -> None:
+    p = g.add_argument
+    if not task:
+        p("--eval_step", type=int, default=1000,
+          help="write a checkpoint every this many steps unless --save_steps is given (the published flag)")
+    p("--save_steps", type=int, default=None,
+      help="write checkpoint-{step} every this many steps; 0: only at the end. Default: --eval_step")
+    p("--save_total_limit", type=int, default=None, help="keep only the newest this many checkpoints. Default: all")
+    p("--continue_train", action="store_true",
+      help="resume from the latest complete checkpoint in --output_dir (weights, optimizer, data order, RNG)")
+    p("--allow_changed_settings", action="store_true",
+      help="--continue_train even when settings that change the model or the objective (t_conv, vth, teacher, "
+           "task, max_seq_length, temperature, ...) differ from the resumed run's args.json")
+
+
+def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
+    p = g.add_argument
+    p("--do_eval", action="store_true",
+      help="evaluate --spiking_student_model on the dev set instead of training (writes eval_results.json)")
+    p("--eval_batch_size", type=int, default=32, help="examples per evaluation batch (per process)")
+    p("--eval_step", type=int, default=50,
+      help="prediction KD: evaluate on dev every this many steps (and keep the best model); also sets "
+           "--save_steps when that is not given")
+    p("--report", action="store_true",
+      help="--do_eval: also write the spike and energy report (report.json, report.md, PNGs) into OUTPUT_DIR/report/")
+    p("--adaptive_t", type=float, default=None, metavar="TOL",
+      help="--do_eval: also evaluate with adaptive stopping (stop once the last layer's [CLS] rate moves by less "
+           "than TOL over --adaptive_window steps, mean absolute change over the batch) and compare with the fixed "
+           "T. Default: off")
+    p("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks (--adaptive_t)")
+
+
+def _output_flags(g: argparse._ArgumentGroup) -> None:
+    p = g.add_argument
+    p("--output_dir", type=Path, required=True, metavar="DIR",
+      help="where checkpoints, args.json, metrics.jsonl, train.log, training_curves.png and the final student go")
+    p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir first")
+    p("--logging_steps", type=int, default=10, help="log the averaged losses to metrics.jsonl every this many steps")
     p("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
-    spiking = parser.add_argument_group("spiking student (default: the value in the student's config.json)")
-    q = spiking.add_argument
-    q("--t_conv", type=int, default=None, help="simulation time steps T")
-    q("--vth", type=float, default=None, help="firing threshold")
-    q("--leak", type=float, default=None, help="membrane leak factor in (0, 1]; 1 = integrate-and-fire")
-    q("--ide_point", choices=("ann", "snn"), default=None,
-      help="where the equivalent rate function is evaluated for the implicit gradient")
-    q("--feedback", action="store_true", default=None, help="add the feedback connection (true fixed point)")
-    q("--train_mode", choices=("ide", "bptt"), default=None,
-      help="implicit differentiation (ide) or backpropagation through time (bptt)")
 
 
-def _demo_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
-    """``--init_from_teacher`` (both scripts) and the ``--do_eval`` report flags (task script)."""
-    p = parser.add_argument
-    p("--init_from_teacher", action="store_true",
-      help="a new student (no weights) starts from the teacher's embeddings and every k-th teacher layer "
-           "(student layer j <- teacher layer j*k+k-1, k = teacher layers / student layers)")
-    if evaluation:
-        p("--report", action="store_true",
-          help="--do_eval: also write the spike and energy report (report.json, report.md, PNGs) into "
-               "OUTPUT_DIR/report/")
-        p("--adaptive_t", type=float, default=None, metavar="TOL",
-          help="--do_eval: also evaluate with adaptive stopping (stop once the last layer's [CLS] rate moves "
-               "by less than TOL over --adaptive_window steps, mean absolute change over the batch) and "
-               "compare with the fixed T")
-        p("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks (--adaptive_t)")
-
-
-def _validate_report_flags(args: argparse.Namespace) -> None:
-    if args.adaptive_t is not None and not (math.isfinite(args.adaptive_t) and args.adaptive_t >= 0):
-        raise UsageError(f"--adaptive_t must be a number >= 0 (got {args.adaptive_t})")
-    if args.adaptive_window < 1:
-        raise UsageError(f"--adaptive_window must be >= 1 (got {args.adaptive_window})")
-    if (args.report or args.adaptive_t is not None) and not args.do_eval:
-        raise UsageError("--report and --adaptive_t only work with --do_eval")
+def _add_script_flags(parser: argparse.ArgumentParser, g: Dict[str, argparse._ArgumentGroup],
+                      script: str) -> argparse.ArgumentParser:
+    """The model, training, checkpoint, (task: evaluation,) spiking, distributed and output groups."""
+    task = script == "task"
+    _model_flags(g["model"], task)
+    _training_flags(g["training"], task)
+    _checkpoint_flags(g["checkpoints"], task)
+    if task:
+        _evaluation_flags(g["evaluation"])
+    add_spiking_flags(g["spiking"])
+    add_device_flags(g["distributed"])
+    _output_flags(g["output"])
+    _accept_unused(parser, script)
+    return parser
 
 
 def general_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        description="General distillation: train a spiking student from a pre-trained BERT on pregenerated data.")
-    parser.add_argument("--pregenerated_data", type=Path, required=True,
-                        help="directory written by preprocess_training_data.py (epoch_{i}.json files)")
-    parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument("--reduce_memory", action="store_true", help="keep the pregenerated data on disk (memmap)")
-    parser.add_argument("--num_train_epochs", type=float, default=3.0)
-    _common(parser, default_eval_step=1000, default_batch=32)
-    _demo_flags(parser, evaluation=False)
-    return parser
+        prog="python spiking_bert_general_distill.py", formatter_class=HelpFormatter,
+        description="General distillation: train a spiking student from a pre-trained BERT on pregenerated data\n"
+                    "(intermediate-layer KD, warm-up linear schedule).",
+        epilog="example:\n  python spiking_bert_general_distill.py --pregenerated_data data/pregenerated \\\n"
+               "      --teacher_model bert-base-uncased/ --spiking_student_model spiking_student_model/ \\\n"
+               "      --output_dir runs/general --do_lower_case --t_conv 16")
+    g = _groups(parser, "data", "model", "training", "checkpoints", "spiking", "distributed", "output")
+    g["data"].add_argument("--pregenerated_data", type=Path, required=True, metavar="DIR",
+                           help="directory written by preprocess_training_data.py (epoch_{i}.json files)")
+    g["data"].add_argument("--max_seq_length", type=int, default=128,
+                           help="accepted as published; the pregenerated data fixes the sequence length")
+    g["data"].add_argument("--reduce_memory", action="store_true", help="keep the pregenerated data on disk (memmap)")
+    g["data"].add_argument("--do_lower_case", action="store_true", default=None, help=LOWER_CASE_HELP)
+    return _add_script_flags(parser, g, "general")
 
 
 def task_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        description="Task distillation (intermediate KD, --pred_distill prediction KD) and --do_eval evaluation "
-                    "of a spiking student on a GLUE task.")
-    p = parser.add_argument
-    p("--data_dir", type=Path, required=True, help="the task's GLUE directory (train.tsv, dev.tsv, ...)")
-    p("--task_name", type=str, required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
-    p("--cache_dir", type=Path, default=None, help="cache for tokenized features")
-    p("--max_seq_length", type=int, default=None, help="default: per task (see the README's per-task defaults)")
-    p("--num_train_epochs", type=float, default=None,
-      help="default: per task for intermediate KD, 3 for prediction KD")
-    p("--aug_train", action="store_true", help="train on train_aug.tsv (augmented data)")
-    p("--pred_distill", action="store_true", help="prediction-layer distillation (soft cross-entropy)")
-    p("--train_true_labels", action="store_true", help="prediction stage trained on the gold labels")
-    p("--temperature", type=float, default=1.0, help="soft cross-entropy temperature")
-    p("--data_url", type=str, default=None, help="accepted for compatibility with the published scripts; unused")
-    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows instead of stopping")
-    p("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
-    _common(parser, default_eval_step=50, default_batch=32)
-    _demo_flags(parser, evaluation=True)
-    return parser
+        prog="python spiking_bert_task_distill.py", formatter_class=HelpFormatter,
+        description="Task distillation of a spiking student on a GLUE task: intermediate-layer KD (default),\n"
+                    "prediction-layer KD (--pred_distill), or evaluation of a trained student (--do_eval).",
+        epilog="examples:\n"
+               "  python spiking_bert_task_distill.py --task_name SST-2 --data_dir glue_data/SST-2 --do_lower_case \\\n"
+               "      --teacher_model bert-sst2/ --spiking_student_model runs/general --output_dir runs/sst2-ikd\n"
+               "  python spiking_bert_task_distill.py --pred_distill --task_name SST-2 --data_dir glue_data/SST-2 \\\n"
+               "      --teacher_model bert-sst2/ --spiking_student_model runs/sst2-ikd --output_dir runs/sst2-pred\n"
+               "  python spiking_bert_task_distill.py --do_eval --task_name SST-2 --data_dir glue_data/SST-2 \\\n"
+               "      --spiking_student_model runs/sst2-pred --output_dir runs/sst2-eval --report")
+    g = _groups(parser, "data", "model", "training", "checkpoints", "evaluation", "spiking", "distributed", "output")
+    p = g["data"].add_argument
+    p("--data_dir", type=Path, required=True, metavar="DIR", help="the task's directory (train.tsv, dev.tsv, ...)")
+    p("--task_name", type=str, required=True, metavar="TASK",
+      help="GLUE task (case-insensitive): CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-mm, QNLI, RTE, WNLI")
+    p("--max_seq_length", type=int, default=None,
+      help="tokens per example, [CLS] and [SEP] included. Default: per task (see the README); --do_eval: the "
+           "student's recorded one")
+    p("--do_lower_case", action="store_true", default=None, help=LOWER_CASE_HELP)
+    p("--aug_train", action="store_true", help="train on train_aug.tsv (augmented data) instead of train.tsv")
+    p("--cache_dir", type=Path, default=None, metavar="DIR", help="cache for tokenized features. Default: no cache")
+    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows (counted and logged) instead of stopping")
+    return _add_script_flags(parser, g, "task")
+
+
+def ignored_flags(args: argparse.Namespace) -> List[str]:
+    """Published flags that this script accepts without using them, as far as the command line gave them."""
+    return [f"--{name}" for name in UNUSED_FLAGS[args.script] if getattr(args, name, None) is not None]
 
 
 def parse_general_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = general_parser().parse_args(argv)
-    if args.teacher_model is None and not args.do_eval:
+    if args.teacher_model is None:
         raise UsageError("--teacher_model is required for general distillation")
     _validate_common(args)
     _require_dir(args.pregenerated_data, "--pregenerated_data", "run preprocess_training_data.py first")
@@ -162,10 +275,21 @@ def parse_task_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _validate_report_flags(args: argparse.Namespace) -> None:
+    if args.adaptive_t is not None and not (math.isfinite(args.adaptive_t) and args.adaptive_t >= 0):
+        raise UsageError(f"--adaptive_t must be a number >= 0 (got {args.adaptive_t})")
+    if args.adaptive_window < 1:
+        raise UsageError(f"--adaptive_window must be >= 1 (got {args.adaptive_window})")
+    if (args.report or args.adaptive_t is not None) and not args.do_eval:
+        raise UsageError("--report and --adaptive_t only work with --do_eval")
+
+
 def _validate_common(args: argparse.Namespace) -> None:
+    listed_eval_batch = args.script == "task"
     checks: List[tuple] = [
         (args.train_batch_size >= 1, f"--train_batch_size must be >= 1 (got {args.train_batch_size})"),
-        (args.eval_batch_size >= 1, f"--eval_batch_size must be >= 1 (got {args.eval_batch_size})"),
+        (not listed_eval_batch or args.eval_batch_size >= 1,
+         f"--eval_batch_size must be >= 1 (got {args.eval_batch_size})"),
         (args.gradient_accumulation_steps >= 1,
          f"--gradient_accumulation_steps must be >= 1 (got {args.gradient_accumulation_steps})"),
         (args.train_batch_size % args.gradient_accumulation_steps == 0,
@@ -213,7 +337,7 @@ def _validate_common(args: argparse.Namespace) -> None:
 def spiking_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The spiking settings given on the command line, as student-config overrides (the rest keep the config's)."""
     names = ("t_conv", "vth", "leak", "ide_point", "feedback", "train_mode")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def trainer_settings(args: argparse.Namespace) -> Dict[str, Any]:

@@ -31,15 +31,17 @@ from transformer.configuration import BertConfig
 from transformer.file_utils import atomic_write_json
 
 from . import glue, preflight
-from .args import spiking_settings, trainer_settings
+from .args import ignored_flags, spiking_settings, trainer_settings
 from .evaluation import LogitsOnly, chance_level, dev_splits, evaluate_task, flatten, labels_of, print_table
 from .loading import (
     check_compatibility,
     check_seq_length,
+    describe_model,
     fit_size_override,
     load_student,
     load_teacher,
     load_tokenizer,
+    lower_case_setting,
     maybe_init_from_teacher,
     student_config,
     task_tokenizer,
@@ -84,15 +86,16 @@ def run_general_distillation(args: argparse.Namespace) -> int:
 
     output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
     with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime, output:
-        if args.do_eval:
-            logger.warning("--do_eval has no effect in general distillation (there is no dev set); evaluate task "
-                           "students with spiking_bert_task_distill.py --do_eval")
+        for flag in ignored_flags(args):
+            logger.warning("%s has no effect in general distillation (there is no dev set); evaluate task "
+                           "students with spiking_bert_task_distill.py --do_eval", flag)
         micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
         tokenizer, data, stride, resume = _general_inputs(args, runtime, output, micro_batch)
         set_seed(args.seed)
         teacher, student, copied = _load_models(runtime, BertForPreTraining, SpikingBertForDistillation,
                                                 args.teacher_model, args.spiking_student_model, resume, stride,
                                                 args.init_from_teacher, spiking_settings(args))
+        describe_model(student.config, tokenizer.do_lower_case, data.seq_len)
         output.prepare(runtime, args.debug)     # only now, so that a failed start leaves no output dir
 
         if args.num_train_epochs > data.num_data_epochs:
@@ -109,8 +112,8 @@ def run_general_distillation(args: argparse.Namespace) -> int:
             teacher_forward=_teacher_intermediate(runtime, teacher),
             describe={"stage": "general"},
         )
-        write_args_json(args.output_dir, runtime, vars(args), stage="general", layer_stride=stride,
-                        resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
+        write_args_json(args.output_dir, runtime, vars(args), stage="general", do_lower_case_used=tokenizer.do_lower_case,
+                        layer_stride=stride, resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
         config = TrainerConfig(**trainer_settings(args), micro_batch_size=micro_batch,
                                num_train_epochs=args.num_train_epochs, eval_steps=0, resume_from=resume)
         Trainer(config, runtime, stage).train()
@@ -124,13 +127,14 @@ def _general_inputs(args: argparse.Namespace, runtime: Runtime, output: OutputDi
     resume from."""
     from .pregenerated import PregeneratedEpochs
 
-    tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", args.do_lower_case)
     student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
+    teacher_cfg = teacher_config(args.teacher_model)
+    tokenizer = load_tokenizer(args.teacher_model, "--teacher_model",
+                               lower_case_setting(args.do_lower_case, student_cfg, teacher_cfg))
     data = PregeneratedEpochs(args.pregenerated_data, tokenizer, args.reduce_memory)
     if data.seq_len != args.max_seq_length:
         logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
                     data.seq_len, args.max_seq_length)
-    teacher_cfg = teacher_config(args.teacher_model)
     stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, data.seq_len,
                                  source=f"--pregenerated_data {args.pregenerated_data}")
     resume = output.check(runtime)
@@ -168,8 +172,8 @@ def run_task_distillation(args: argparse.Namespace) -> int:
     """Task IKD (default), prediction KD (``--pred_distill`` / ``--train_true_labels``) or ``--do_eval``."""
     task = glue.canonical_task_name(args.task_name)
     with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime:
-        if args.data_url:
-            logger.warning("--data_url is accepted for compatibility and ignored")
+        for flag in ignored_flags(args):
+            logger.warning("%s is accepted for compatibility with the published scripts and has no effect", flag)
         if args.do_eval:
             return run_task_evaluation(args, runtime, task)
         with OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir) as output:
@@ -178,7 +182,8 @@ def run_task_distillation(args: argparse.Namespace) -> int:
 
 def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -> int:
     """``--do_eval``: the student's dev metrics into ``eval_results.json`` (with ``--report`` / ``--adaptive_t``
-    also the spike/energy report and the adaptive-T evaluation)."""
+    also the spike/energy report and the adaptive-T evaluation). Tokenization follows the student's
+    directory (``do_lower_case``, ``max_seq_length`` in its config.json) unless the flags say otherwise."""
     if args.pred_distill or args.train_true_labels:
         logger.warning("--do_eval only evaluates: --pred_distill/--train_true_labels are ignored")
     processor = glue.get_processor(task)
@@ -200,15 +205,7 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
         return 0
     with claim_output_dir(args.output_dir, "--output_dir"):     # created only now; removed again if writing fails
         if args.report or args.adaptive_t is not None:
-            from . import report
-
-            teacher_model = str(args.teacher_model) if args.teacher_model is not None else None
-            results.update(report.evaluation_report(
-                student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task,
-                runtime.device, report_dir=args.output_dir / "report" if args.report else None,
-                adaptive_tol=args.adaptive_t, adaptive_window=args.adaptive_window, teacher_config=teacher,
-                info={"task": task, "model": str(args.spiking_student_model), **metrics,
-                      "teacher_model": teacher_model}))
+            results.update(_evaluation_report(args, runtime, task, student, dev_sets, metrics, teacher))
         _write_eval_results(args.output_dir, results, f"{task} dev evaluation of {args.spiking_student_model}")
     return 0
 
@@ -216,12 +213,11 @@ def run_task_evaluation(args: argparse.Namespace, runtime: Runtime, task: str) -
 def _eval_inputs(args: argparse.Namespace, runtime: Runtime, task: str):
     """``--do_eval``'s checks before the student is loaded: the student dir, the dev data, the vocabulary, the output
     dir, the memory; returns the tokenizer, the sequence length and the teacher's config (for the report, or None)."""
-    max_seq_length, _, notes = resolve_task_settings(task, args.max_seq_length, None, evaluation=True, prediction=True)
-    for note in notes:
-        logger.info(note)
     preflight.check_eval_inputs(args.spiking_student_model, task, args.data_dir, dev_splits(task), args.skip_bad_rows)
-    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
     config = student_config(args.spiking_student_model, "--spiking_student_model")
+    max_seq_length = _eval_seq_length(task, args.max_seq_length, config.max_seq_length)
+    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model,
+                               lower_case_setting(args.do_lower_case, config))
     check_seq_length(max_seq_length, config.max_position_embeddings, "--spiking_student_model")
     preflight.check_vocabulary_size(tokenizer, config.vocab_size, args.spiking_student_model)
     if config.extra.get("architectures") not in (None, ["SpikingBertForSequenceClassification"]):
@@ -232,6 +228,64 @@ def _eval_inputs(args: argparse.Namespace, runtime: Runtime, task: str):
                   max_seq_length)
     wants_teacher = args.teacher_model is not None and (args.report or args.adaptive_t is not None)
     return tokenizer, max_seq_length, teacher_config(args.teacher_model) if wants_teacher else None
+
+
+def _eval_seq_length(task: str, flag: Optional[int], recorded: Optional[int]) -> int:
+    """``--max_seq_length``, else the student's recorded one, else the task's default (logged)."""
+    if flag is None and recorded is not None:
+        logger.info("max_seq_length %d (recorded in the student's config.json)", recorded)
+        return recorded
+    max_seq_length, _, notes = resolve_task_settings(task, flag, None, evaluation=True, prediction=True)
+    for note in notes:
+        logger.info(note)
+    return max_seq_length
+
+
+def _evaluation_report(args: argparse.Namespace, runtime: Runtime, task: str, student: nn.Module,
+                       dev_sets: Dict[str, Dataset], metrics: Dict[str, float],
+                       teacher_cfg: Optional[BertConfig]) -> Dict[str, Any]:
+    """``--report`` / ``--adaptive_t``: the report's fields of eval_results.json (see `spikingbert.report`), with the
+    teacher's and the majority class's dev scores as reference lines and the task's own name."""
+    from . import report
+
+    teacher = str(args.teacher_model) if args.teacher_model is not None else None
+    info = glue.task_info(task, args.data_dir)
+    metric = glue.main_metric(task)
+    references = {"majority class" if metric == "acc" else "constant prediction":
+                  chance_level(metric, labels_of(dev_sets["dev"]))}
+    teacher_score = _teacher_reference(args, runtime, task, dev_sets) if args.report else None
+    if teacher_score is not None:
+        references = {"teacher": teacher_score, **references}
+    return report.evaluation_report(
+        student, DataLoader(dev_sets["dev"], batch_size=args.eval_batch_size, shuffle=False), task, runtime.device,
+        report_dir=args.output_dir / "report" if args.report else None, adaptive_tol=args.adaptive_t,
+        adaptive_window=args.adaptive_window, teacher_config=teacher_cfg,
+        task_name=info.display_name, references=references,
+        info={"task": task, "task_name": info.display_name, "model": str(args.spiking_student_model), **metrics,
+              "teacher_model": teacher, **{f"{name} {metric}": value for name, value in references.items()}})
+
+
+def _teacher_reference(args: argparse.Namespace, runtime: Runtime, task: str,
+                       dev_sets: Dict[str, Dataset]) -> Optional[float]:
+    """The teacher's dev score: from the student's ``teacher_results.json`` (written by the stage that trained it)
+    when it covers this dev set, else by evaluating ``--teacher_model``; None without either."""
+    metric = glue.main_metric(task)
+    recorded = args.spiking_student_model / "teacher_results.json"
+    if recorded.is_file():
+        values = json.loads(recorded.read_text(encoding="utf-8"))
+        if values.get("task") == task and values.get("examples") == len(dev_sets["dev"]) and metric in values:
+            logger.info("teacher dev %s %.4f (from %s)", metric, values[metric], recorded)
+            return float(values[metric])
+    if args.teacher_model is None:
+        return None
+    from transformer.modeling import BertForSequenceClassification
+
+    teacher = load_teacher(BertForSequenceClassification, args.teacher_model,
+                           num_labels=glue.get_processor(task).num_labels).to(runtime.device).eval()
+    scores = evaluate_task(runtime.wrap_frozen(LogitsOnly(teacher)), task, glue.get_processor(task).output_mode,
+                           {"dev": dev_sets["dev"]}, runtime, args.eval_batch_size)
+    logger.info("teacher dev %s %.4f (--teacher_model %s)", metric, scores[metric], args.teacher_model)
+    return float(scores[metric])
 
 
 def _write_eval_results(output_dir: Path, results: Dict[str, Any], title: str) -> None:
@@ -254,6 +308,7 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, out
     teacher, student, copied = _load_models(runtime, BertForSequenceClassification, SpikingBertForSequenceClassification,
                                             args.teacher_model, args.spiking_student_model, resume, stride,
                                             args.init_from_teacher, spiking_settings(args), num_labels=processor.num_labels)
+    describe_model(student.config, tokenizer.do_lower_case, max_seq_length, glue.task_info(task, args.data_dir))
     data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
     train_set, dev_sets = data.load(train_split), data.dev_sets()
     output.prepare(runtime, args.debug)         # only now, so that a failed start leaves no output dir
@@ -278,8 +333,8 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, out
         teacher_forward=frozen, evaluate=evaluate, main_metric=glue.main_metric(task) if prediction else None,
         describe={"stage": stage_name, "task": task}, example_lengths=example_lengths, collate=collate,
     )
-    write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, max_seq_length_used=max_seq_length,
-                    num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
+    write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, do_lower_case_used=tokenizer.do_lower_case,
+                    max_seq_length_used=max_seq_length, num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
                     resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
     config = TrainerConfig(**trainer_settings(args), micro_batch_size=micro_batch, num_train_epochs=epochs,
                            eval_steps=args.eval_step if prediction else 0, resume_from=resume)
@@ -297,11 +352,12 @@ def _task_inputs(args: argparse.Namespace, runtime: Runtime, task: str, output: 
     Returns the tokenizer, the sequence length, the epochs (and notes on both), the layer stride and the checkpoint
     to resume from."""
     prediction = args.pred_distill or args.train_true_labels
-    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model, args.do_lower_case)
     student_cfg = student_config(args.spiking_student_model, "--spiking_student_model")
+    teacher_cfg = teacher_config(args.teacher_model)
+    tokenizer = task_tokenizer(args.spiking_student_model, args.teacher_model,
+                               lower_case_setting(args.do_lower_case, student_cfg, teacher_cfg))
     max_seq_length, epochs, notes = resolve_task_settings(task, args.max_seq_length, args.num_train_epochs,
                                                           evaluation=False, prediction=prediction)
-    teacher_cfg = teacher_config(args.teacher_model)
     stride = check_compatibility(teacher_cfg, student_cfg, tokenizer, max_seq_length)
     resume = output.check(runtime)
     if resume is not None:

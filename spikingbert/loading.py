@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from torch import nn
 
@@ -16,6 +16,7 @@ from transformer.file_utils import ModelLoadError
 from transformer.tokenization import BertTokenizer
 
 from .errors import UsageError, UserError
+from .glue import TaskInfo
 from .losses import layer_stride
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "check_compatibility",
     "check_seq_length",
     "maybe_init_from_teacher",
+    "lower_case_setting",
+    "describe_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,3 +142,35 @@ def maybe_init_from_teacher(enabled: bool, student: nn.Module, teacher: nn.Modul
                        resume if resume is not None else source)
         return None
     return len(init_student_from_teacher(student, teacher, stride))
+
+
+def _recorded(config: Any, name: str) -> Any:
+    """A metadata field of a student config (an attribute) or of a teacher config (kept in ``extra``)."""
+    value = getattr(config, name, None)
+    return value if value is not None else getattr(config, "extra", {}).get(name)
+
+
+def lower_case_setting(flag: Optional[bool], *configs: Any) -> bool:
+    """``--do_lower_case`` when given, else what the first of ``configs`` that records it says, else False."""
+    if flag is not None:
+        return bool(flag)
+    for config in configs:
+        recorded = _recorded(config, "do_lower_case") if config is not None else None
+        if recorded is not None:
+            logger.info("do_lower_case %s (recorded in the model directory's config.json)", bool(recorded))
+            return bool(recorded)
+    return False
+
+
+def describe_model(config: Any, do_lower_case: bool, max_seq_length: int, info: Optional[TaskInfo] = None) -> None:
+    """Record in a model's config how its inputs were read (``do_lower_case``, ``max_seq_length``) and, with
+    ``info``, what its outputs mean (``id2label`` / ``label2id``), so that the saved directory needs no flags to
+    be used. A student config takes them as fields, a teacher's (Hugging Face format) in ``extra``."""
+    values: Dict[str, Any] = {"do_lower_case": bool(do_lower_case), "max_seq_length": int(max_seq_length)}
+    if info is not None:
+        values.update(id2label=info.id2label, label2id=info.label2id)
+    for name, value in values.items():
+        if hasattr(config, name):
+            setattr(config, name, value)
+        else:
+            config.extra[name] = value

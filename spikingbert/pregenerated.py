@@ -14,10 +14,10 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from spikingbert.errors import DataError
 from spikingbert.pretraining_data import epoch_paths
+from spikingbert.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ class PregeneratedDataset(Dataset):
         """Stream the JSON lines into the arrays, checking each against the metrics."""
         count = 0
         with open(data_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(tqdm(f, total=self.num_samples, desc=f"loading {data_path.name}",
-                                               unit="inst", disable=None), 1):
+            for lineno, line in enumerate(progress(f, total=self.num_samples, desc=f"loading {data_path.name}",
+                                                   unit="instances"), 1):
                 if not line.strip():
                     continue
                 where = f"{data_path}:{lineno}"

@@ -38,12 +38,12 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from spikingbert.errors import DataError, UsageError
+from spikingbert.progress import progress
 from spikingbert.run_dir import claim_output_dir
 from transformer.file_utils import atomic_open, naming_write_errors
 
@@ -155,8 +155,7 @@ class DocumentStore:
         num_tokens = 0
         num_sentences = 0
         doc_sentences = 0
-        with tqdm(total=corpus_path.stat().st_size, unit="B", unit_scale=True, desc="tokenizing",
-                  disable=None) as bar:
+        with progress(total=corpus_path.stat().st_size, unit="B", unit_scale=True, desc="tokenizing") as bar:
             for block in _read_line_blocks(corpus_path, bar):
                 texts = [text for text in block if text is not None]
                 encoded = iter(_encode_batch(tokenizer, texts))
@@ -220,7 +219,7 @@ def _map_raw(path: str, dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def _read_line_blocks(path: Path, bar: tqdm) -> Iterator[List[Optional[str]]]:
+def _read_line_blocks(path: Path, bar: Any) -> Iterator[List[Optional[str]]]:
     """Blocks of stripped lines of the corpus, None standing for a blank line (document break)."""
     block: List[Optional[str]] = []
     with open(path, "rb") as f:
@@ -409,8 +408,8 @@ def write_epoch(store: DocumentStore, vocab_list: Sequence[str], config: Pretrai
     rng = random.Random(epoch_seed(config.seed, epoch))
     count = 0
     with atomic_open(data_path) as f:
-        for doc_index in tqdm(range(len(store)), desc=f"epoch {epoch}", unit="doc",
-                              disable=None if show_progress else True):
+        for doc_index in progress(range(len(store)), desc=f"epoch {epoch}", unit="documents",
+                                  disable=not show_progress):
             for instance in create_instances_from_document(store, doc_index, config, vocab_list, rng):
                 f.write(json.dumps(instance) + "\n")
                 count += 1
@@ -455,7 +454,7 @@ def _write_epochs(store: DocumentStore, vocab_list: List[str], config: Pretraini
     pool = context.Pool(workers, initializer=_init_worker, initargs=(store, vocab_list, config, str(output_dir)))
     try:
         done = pool.imap_unordered(_worker_write_epoch, range(epochs))
-        for epoch, count in tqdm(done, total=epochs, desc="epochs", disable=None):
+        for epoch, count in progress(done, total=epochs, desc="epochs", unit="epochs"):
             counts[epoch] = count
         pool.close()
     except BaseException:

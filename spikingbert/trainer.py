@@ -4,7 +4,7 @@ A stage (see `spikingbert.distill`) supplies a `Stage`: its datasets, a teacher
 forward, an objective module (student + loss) and, optionally, an evaluation.
 The loop adds everything else: batching with a reproducible order, gradient
 accumulation, mixed precision, DataParallel / DistributedDataParallel, progress
-bar, metrics, NaN detection, checkpoints and exact resume.
+(`spikingbert.progress`), metrics, NaN detection, checkpoints and exact resume.
 
 Resume is exact: the data order of epoch ``e`` is a permutation seeded with
 ``seed + e`` (`spikingbert.sampling.ResumableSampler`), a resumed run skips the
@@ -33,7 +33,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from transformer.file_utils import atomic_write_json
 
@@ -45,6 +44,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .errors import UserError, as_os_error, describe_os_error, is_disk_full
+from .progress import progress as progress_bar
 from .runtime import Runtime, get_rng_state, set_rng_state
 from .sampling import ResumableSampler
 from .training_state import STATE_VERSION, LossTracker, MetricsLog, TrainingProgress, check_resumable
@@ -198,8 +198,8 @@ class Trainer:
         logger.info("training: %d optimizer steps, %d examples per step (%d per micro-batch x %d accumulation x %d "
                     "processes)", total_steps, cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world_size,
                     cfg.micro_batch_size, cfg.gradient_accumulation_steps, self.world_size)
-        bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
-                   disable=not rt.is_main, dynamic_ncols=True)
+        bar = progress_bar(total=total_steps, initial=progress.global_step, desc="train", unit="steps",
+                           disable=not rt.is_main)
         self._last_log = (time.perf_counter(), progress.global_step)
 
         try:
@@ -214,11 +214,26 @@ class Trainer:
         if rt.is_main and (stage.evaluate is None or progress.best_step is None):
             with self._writing(f"the final model into {self.output_dir}"):
                 install_model_files(self.output_dir, stage.save_student)
+        if rt.is_main:
+            self._write_curves()
         rt.barrier()
         logger.info("training done: %d steps; final model in %s", progress.global_step, self.output_dir)
         return progress
 
-    def _run_epoch(self, model: nn.Module, progress: TrainingProgress, total_steps: int, bar: tqdm) -> None:
+    def _write_curves(self) -> None:
+        """``training_curves.png`` from the run's metrics.jsonl; a plot that cannot be drawn is only a warning."""
+        from .report.curves import write_training_curves
+
+        title = " ".join(str(v) for v in self.stage.describe.values()) or "training"
+        try:
+            path = write_training_curves(self.output_dir, title=f"{title}: {self.output_dir}")
+        except Exception as err:                     # the model is saved: a plot must not fail the run
+            logger.warning("could not draw the training curves of %s (%s)", self.output_dir, err)
+            return
+        if path is not None:
+            logger.info("wrote %s", path)
+
+    def _run_epoch(self, model: nn.Module, progress: TrainingProgress, total_steps: int, bar: Any) -> None:
         """The rest of ``progress.epoch`` (or up to the last step): micro-batches grouped into optimizer steps."""
         accum = self.config.gradient_accumulation_steps
         n_batches = self.batches_in_epoch(progress.epoch)
@@ -298,7 +313,7 @@ class Trainer:
                        step, _format_parts(parts), progress.skipped_steps, limit)
 
     def _after_step(self, model: nn.Module, progress: TrainingProgress, total_steps: int, epoch_end: bool,
-                    bar: tqdm) -> None:
+                    bar: Any) -> None:
         """Logging, evaluation and checkpointing due after an optimizer step."""
         cfg, step = self.config, progress.global_step
         final = step >= total_steps
@@ -329,7 +344,7 @@ class Trainer:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
                           collate_fn=self.stage.collate, pin_memory=self.runtime.device.type == "cuda")
 
-    def _log(self, progress: TrainingProgress, bar: tqdm) -> None:
+    def _log(self, progress: TrainingProgress, bar: Any) -> None:
         now = time.perf_counter()
         last_time, last_step = self._last_log
         record = self.tracker.flush()

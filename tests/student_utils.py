@@ -34,7 +34,7 @@ def tiny_inputs(batch=3, seq=9, vocab=120, seed=0):
 
 
 def reference_forward(w, cfg, input_ids, token_type_ids, attention_mask, t_conv, vth, leak=1.0):
-    """SPEC §1 written out step by step, from raw tensors (``w(name)`` returns one).
+    """docs/DESIGN.md, "The spiking student", written out step by step, from raw tensors (``w(name)`` returns one).
 
     Names: ``emb.word/pos/type/ln_w/ln_b``, ``{k}.K_w``, ``{k}.K_b``, ``V``, ``Q``, ``O1`` (+ ``O1_ln_w/b``),
     ``I``, ``O2`` (+ ``O2_ln_w/b``), ``C_w``, ``C_b``. Returns (rates of E and each O2, logits).

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from spikingbert import glue
 from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
@@ -76,6 +77,8 @@ def test_finetune_learns_the_task_and_writes_a_teacher_dir(setup):
     assert (out / "vocab.txt").read_text() == (bert / "vocab.txt").read_text()
     teacher = BertForSequenceClassification.from_pretrained(out)
     assert teacher.load_report.initialized == []                  # nothing missing: the classifier was saved
+    assert config["id2label"] == {"0": "negative", "1": "positive"} and config["do_lower_case"] is True
+    assert config["model_type"] == "bert" and config["max_seq_length"] == 16
 
     # The reported dev accuracy is the saved model's (recomputed here) and far above chance.
     results = json.loads((out / "eval_results.json").read_text())
@@ -85,6 +88,12 @@ def test_finetune_learns_the_task_and_writes_a_teacher_dir(setup):
     with torch.no_grad():
         logits = teacher(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits
     accuracy = (logits.argmax(1) == labels).double().mean().item()
+    # Hugging Face loads the teacher dir as it is, to the same logits and label names.
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        hf_logits = hf(input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits
+    assert (hf_logits - logits).abs().max().item() <= 1e-4
+    assert hf.config.id2label == {0: "negative", 1: "positive"}
     assert results["acc"] == pytest.approx(accuracy, abs=1e-9)
     assert results["chance_acc"] == pytest.approx(np.bincount(labels.numpy()).max() / len(labels))
     assert results["acc"] >= 0.85 > results["chance_acc"] + 0.2

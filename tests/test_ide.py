@@ -1,4 +1,4 @@
-"""Implicit differentiation (SPEC §2): the feedback fixed point's implicit backward against the unrolled
+"""Implicit differentiation (docs/DESIGN.md, "Training by implicit differentiation"): the feedback fixed point's implicit backward against the unrolled
 iteration, the solver wiring, and the replace op. The gradients of the ann and snn IDE points and of BPTT
 are checked against networks written from the raw weights in test_gradients_independent.py."""
 import pytest

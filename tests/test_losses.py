@@ -1,4 +1,4 @@
-"""KD losses (spikingbert/losses.py) against independent numpy computations of SPEC §3."""
+"""KD losses (spikingbert/losses.py) against independent numpy computations of docs/DESIGN.md, "Knowledge distillation"."""
 import numpy as np
 import pytest
 import torch

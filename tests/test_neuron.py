@@ -1,4 +1,4 @@
-"""Neuron dynamics (SPEC §1.2-1.3)."""
+"""Neuron dynamics and average spiking rates (docs/DESIGN.md, "Neuron dynamics")."""
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -178,6 +178,10 @@ def test_general_distillation_output(general_dir, world):
     assert config["t_conv"] == 6                                  # --t_conv is stored with the student
     assert config["fit_size"] == TEACHER["hidden_size"]           # fit_dense projects to the teacher's width
     assert config["num_hidden_layers"] == 2
+    # The directory says how its inputs were read; transformers cannot mistake it for a BERT.
+    assert (config["model_type"], config["do_lower_case"], config.get("id2label")) == ("spiking_bert", True, None)
+    assert config["max_seq_length"] == json.loads((world.root / "pregenerated" / "epoch_0_metrics.json").read_text())[
+        "max_seq_len"]
     assert (general_dir / "vocab.txt").read_text() == world.vocab.read_text()
     args = json.loads((general_dir / "args.json").read_text())
     assert args["layer_stride"] == 2 and args["stage"] == "general"
@@ -227,13 +231,18 @@ def test_task_chain_ikd_pred_eval(general_dir, world, task):
     assert best[metric] == max(s for s in scores if s == s)
     assert best["step"] == next(r["step"] for r in evals if r["eval"][metric] == best[metric])
     assert max_weight_diff(pred, pred / f"checkpoint-{best['step']}") == 0.0   # output_dir holds the best model
-    assert json.loads((pred / "config.json").read_text())["t_conv"] == 8
+    config = json.loads((pred / "config.json").read_text())
+    assert (config["t_conv"], config["do_lower_case"], config["max_seq_length"]) == (8, True, 24)
+    if task == "SST-2":
+        assert config["id2label"] == {"0": "negative", "1": "positive"}
+        predictions = SpikingBertForSequenceClassification.from_pretrained(pred).predict(["a b", "c"])
+        assert {p.label for p in predictions} <= {"negative", "positive"}
 
-    # --do_eval of the prediction-KD dir as is (no teacher); an independent recomputation agrees.
+    # --do_eval of the prediction-KD dir as is (no teacher, no --do_lower_case or --max_seq_length: the
+    # directory records them); an independent recomputation agrees.
     proc = run_script("spiking_bert_task_distill.py", "--do_eval", "--task_name", task, "--data_dir",
                       world.sst2 if task == "SST-2" else world.stsb, "--spiking_student_model", pred,
-                      "--output_dir", evaluated, "--do_lower_case", "--max_seq_length", "24",
-                      "--eval_batch_size", "64", "--no_cuda")   # on the CPU, like the recomputation below
+                      "--output_dir", evaluated, "--eval_batch_size", "64", "--no_cuda")   # on the CPU, like below
     results = json.loads((evaluated / "eval_results.json").read_text())
     assert {"t_conv", "vth", "examples", "seconds"} <= results.keys()
     assert results["t_conv"] == 8 and results["vth"] == 1.0 and results["examples"] == 11

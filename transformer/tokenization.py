@@ -148,6 +148,29 @@ class BasicTokenizer:
         return pieces
 
 
+def pack_inputs(tokens_a: list[str], tokens_b: list[str] | None, max_seq_length: int) -> tuple[list[str], list[int], bool]:
+    """BERT's model input for one text (pair): ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``.
+
+    Returns the tokens, their segment ids (0 up to and including the first [SEP], 1 after it) and whether
+    anything was cut to fit ``max_seq_length`` tokens: a pair loses tokens from the end of its longer text
+    first, a single text is cut at its end. ``tokens_a`` and ``tokens_b`` are not modified.
+    """
+    if max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be at least 3 (got {max_seq_length})")
+    tokens_a = list(tokens_a)
+    if tokens_b is None:
+        truncated = len(tokens_a) > max_seq_length - 2
+        tokens = ["[CLS]", *tokens_a[:max_seq_length - 2], "[SEP]"]
+        return tokens, [0] * len(tokens), truncated
+    tokens_b = list(tokens_b)
+    truncated = False
+    while len(tokens_a) + len(tokens_b) > max_seq_length - 3:
+        (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
+        truncated = True
+    tokens = ["[CLS]", *tokens_a, "[SEP]", *tokens_b, "[SEP]"]
+    return tokens, [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1), truncated
+
+
 class BertTokenizer:
     """End-to-end BERT tokenizer: basic tokenization, then greedy longest-match WordPiece.
 

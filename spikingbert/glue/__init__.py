@@ -1,5 +1,5 @@
 """GLUE tasks for the pipeline: the TSV readers (`spikingbert.glue.tasks`), examples as model inputs with a
-feature cache (`spikingbert.glue.features`), the dev metrics (`spikingbert.glue.metrics`) and the downloader
+feature cache (`spikingbert.glue.features`), task and label names (`spikingbert.glue.info`), the dev metrics (`spikingbert.glue.metrics`) and the downloader
 (`spikingbert.glue.download`, used by ``download_glue_data.py``, not imported here).
 
 The names below are the package's API: ``from spikingbert import glue`` then ``glue.load_task_dataset(...)``.
@@ -16,6 +16,7 @@ from .features import (
     trim_batch,
     vocab_fingerprint,
 )
+from .info import TASK_INFO_NAME, TaskInfo, fill_recorded_settings, task_info, write_task_info
 from .metrics import compute_metrics, main_metric
 from .tasks import (
     DEFAULT_TASK_SETTINGS,
@@ -35,11 +36,13 @@ __all__ = [
     "DEFAULT_TASK_SETTINGS",
     "PROCESSORS",
     "SPLITS",
+    "TASK_INFO_NAME",
     "DatasetStats",
     "GlueProcessor",
     "InputExample",
     "InputFeatures",
     "ReadStats",
+    "TaskInfo",
     "TaskSettings",
     "canonical_task_name",
     "collate_trimmed",
@@ -51,6 +54,9 @@ __all__ = [
     "get_processor",
     "load_task_dataset",
     "main_metric",
+    "task_info",
+    "fill_recorded_settings",
     "trim_batch",
     "vocab_fingerprint",
+    "write_task_info",
 ]

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from spikingbert.errors import DataError, UsageError
 from transformer.file_utils import atomic_open
+from transformer.tokenization import pack_inputs
 
 from .tasks import PROCESSORS, SPLITS, InputExample, canonical_task_name
 
@@ -47,16 +48,6 @@ class DatasetStats:
     num_truncated: int
     cache_hit: bool
     cache_path: Optional[str]
-
-
-def _truncate_seq_pair(tokens_a: List[str], tokens_b: List[str], max_length: int) -> bool:
-    """Drop tokens from the end of the longer sequence until both fit; True if anything was dropped."""
-    truncated = False
-    while len(tokens_a) + len(tokens_b) > max_length:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        longer.pop()
-        truncated = True
-    return truncated
 
 
 #: Characters of a text tokenized at first (a multiple of the tokens needed); doubled until enough tokens come out.
@@ -99,19 +90,9 @@ def _convert(
     needed = max_seq_length - 1                    # one more than fits: truncation is then seen
     for example in examples:
         tokens_a = tokenize_prefix(tokenizer, example.text_a, needed)
-        if example.text_b is not None:
-            tokens_b = tokenize_prefix(tokenizer, example.text_b, needed)
-            truncated = _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
-        else:
-            tokens_b = None
-            truncated = len(tokens_a) > max_seq_length - 2
-            del tokens_a[max_seq_length - 2:]
+        tokens_b = tokenize_prefix(tokenizer, example.text_b, needed) if example.text_b is not None else None
+        tokens, segment_ids, truncated = pack_inputs(tokens_a, tokens_b, max_seq_length)
         num_truncated += truncated
-        tokens = ["[CLS]"] + tokens_a + ["[SEP]"]
-        segment_ids = [0] * len(tokens)
-        if tokens_b is not None:
-            tokens += tokens_b + ["[SEP]"]
-            segment_ids += [1] * (len(tokens_b) + 1)
         input_ids = tokenizer.convert_tokens_to_ids(tokens)
         seq_length = len(input_ids)
         padding = [0] * (max_seq_length - seq_length)

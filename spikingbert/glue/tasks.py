@@ -77,8 +77,11 @@ class GlueProcessor:
     """
 
     task_name: str = ""
+    display_name: str = ""
     output_mode: str = "classification"
     labels: Tuple[Optional[str], ...] = ("0", "1")
+    #: What each label means, in class-index order (the model directory's ``id2label``).
+    label_names: Tuple[str, ...] = ("0", "1")
     text_a_col: int = 0
     text_b_col: Optional[int] = None
     label_col: int = -1
@@ -203,7 +206,8 @@ class GlueProcessor:
 class ColaProcessor(GlueProcessor):
     """CoLA: no header; columns source, label, original label, sentence."""
 
-    task_name = "cola"
+    task_name, display_name = "cola", "CoLA"
+    label_names = ("unacceptable", "acceptable")
     text_a_col, label_col = 3, 1
     num_columns = 4
 
@@ -211,7 +215,8 @@ class ColaProcessor(GlueProcessor):
 class Sst2Processor(GlueProcessor):
     """SST-2: header ``sentence  label``."""
 
-    task_name = "sst-2"
+    task_name, display_name = "sst-2", "SST-2"
+    label_names = ("negative", "positive")
     text_a_col, label_col = 0, 1
     header_names = ("sentence", None, "label")
 
@@ -219,7 +224,8 @@ class Sst2Processor(GlueProcessor):
 class MrpcProcessor(GlueProcessor):
     """MRPC: header ``Quality  #1 ID  #2 ID  #1 String  #2 String``."""
 
-    task_name = "mrpc"
+    task_name, display_name = "mrpc", "MRPC"
+    label_names = ("not_equivalent", "equivalent")
     text_a_col, text_b_col, label_col = 3, 4, 0
     header_names = ("#1 String", "#2 String", "Quality")
 
@@ -227,7 +233,8 @@ class MrpcProcessor(GlueProcessor):
 class QqpProcessor(GlueProcessor):
     """QQP: header ``id  qid1  qid2  question1  question2  is_duplicate``."""
 
-    task_name = "qqp"
+    task_name, display_name = "qqp", "QQP"
+    label_names = ("not_duplicate", "duplicate")
     text_a_col, text_b_col, label_col = 3, 4, 5
     header_names = ("question1", "question2", "is_duplicate")
 
@@ -235,9 +242,10 @@ class QqpProcessor(GlueProcessor):
 class StsbProcessor(GlueProcessor):
     """STS-B: header with ``sentence1`` (col 7), ``sentence2`` (col 8) and the float ``score`` last."""
 
-    task_name = "sts-b"
+    task_name, display_name = "sts-b", "STS-B"
     output_mode = "regression"
     labels = (None,)
+    label_names = ("similarity",)
     text_a_col, text_b_col, label_col = 7, 8, -1
     header_names = ("sentence1", "sentence2", "score")
 
@@ -245,8 +253,8 @@ class StsbProcessor(GlueProcessor):
 class MnliProcessor(GlueProcessor):
     """MNLI matched: ``sentence1`` (col 8), ``sentence2`` (col 9), ``gold_label`` last."""
 
-    task_name = "mnli"
-    labels = ("contradiction", "entailment", "neutral")
+    task_name, display_name = "mnli", "MNLI"
+    labels = label_names = ("contradiction", "entailment", "neutral")
     text_a_col, text_b_col, label_col = 8, 9, -1
     header_names = ("sentence1", "sentence2", "gold_label")
     split_files = {
@@ -260,15 +268,15 @@ class MnliProcessor(GlueProcessor):
 class MnliMismatchedProcessor(MnliProcessor):
     """MNLI evaluated on the mismatched dev set."""
 
-    task_name = "mnli-mm"
+    task_name, display_name = "mnli-mm", "MNLI-mm"
     split_files = {**MnliProcessor.split_files, "dev": "dev_mismatched.tsv"}
 
 
 class QnliProcessor(GlueProcessor):
     """QNLI: header ``index  question  sentence  label``."""
 
-    task_name = "qnli"
-    labels = ("entailment", "not_entailment")
+    task_name, display_name = "qnli", "QNLI"
+    labels = label_names = ("entailment", "not_entailment")
     text_a_col, text_b_col, label_col = 1, 2, -1
     header_names = ("question", "sentence", "label")
 
@@ -276,8 +284,8 @@ class QnliProcessor(GlueProcessor):
 class RteProcessor(GlueProcessor):
     """RTE: header ``index  sentence1  sentence2  label``."""
 
-    task_name = "rte"
-    labels = ("entailment", "not_entailment")
+    task_name, display_name = "rte", "RTE"
+    labels = label_names = ("entailment", "not_entailment")
     text_a_col, text_b_col, label_col = 1, 2, -1
     header_names = ("sentence1", "sentence2", "label")
 
@@ -285,7 +293,8 @@ class RteProcessor(GlueProcessor):
 class WnliProcessor(GlueProcessor):
     """WNLI: header ``index  sentence1  sentence2  label`` with labels 0/1."""
 
-    task_name = "wnli"
+    task_name, display_name = "wnli", "WNLI"
+    label_names = ("not_entailment", "entailment")
     text_a_col, text_b_col, label_col = 1, 2, -1
     header_names = ("sentence1", "sentence2", "label")
 

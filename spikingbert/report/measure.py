@@ -15,13 +15,13 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from modules.event_engine import train_convergence
 
 from .. import glue
 from ..errors import DataError, UsageError
 from ..evaluation import eval_mode
+from ..progress import progress
 from .energy import PJ_PER_MAC, PJ_PER_SOP, BertSize, FanOut, OperationCounter, ann_uj, layer_width, snn_uj
 
 __all__ = ["FORMAT_VERSION", "ReportError", "SpikeStats", "AdaptiveTStats", "default_t_values", "collect_spike_stats",
@@ -56,6 +56,8 @@ class SpikeStats:
         asr_real_tokens / asr_all_positions: average spiking rate of each layer over real tokens /
             over all positions (padding included).
         convergence: layer -> ``[mean |ASR_t - ASR_T| for t = 1..T]`` over real-token neurons (empty if skipped).
+        running_asr: layer -> ``[ASR over steps 1..t for t = 1..T]`` over real-token neurons.
+        task_name: the task's name for people (titles of the plots), e.g. ``Rotten Tomatoes``.
         spikes_per_example / sops_per_example: per layer, real tokens, summed over the ``T`` steps.
         spikes_per_step: spikes of all layers (real tokens) at each step ``t = 1..T``, per example.
         ann_sizes / ann_macs_per_example: BERT sizes (``"student"``, optionally ``"teacher"``) and their MACs.
@@ -90,6 +92,8 @@ class SpikeStats:
     predictions_at_t: dict[int, np.ndarray] = field(repr=False)
     labels: np.ndarray = field(repr=False)
     seconds: float = 0.0
+    running_asr: dict[str, list[float]] = field(default_factory=dict)
+    task_name: Optional[str] = None
 
     @property
     def total_spikes_per_example(self) -> float:
@@ -124,6 +128,8 @@ class SpikeStats:
                     "all_positions": self.asr_all_positions},
             "asr_convergence": {"t": list(range(1, self.t_conv + 1)) if self.convergence else [],
                                 "mean_abs_diff_to_T": self.convergence},
+            "asr_over_t": {"t": list(range(1, self.t_conv + 1)), "running": self.running_asr},
+            "task_name": self.task_name,
             "metric": self.metric,
             "metrics_at_T": self.metrics,
             "metric_vs_t": {"t": self.t_values, "metrics": [self.metrics_at_t[t] for t in self.t_values],
@@ -309,7 +315,7 @@ def _classification_model(model: nn.Module) -> nn.Module:
 def _batches(dataloader: Iterable, max_batches: Optional[int], desc: str):
     if max_batches is not None and max_batches < 1:
         raise ReportError(f"max_batches must be >= 1 or None (got {max_batches})")
-    for i, batch in enumerate(tqdm(dataloader, desc=desc, unit="batch", leave=False)):
+    for i, batch in enumerate(progress(dataloader, desc=desc, unit="batches", leave=False)):
         if max_batches is not None and i >= max_batches:
             break
         if len(batch) < 4:
@@ -414,6 +420,7 @@ class _ReportTotals:
         self.spikes_all = {key: torch.zeros((), dtype=torch.float64, device=device) for key in self.layers}
         self.conv_sums = {key: torch.zeros(self.t_conv, dtype=torch.float64, device=device) for key in self.layers}
         self.per_step = torch.zeros(self.t_conv, dtype=torch.float64, device=device)
+        self.layer_steps = {key: torch.zeros(self.t_conv, dtype=torch.float64, device=device) for key in self.layers}
         self.device = device
         self.preds, self.labels, self.preds_at_t = [], [], {t: [] for t in t_values}
         self.examples = self.batches = self.real_tokens = self.padded_tokens = 0
@@ -432,6 +439,8 @@ class _ReportTotals:
             for key, sums in recorder.convergence_sums().items():
                 self.conv_sums[key] += sums
         self.per_step += recorder.spikes_per_step()
+        for key in self.layers:
+            self.layer_steps[key] += recorder.step_real[key].sum(1, dtype=torch.float64)
         self.preds.append(_predictions(out.logits))
         for t in self.t_values:
             self.preds_at_t[t].append(_predictions(recorder.logits_at_t[t]))
@@ -446,6 +455,7 @@ class _ReportTotals:
         labels_np, preds_np = np.concatenate(self.labels), np.concatenate(self.preds)
         preds_at_t_np = {t: np.concatenate(p) for t, p in self.preds_at_t.items()}
         spikes = self.ops.spikes
+        steps = torch.arange(1, t_conv + 1, dtype=torch.float64, device=self.device)
         return SpikeStats(
             task=task, t_conv=t_conv, vth=float(cfg.vth), leak=float(cfg.leak),
             num_examples=examples, num_batches=self.batches, real_tokens=self.real_tokens,
@@ -457,6 +467,8 @@ class _ReportTotals:
             spikes_per_example=self.ops.per_example(spikes, examples),
             sops_per_example=self.ops.per_example(self.ops.sops, examples),
             spikes_per_step=(self.per_step / examples).tolist(),
+            running_asr={k: (self.layer_steps[k].cumsum(0) / (steps * self.real_tokens * widths[k])).tolist()
+                         for k in layers},
             ann_sizes=self.ops.sizes,
             ann_macs_per_example=self.ops.per_example(self.ops.macs, examples),
             metric=_metric_name(task, preds_np.dtype.kind == "f"),

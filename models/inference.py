@@ -1,0 +1,181 @@
+"""Using a trained classification student: texts in, label names and class probabilities out.
+
+`predict` (also ``SpikingBertForSequenceClassification.predict``) tokenizes with the student directory's own
+``vocab.txt`` and the settings its config.json records (``do_lower_case``, ``max_seq_length``, ``id2label``; for
+directories written before they were recorded, the first two from its ``args.json``),
+runs the inputs in batches of similar length and returns one `Prediction` per input, in input order::
+
+    clf = SpikingBertForSequenceClassification.from_pretrained("runs/demo/pred")
+    for p in clf.predict(["a gorgeous, witty film", "ugly and pointless"]):
+        print(p.label, p.probabilities, p.steps)
+
+A regression student (one output, e.g. STS-B) gives its output as ``score`` and no label.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from transformer.tokenization import BertTokenizer, pack_inputs
+
+from .configuration import SpikingConfigError
+
+__all__ = ["Prediction", "predict", "model_tokenizer", "recorded_setting", "DEFAULT_MAX_SEQ_LENGTH"]
+
+logger = logging.getLogger(__name__)
+
+#: Tokens per input when the directory records no ``max_seq_length`` (written before the stages recorded it).
+DEFAULT_MAX_SEQ_LENGTH = 128
+#: Batches are padded to a multiple of this many tokens, as the dev evaluation does (same logits).
+PAD_MULTIPLE = 16
+
+
+@dataclass
+class Prediction:
+    """The student's answer for one input.
+
+    Attributes:
+        text / text_pair: the input (``text_pair`` None for single texts).
+        label: name of the most probable class (None for a regression student).
+        probabilities: class name -> softmax probability, in class order (empty for regression).
+        score: the probability of ``label``, or the regression output.
+        steps: simulation steps that ran for the input's batch (``t_conv``, fewer with adaptive stopping).
+    """
+
+    text: str
+    text_pair: Optional[str]
+    label: Optional[str]
+    score: float
+    steps: int
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record (``text_pair`` only when there is one)."""
+        record = asdict(self)
+        if self.text_pair is None:
+            record.pop("text_pair")
+        return record
+
+
+def recorded_setting(model: nn.Module, name: str) -> Any:
+    """``config.<name>`` of a student loaded from a directory, else (a directory written before the stages recorded
+    it) the value of the flag in the directory's ``args.json``, else None."""
+    value = getattr(model.config, name)
+    if value is not None or model.source is None:
+        return value
+    try:
+        value = json.loads((Path(model.source) / "args.json").read_text(encoding="utf-8")).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if value is not None:
+        logger.info("%s does not record %s in config.json: %s, from its args.json", model.source, name, value)
+    return value
+
+
+def model_tokenizer(model: nn.Module) -> BertTokenizer:
+    """The tokenizer of a student loaded from a directory: its ``vocab.txt`` and recorded ``do_lower_case``
+    (guessed from the vocabulary, and logged, for directories that record it nowhere)."""
+    if model.vocab_file is None:
+        where = model.source if model.source is not None else "this student"
+        raise SpikingConfigError(f"{where} has no vocab.txt: add the vocabulary the student was trained with")
+    lower = recorded_setting(model, "do_lower_case")
+    if lower is None:
+        tokenizer = BertTokenizer(model.vocab_file, do_lower_case=False)
+        lower = not any("A" <= char <= "Z" for token in tokenizer.vocab if not token.startswith("[") for char in token)
+        logger.warning("%s does not record do_lower_case; using %s (its vocabulary is %s)", model.source, lower,
+                       "uncased" if lower else "cased")
+    return BertTokenizer(model.vocab_file, do_lower_case=bool(lower))
+
+
+def _check_inputs(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequence[str]]) -> None:
+    if model.weights_file is None and model.source is not None or any(
+            key.startswith("classifier.") for key in model.initialised_keys):
+        raise SpikingConfigError(f"{model.source} has no trained classifier (only a config, or the weights of a "
+                                 "general-KD or intermediate-KD student): use the output dir of a prediction-KD "
+                                 "run (--pred_distill)")
+    if isinstance(texts, str) or (text_pairs is not None and isinstance(text_pairs, str)):
+        raise ValueError("texts and text_pairs must be lists of strings, not one string")
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs: give one pair per text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"input {i + 1}: the text is empty")
+        if text_pairs is not None and (not isinstance(text_pairs[i], str) or not text_pairs[i].strip()):
+            raise ValueError(f"input {i + 1}: the text pair is empty")
+
+
+def _encode(tokenizer: BertTokenizer, texts: Sequence[str], text_pairs: Optional[Sequence[str]],
+            max_seq_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, segment ids) of every input, ``[CLS] a [SEP] (b [SEP])`` cut to ``max_seq_length``."""
+    tokens_a = tokenizer.tokenize_batch(list(texts))
+    tokens_b = tokenizer.tokenize_batch(list(text_pairs)) if text_pairs is not None else [None] * len(texts)
+    encoded = []
+    for a, b in zip(tokens_a, tokens_b):
+        tokens, segments, _ = pack_inputs(a, b, max_seq_length)
+        encoded.append((tokenizer.convert_tokens_to_ids(tokens), segments))
+    return encoded
+
+
+def _batch(encoded: list[tuple[list[int], list[int]]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(input_ids, token_type_ids, attention_mask)``, each (B, S), S the longest rounded up to `PAD_MULTIPLE`."""
+    width = -(-max(len(ids) for ids, _ in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
+    ids = torch.zeros(len(encoded), width, dtype=torch.long)
+    types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+    for row, (token_ids, segments) in enumerate(encoded):
+        ids[row, :len(token_ids)] = torch.tensor(token_ids)
+        types[row, :len(segments)] = torch.tensor(segments)
+        mask[row, :len(token_ids)] = 1
+    return ids.to(device), types.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None, *,
+            batch_size: int = 32, t_conv: Optional[int] = None, adaptive_tol: Optional[float] = None,
+            adaptive_window: int = 8, max_seq_length: Optional[int] = None) -> list[Prediction]:
+    """Classify ``texts`` (with ``text_pairs`` for a sentence-pair task) with a trained classification student.
+
+    Runs in eval mode (the training flag is restored) on the model's device, longest inputs first in batches of
+    ``batch_size``. ``t_conv`` overrides the simulation steps; ``adaptive_tol`` stops a batch early once its
+    [CLS] rate settles (see ``SpikingBertModel.forward``), so ``steps`` is per batch. ``max_seq_length``
+    overrides the directory's. Raises `SpikingConfigError` for a student without a trained classifier or
+    vocabulary and ValueError for empty inputs.
+    """
+    _check_inputs(model, texts, text_pairs)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    config = model.config
+    length = max_seq_length or recorded_setting(model, "max_seq_length") or min(DEFAULT_MAX_SEQ_LENGTH,
+                                                                                   config.max_position_embeddings)
+    encoded = _encode(model_tokenizer(model), texts, text_pairs, length)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    device = next(model.parameters()).device
+    results: list[Optional[Prediction]] = [None] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids, types, mask = _batch([encoded[i] for i in rows], device)
+            out = model(ids, types, mask, t_conv=t_conv, adaptive_tol=adaptive_tol, adaptive_window=adaptive_window)
+            for row, logits in zip(rows, out.logits.float().cpu()):
+                results[row] = _prediction(config, logits, texts[row],
+                                           text_pairs[row] if text_pairs is not None else None, out.steps)
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def _prediction(config, logits: Tensor, text: str, text_pair: Optional[str], steps: int) -> Prediction:
+    """One input's `Prediction` from its logits ``(num_labels,)``."""
+    if config.num_labels == 1:
+        return Prediction(text, text_pair, None, float(logits[0]), steps)
+    probabilities = torch.softmax(logits.double(), dim=0).tolist()
+    names = config.label_names
+    best = max(range(len(names)), key=probabilities.__getitem__)
+    return Prediction(text, text_pair, names[best], probabilities[best], steps, dict(zip(names, probabilities)))

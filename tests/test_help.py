@@ -1,0 +1,103 @@
+"""Every command-line flag of every command has a help text that shows its default, and usage lines show the
+command a user types."""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+
+import pytest
+
+import download_glue_data
+import preprocess_training_data
+from apps import corpora, demo, finetune, predict
+from bench.__main__ import bench_parser
+from apps.convert_published import convert_parser
+from spikingbert import args as script_args
+from tests.student_utils import REPO_ROOT
+
+PARSERS = {
+    "python spiking_bert_general_distill.py": script_args.general_parser,
+    "python spiking_bert_task_distill.py": script_args.task_parser,
+    "python preprocess_training_data.py": preprocess_training_data.build_parser,
+    "python download_glue_data.py": download_glue_data.build_parser,
+    "python -m apps.corpora": corpora.corpora_parser,
+    "python -m apps.demo": demo.demo_parser,
+    "python -m apps.finetune": finetune.finetune_parser,
+    "python -m apps.predict": predict.predict_parser,
+    "python -m apps.convert_published": convert_parser,
+    "python -m bench": bench_parser,
+}
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    """The parser and its sub-command parsers."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def _shown_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """The help text as ``--help`` prints it (with the default the formatter adds)."""
+    return parser._get_formatter()._expand_help(action)
+
+
+@pytest.mark.parametrize("command", PARSERS)
+def test_every_flag_has_help_showing_its_default(command):
+    top = PARSERS[command]()
+    assert top.prog == command
+    for parser in _parsers(top):
+        assert parser.prog.startswith(command)
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction,
+                                                                        argparse._SubParsersAction)):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help and action.help.strip(), f"{command}: {name} has no help text"
+            shown = _shown_help(parser, action)
+            if action.option_strings and not action.required and action.dest not in ("debug",):
+                assert re.search(r"default|\(required\)", shown, re.I), f"{command}: {name} does not show its default: {shown!r}"
+        parser.format_help()                                       # formats (no bad % in a help text)
+
+
+def test_flags_are_grouped_and_each_script_lists_only_its_own():
+    general = script_args.general_parser()
+    titles = {g.title for g in general._action_groups if g._group_actions}
+    assert {"data", "model", "training", "checkpoints", "spiking", "distributed", "output"} <= titles
+    text = general.format_help()
+    assert "--do_eval" not in text and "prediction KD" not in text and "--pred_distill" not in text
+    task_text = script_args.task_parser().format_help()
+    assert "evaluation:" in task_text and "--do_eval" in task_text and "--data_url" not in task_text
+    assert "SPEC" not in text + task_text
+    # Published flags a script does not use are still accepted (and warned about when run).
+    assert script_args.ignored_flags(general.parse_args(
+        ["--pregenerated_data", "p", "--teacher_model", "t", "--spiking_student_model", "s", "--output_dir", "o",
+         "--do_eval"])) == ["--do_eval"]
+
+
+def test_demo_recipe_flags_document_their_choices():
+    text = demo.demo_parser().format_help()
+    assert "--ide_point {ann,snn}" in text and "--general_teacher {finetuned,pretrained}" in text
+    assert re.search(r"--t_conv N\s+simulation steps T of the student \(default: 16", text)
+
+
+def test_help_runs_as_a_user_types_it():
+    proc = subprocess.run([sys.executable, "-m", "apps.predict", "--help"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m apps.predict")
+    assert "--adaptive_t TOL" in proc.stdout and "(default: 32)" in proc.stdout
+
+
+def test_docs_refer_only_to_files_in_the_repository():
+    """The behaviour contract is docs/DESIGN.md; nothing points to a specification outside the repository."""
+    outside = ("SPEC" + ".md", "SPEC" + " §")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+    for name in files:
+        path = REPO_ROOT / name
+        if path.suffix in (".py", ".md", ".txt", ".json", ".sh", ".cfg", ".toml") or name == "Makefile":
+            text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+            assert not any(o in text for o in outside), f"{name} refers to a file outside the repository"
+    assert (REPO_ROOT / "docs" / "DESIGN.md").is_file()
