@@ -15,6 +15,7 @@ import torch
 
 from bench import cases
 from bench.cases import Setting
+from spikingbert.args import HelpFormatter
 from spikingbert.runtime import keep_freed_memory
 
 ALL_CASES = ("eval", "train", "crossover", "memory", "schedule", "data")
@@ -59,7 +60,7 @@ def plan(args) -> list[tuple[str, object]]:
 
 def bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few representative settings (about 3 min on 2 cores)")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {ALL_CASES}")
     parser.add_argument("--sizes", default="small,base", help="comma-separated model sizes: small, base")
