@@ -207,8 +207,8 @@ def run_finetuning(args: argparse.Namespace) -> int:
                                  args.eval_batch_size),
             main_metric=metric,
             describe={"stage": "finetune", "task": task},
-            example_lengths=example_lengths,
-            collate=collate,
+            title=f"teacher fine-tuning, {glue.task_info(task, args.data_dir).display_name}",
+            example_lengths=example_lengths, collate=collate,
         )
         logger.info("fine-tuning %s on %s: %d training examples, max_seq_length %d", args.bert_model, task,
                     len(train_set), max_seq_length)

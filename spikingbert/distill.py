@@ -110,7 +110,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
             num_train_examples=data.num_examples,
             save_student=lambda d: student.save_pretrained(d, vocab_file=tokenizer.vocab_file),
             teacher_forward=_teacher_intermediate(runtime, teacher),
-            describe={"stage": "general"},
+            describe={"stage": "general"}, title="general KD",
         )
         write_args_json(args.output_dir, runtime, vars(args), stage="general", do_lower_case_used=tokenizer.do_lower_case,
                         layer_stride=stride, resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
@@ -332,6 +332,7 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, out
         save_student=lambda d: student.save_pretrained(d, vocab_file=tokenizer.vocab_file),
         teacher_forward=frozen, evaluate=evaluate, main_metric=glue.main_metric(task) if prediction else None,
         describe={"stage": stage_name, "task": task}, example_lengths=example_lengths, collate=collate,
+        title=f"{stage_name} KD, {glue.task_info(task, args.data_dir).display_name}",
     )
     write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, do_lower_case_used=tokenizer.do_lower_case,
                     max_seq_length_used=max_seq_length, num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,

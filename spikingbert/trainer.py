@@ -126,6 +126,7 @@ class Stage:
             training batches are grouped by length (`group_by_length`), without it they are random.
         collate: the DataLoader's ``collate_fn`` for training batches (None: torch's default), e.g.
             `spikingbert.glue.collate_trimmed` where the loss reads the logits only.
+        title: what the run is, in words, for its ``training_curves.png`` (default: the ``describe`` values).
     """
 
     student: nn.Module
@@ -140,6 +141,7 @@ class Stage:
     describe: Dict[str, Any] = field(default_factory=dict)
     example_lengths: Optional[Callable[[int], Sequence[int]]] = None
     collate: Optional[Callable[[List[Any]], Any]] = None
+    title: Optional[str] = None
 
 
 class Trainer:
@@ -224,7 +226,7 @@ class Trainer:
         """``training_curves.png`` from the run's metrics.jsonl; a plot that cannot be drawn is only a warning."""
         from .report.curves import write_training_curves
 
-        title = " ".join(str(v) for v in self.stage.describe.values()) or "training"
+        title = self.stage.title or " ".join(str(v) for v in self.stage.describe.values()) or "training"
         try:
             path = write_training_curves(self.output_dir, title=f"{title}: {self.output_dir}")
         except Exception as err:                     # the model is saved: a plot must not fail the run
