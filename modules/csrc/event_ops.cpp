@@ -30,8 +30,8 @@
 
 namespace {
 
-constexpr int64_t kTile = 32;        // output columns per packed weight tile (2 zmm / 4 ymm per row)
-constexpr int64_t kRowBlock = 64;    // rows that share one pass over a weight tile
+constexpr int64_t kTile = 64;        // output columns per packed weight tile (4 zmm / 8 ymm per row)
+constexpr int64_t kRowBlock = 32;    // rows that share one pass over a weight tile
 constexpr int64_t kNone = 0, kAvx2 = 1, kAvx512 = 2;
 
 int64_t event_isa() {
