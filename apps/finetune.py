@@ -178,7 +178,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
 
     task = glue.canonical_task_name(args.task_name)
     processor = glue.get_processor(task)
-    metric = glue.main_metric(task)
+    metric, info = glue.main_metric(task), glue.task_info(task, args.data_dir)
     output = OutputDir(args.output_dir, args.continue_train, args.overwrite_output_dir)
     with session(args.no_cuda, args.local_rank, args.fp16, args.debug) as runtime, output:
         micro_batch = micro_batch_size(args.train_batch_size, args.gradient_accumulation_steps, runtime.world_size)
@@ -188,7 +188,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
                             "--output_dir checkpoint" if resume else "--bert_model")
         model.config.extra["architectures"] = [type(model).__name__]
         model.config.extra.setdefault("model_type", "bert")    # what Hugging Face's AutoModel classes read
-        describe_model(model.config, tokenizer.do_lower_case, max_seq_length, glue.task_info(task, args.data_dir))
+        describe_model(model.config, tokenizer.do_lower_case, max_seq_length, info)
         model.to(runtime.device).train()
 
         data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
@@ -207,7 +207,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
                                  args.eval_batch_size),
             main_metric=metric,
             describe={"stage": "finetune", "task": task},
-            title=f"teacher fine-tuning, {glue.task_info(task, args.data_dir).display_name}",
+            title=f"teacher fine-tuning, {info.display_name}",
             example_lengths=example_lengths, collate=collate,
         )
         logger.info("fine-tuning %s on %s: %d training examples, max_seq_length %d", args.bert_model, task,

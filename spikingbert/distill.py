@@ -308,7 +308,8 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, out
     teacher, student, copied = _load_models(runtime, BertForSequenceClassification, SpikingBertForSequenceClassification,
                                             args.teacher_model, args.spiking_student_model, resume, stride,
                                             args.init_from_teacher, spiking_settings(args), num_labels=processor.num_labels)
-    describe_model(student.config, tokenizer.do_lower_case, max_seq_length, glue.task_info(task, args.data_dir))
+    info = glue.task_info(task, args.data_dir)
+    describe_model(student.config, tokenizer.do_lower_case, max_seq_length, info)
     data = TaskData(task, args.data_dir, tokenizer, max_seq_length, args.cache_dir, args.skip_bad_rows)
     train_set, dev_sets = data.load(train_split), data.dev_sets()
     output.prepare(runtime, args.debug)         # only now, so that a failed start leaves no output dir
@@ -332,7 +333,7 @@ def run_task_training(args: argparse.Namespace, runtime: Runtime, task: str, out
         save_student=lambda d: student.save_pretrained(d, vocab_file=tokenizer.vocab_file),
         teacher_forward=frozen, evaluate=evaluate, main_metric=glue.main_metric(task) if prediction else None,
         describe={"stage": stage_name, "task": task}, example_lengths=example_lengths, collate=collate,
-        title=f"{stage_name} KD, {glue.task_info(task, args.data_dir).display_name}",
+        title=f"{stage_name} KD, {info.display_name}",
     )
     write_args_json(args.output_dir, runtime, vars(args), stage=stage_name, task=task, do_lower_case_used=tokenizer.do_lower_case,
                     max_seq_length_used=max_seq_length, num_train_epochs_used=epochs, layer_stride=stride, teacher_dev=teacher_results,
