@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 from typing import List
 
-from spikingbert.args import HelpFormatter, short_metavars
-from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
+from spikingbert.cli.edge import HelpFormatter, short_metavars
+from core.errors import DataError, UsageError
+from spikingbert.cli.edge import ArgumentParser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,20 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_tokenizer(bert_model: str, do_lower_case: bool):
     """The vendored BertTokenizer for --bert_model; a loading problem becomes a UsageError."""
-    from transformer.file_utils import ModelLoadError
+    from core.errors import ModelError
     from transformer.tokenization import BertTokenizer
 
     try:
         return BertTokenizer.from_pretrained(bert_model, do_lower_case=do_lower_case)
-    except ModelLoadError as err:
+    except ModelError as err:
         raise UsageError(f"--bert_model: {err}") from err
 
 
 def main(argv: List[str]) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
-    from spikingbert.run_dir import check_output_location
+    from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
+    from core.output_dir import check_output_location
 
     config = PretrainingConfig(
         max_seq_len=args.max_seq_len,

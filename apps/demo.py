@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from models.configuration import MODEL_TYPE
-from spikingbert.args import HelpFormatter
-from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
+from spikingbert.cli.edge import HelpFormatter, setting_flag, short_metavars
+from core.errors import UsageError, UserError
+from spikingbert.cli.edge import ArgumentParser, run_cli
 
 from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command
 
@@ -50,6 +51,8 @@ __all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_stages", 
 logger = logging.getLogger(__name__)
 
 TASK = "SST-2"
+#: Positions of the teacher (all-MiniLM-L6-v2): the longest sequence the demo can use.
+MINILM_POSITIONS = 512
 #: The demo's own lock in its output directory (the eval stage writes there too, under the usual ``.lock``).
 DEMO_LOCK = ".demo.lock"
 #: What the energy figures count (docs/DESIGN.md, "Energy model").
@@ -212,7 +215,7 @@ def _model_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStag
 
 def _write_student_config(recipe: Recipe, directory: Path, vocab: Path) -> None:
     """The new student's directory (config.json + the teacher's vocab.txt); rewritten only when it changed."""
-    from transformer.file_utils import atomic_write, atomic_write_text
+    from core.files import atomic_write, atomic_write_text
 
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(recipe.student_config(), indent=2, sort_keys=True) + "\n"
@@ -332,8 +335,15 @@ RECIPE_HELP = {
     "adaptive_window": "steps between adaptive-T checks (--adaptive_window)",
     "seed": "seed of every stage",
 }
-#: Recipe flags with a fixed set of values.
-RECIPE_CHOICES = {"ide_point": ("ann", "snn"), "general_teacher": ("finetuned", "pretrained")}
+#: The setting (`core.settings.SETTINGS`) of each recipe field: its type, choices and range.
+RECIPE_SETTINGS = {
+    "max_train_examples": "max_examples", "max_dev_examples": "max_examples", "bbc_bytes": "min_bytes",
+    "teacher_epochs": "num_train_epochs", "teacher_lr": "learning_rate", "teacher_batch_size": "train_batch_size",
+    "student_layers": "num_hidden_layers", "batch_size": "train_batch_size", "general_steps": "max_steps",
+    "general_lr": "learning_rate", "ikd_steps": "max_steps", "ikd_lr": "learning_rate",
+    "pred_epochs": "num_train_epochs", "pred_lr": "learning_rate", "pred_eval_step": "eval_step",
+    "adaptive_tol": "adaptive_t",
+}
 
 
 def demo_parser() -> argparse.ArgumentParser:
@@ -359,9 +369,8 @@ def demo_parser() -> argparse.ArgumentParser:
         if f.type in (bool, "bool"):
             group.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="{true,false}", help=text)
         else:
-            kind = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
-            group.add_argument(f"--{f.name}", type=kind, default=None, choices=RECIPE_CHOICES.get(f.name),
-                               metavar=None if f.name in RECIPE_CHOICES else ("N" if kind is int else "X"), help=text)
+            setting_flag(group, f"--{f.name}", setting=RECIPE_SETTINGS.get(f.name, f.name), default=None, help=text)
+    short_metavars(parser)
     return parser
 
 
@@ -379,25 +388,18 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
     base = FAST if fast else FULL
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     recipe = dataclasses.replace(base, **overrides)
-    checks = [
-        (0 < recipe.dev_fraction < 1, "--dev_fraction must be in (0, 1)"),
-        (6 % recipe.student_layers == 0, "--student_layers must divide the teacher's 6 layers (1, 2, 3 or 6)"),
-        (recipe.t_conv >= 1 and recipe.vth > 0, "--t_conv must be >= 1 and --vth > 0"),
-        (3 <= recipe.max_seq_length <= 512, "--max_seq_length must be in [3, 512]"),
-        (recipe.adaptive_window >= 1, "--adaptive_window must be >= 1"),
-        (recipe.ide_point in ("ann", "snn"), "--ide_point must be ann or snn"),
-        (recipe.general_teacher in ("finetuned", "pretrained"), "--general_teacher must be finetuned or pretrained"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    if 6 % recipe.student_layers:
+        raise UsageError("--student_layers must divide the teacher's 6 layers (1, 2, 3 or 6)")
+    if recipe.max_seq_length > MINILM_POSITIONS:
+        raise UsageError(f"--max_seq_length must be at most the teacher's {MINILM_POSITIONS} positions "
+                         f"(got {recipe.max_seq_length})")
     return recipe
 
 
 def run_demo(recipe: Recipe, root: Path, verbose: bool = False) -> Dict[str, Any]:
     """Run (or reuse) every stage, print the table, write ``summary.json``; returns the summary. ``root`` is locked
     for the demo (``.demo.lock``: a second demo into it fails at once); nothing is removed on failure."""
-    from spikingbert.run_dir import claim_output_dir
+    from core.output_dir import claim_output_dir
 
     root = root.resolve() if not root.is_absolute() else root
     teacher_model = minilm_dir()
@@ -408,7 +410,7 @@ def run_demo(recipe: Recipe, root: Path, verbose: bool = False) -> Dict[str, Any
 
 
 def _run_demo(recipe: Recipe, root: Path, teacher_model: Path, verbose: bool) -> Dict[str, Any]:
-    from transformer.file_utils import atomic_write_json
+    from core.files import atomic_write_json
 
     start = time.perf_counter()
     paths = DemoPaths(root)

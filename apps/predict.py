@@ -7,7 +7,7 @@ Inputs come from ``--text`` (with ``--text_pair`` for a sentence-pair task) or f
 (one text a line, or two tab-separated columns for pairs), a JSONL file (objects with ``text`` and, for
 pairs, ``text_pair``), or ``-`` for standard input (JSONL when its first line starts with ``{``, else TSV).
 The student directory's own ``vocab.txt``, ``do_lower_case``, ``max_seq_length`` and label names are used
-(for directories written before they were recorded, those of its ``args.json``). Each input gets one line
+(directories written by earlier versions are read as every command reads them, `spikingbert.run.model_dirs`). Each input gets one line
 on standard output; ``--output`` also writes one JSON record per input. The Python API is
 ``SpikingBertForSequenceClassification.from_pretrained(DIR).predict(texts)``.
 """
@@ -16,20 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from models.configuration import SpikingConfigError
+from core.errors import DataError, UsageError
+from core.files import atomic_open
+from models.configuration import SpikingBertConfig
 from models.inference import Prediction
 from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert.args import HelpFormatter, short_metavars
-from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
-from spikingbert.glue import fill_recorded_settings
-from transformer.file_utils import atomic_open
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
+from spikingbert.run.model_dirs import read_model_dir
 
 logger = logging.getLogger("apps.predict")
 
@@ -81,14 +80,6 @@ def parse_predict_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     for flag, texts in (("--text", args.text), ("--text_pair", args.text_pair or [])):
         if any(not t.strip() for t in texts):
             raise UsageError(f"{flag} is empty: give the text to classify")
-    checks = [(args.batch_size >= 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
-              (args.t_conv is None or args.t_conv >= 1, f"--t_conv must be >= 1 (got {args.t_conv})"),
-              (args.adaptive_t is None or (math.isfinite(args.adaptive_t) and args.adaptive_t >= 0),
-               f"--adaptive_t must be a number >= 0 (got {args.adaptive_t})"),
-              (args.adaptive_window >= 1, f"--adaptive_window must be >= 1 (got {args.adaptive_window})")]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
     return args
 
 
@@ -139,13 +130,10 @@ def _jsonl_row(name: str, n: int, line: str) -> Tuple[str, Optional[str]]:
 
 def load_student(args: argparse.Namespace) -> SpikingBertForSequenceClassification:
     """The student of ``--model`` on its device, its config completed for directories written before the
-    stages recorded their settings, and ``--label_names`` applied."""
+    stages recorded their settings (`spikingbert.run.migrations`), and ``--label_names`` applied."""
     if not args.model.is_dir():
         raise UsageError(f"--model {args.model}: no such directory")
-    model = SpikingBertForSequenceClassification.from_pretrained(args.model)
-    filled = fill_recorded_settings(model.config, args.model)
-    if filled:
-        logger.info("%s does not record %s: taken from its args.json", args.model, ", ".join(filled))
+    model = read_model_dir(args.model, "--model", SpikingBertConfig).load(SpikingBertForSequenceClassification)
     if args.label_names is not None:
         names = [n.strip() for n in args.label_names.split(",")]
         if len(names) != model.config.num_labels or not all(names) or len(set(names)) != len(names):
@@ -180,8 +168,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         predictions = model.predict(texts, pairs, batch_size=args.batch_size, t_conv=args.t_conv,
                                     adaptive_tol=args.adaptive_t, adaptive_window=args.adaptive_window)
     except ValueError as err:
-        if isinstance(err, SpikingConfigError):
-            raise
         raise DataError(f"{args.input or '--text'}: {err}") from err
     for p in predictions:
         print(format_prediction(p))

@@ -15,7 +15,7 @@ import torch
 
 from bench import cases
 from bench.cases import Setting
-from spikingbert.args import HelpFormatter
+from spikingbert.cli.edge import HelpFormatter
 from spikingbert.runtime import keep_freed_memory
 
 ALL_CASES = ("eval", "train", "crossover", "memory", "schedule", "data")

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import event_engine
-from spikingbert import report
-from spikingbert.glue import canonical_task_name, get_processor, load_task_dataset
+from spikingbert.evaluation import report
+from spikingbert.data.glue import canonical_task_name, get_processor, load_task_dataset
 from spikingbert.runtime import keep_freed_memory
 from transformer.tokenization import BertTokenizer
 

@@ -22,7 +22,7 @@ import torch
 from bench.firing import DEMO_RATES, DENSE_RATES, shape_firing
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from modules import event_engine
-from transformer.linear import linear
+from core.linear import linear
 from transformer.modeling import BertConfig, BertModel
 from transformer.optimization import BertAdam
 
@@ -177,7 +177,7 @@ def case_schedule(setting: Setting, repeats: int) -> dict:
 
 def _train_step_fn(student, ids, types, mask, setting: Setting):
     """One IDE step: forward, intermediate + prediction KD losses against fixed targets, backward, BertAdam."""
-    from spikingbert.losses import att_loss, rep_loss, soft_cross_entropy
+    from spikingbert.training.losses import att_loss, rep_loss, soft_cross_entropy
 
     g = torch.Generator(device="cpu").manual_seed(1)
     cfg = student.config

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from transformer.linear import linear
+from core.linear import linear
 from transformer.modeling import BertEmbeddings, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
 
 from .event_engine import spike_linear

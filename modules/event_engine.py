@@ -35,7 +35,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from transformer.linear import linear
+from core.linear import linear
 
 from . import event_ops
 

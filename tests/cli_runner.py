@@ -27,14 +27,14 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from spikingbert.errors import run_cli
+from spikingbert.cli.edge import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 GENERAL, TASK, PREPROCESS = "spiking_bert_general_distill", "spiking_bert_task_distill", "preprocess_training_data"
 DOWNLOAD = "download_glue_data"
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "spikingbert.distill", GENERAL, TASK, PREPROCESS,
+_CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "spikingbert.run.stages", GENERAL, TASK, PREPROCESS,
                                  "tests.cli_runner"])
 
 

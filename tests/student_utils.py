@@ -95,3 +95,13 @@ def our_names(state):
         kind = {"w": "weight", "b": "bias"}[kind]
         return state[f"bert.encoder.layer.{k}.{parts[stem]}.{kind}"]
     return w
+
+
+def convert(checkpoint: str, config: str, output_dir: str, **overrides):
+    """A published-code checkpoint converted into a student directory at ``output_dir`` (as the converter's command
+    does); returns the model."""
+    from models.convert_published import build_converted
+
+    model, vocab = build_converted(checkpoint, config, **overrides)
+    model.save_pretrained(output_dir, vocab_file=vocab)
+    return model

@@ -30,13 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification, SpikingBertPreTrainedModel
-from spikingbert import glue
-from spikingbert.checkpoint import list_checkpoints
-from spikingbert.errors import run_cli
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+from spikingbert.data import glue
+from spikingbert.training.checkpoint import list_checkpoints
+from spikingbert.cli.edge import run_cli
+from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from spikingbert.runtime import Runtime
-from spikingbert.sampling import ResumableSampler
-from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
+from spikingbert.training.sampling import ResumableSampler
+from spikingbert.training.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
 from tests.test_pipeline import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
 from tests.test_resume import _data, _Objective
 from transformer.modeling import BertPreTrainedModel
@@ -529,7 +529,7 @@ def test_skip_nan_batches_skips_exactly_the_poisoned_steps(tmp_path):
     assert records[-1]["skipped_steps"] == 2
 
     with pytest.raises(TrainingDiverged, match=f"optimizer step {bad_steps[1]} .*2 such steps, more than "
-                                               r"--skip_nan_batches 1"):
+                                               r"`skip_nan_batches` 1"):
         _trainer_run(tmp_path / "limit", skip=1, poison=poison)
 
 

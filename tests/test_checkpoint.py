@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikingbert.checkpoint import (
+from spikingbert.training.checkpoint import (
     TRAINING_STATE_NAME,
     install_model_files,
     latest_checkpoint,
@@ -18,11 +18,11 @@ from spikingbert.checkpoint import (
     prepare_output_dir,
     save_checkpoint,
 )
-from spikingbert.errors import UsageError, UserError
+from core.errors import UsageError, UserError
 from spikingbert.runtime import get_rng_state, set_rng_state
-from spikingbert.sampling import ResumableSampler
-from spikingbert.training_state import MetricsLog
-from transformer.file_utils import atomic_write_json
+from spikingbert.training.sampling import ResumableSampler
+from spikingbert.training.state import MetricsLog
+from core.files import atomic_write_json
 from transformer.optimization import BertAdam
 
 
@@ -98,7 +98,7 @@ def test_prepare_output_dir_rules(tmp_path):
     with pytest.raises(UsageError) as err:
         prepare_output_dir(out, continue_train=False, overwrite=False)
     assert err.value.exit_code == 2
-    assert "--continue_train" in str(err.value) and "--overwrite_output_dir" in str(err.value)
+    assert "`continue_train`" in str(err.value) and "`overwrite_output_dir`" in str(err.value)
 
     assert prepare_output_dir(out, continue_train=True, overwrite=False) == out / "checkpoint-4"
     assert _no_temporaries(out)

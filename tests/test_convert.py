@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from models.convert_published import convert
-from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification, SpikingConfigError
+from tests.student_utils import convert
+from core.errors import UsageError
+from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from tests.student_utils import REPO_ROOT, reference_forward, tiny_inputs
 
 H, INTER, HEADS, VOCAB = 16, 32, 2, 120
@@ -102,7 +103,7 @@ def test_general_kd_checkpoint_cli(tmp_path):
     torch.save(sd, tmp_path / "step_100_pytorch_model.bin")
     cfg_dir = _write_config(tmp_path / "cfg", 2)
     (cfg_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(VOCAB - 4)]))
-    result = subprocess.run([sys.executable, "-m", "models.convert_published", "--checkpoint",
+    result = subprocess.run([sys.executable, "-m", "apps.convert_published", "--checkpoint",
                              str(tmp_path / "step_100_pytorch_model.bin"), "--config", str(cfg_dir),
                              "--output_dir", str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -116,12 +117,12 @@ def test_unrecognised_and_mismatched_checkpoints_are_clear_errors(tmp_path):
     sd = published_state(2)
     sd["network_s3.surprise.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "a.bin")
-    with pytest.raises(SpikingConfigError, match="unrecognised keys.*network_s3.surprise"):
+    with pytest.raises(UsageError, match="unrecognised keys.*network_s3.surprise"):
         convert(str(tmp_path / "a.bin"), str(_write_config(tmp_path / "c2", 2)), str(tmp_path / "o"))
     torch.save(published_state(4), tmp_path / "b.bin")
-    with pytest.raises(SpikingConfigError, match="unrecognised keys"):
+    with pytest.raises(UsageError, match="unrecognised keys"):
         convert(str(tmp_path / "b.bin"), str(tmp_path / "c2"), str(tmp_path / "o"))   # 4-layer file, 2-layer config
-    result = subprocess.run([sys.executable, "-m", "models.convert_published", "--checkpoint", str(tmp_path / "b.bin"),
+    result = subprocess.run([sys.executable, "-m", "apps.convert_published", "--checkpoint", str(tmp_path / "b.bin"),
                              "--config", str(tmp_path / "c2"), "--output_dir", str(tmp_path / "o")],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -30,9 +30,9 @@ from typing import Callable, List
 import pytest
 import torch
 
-from spikingbert.checkpoint import list_checkpoints
-from spikingbert.errors import run_cli
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+from spikingbert.training.checkpoint import list_checkpoints
+from spikingbert.cli.edge import run_cli
+from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from tests.test_pipeline import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
 from transformer.tokenization import BertTokenizer
 
@@ -42,7 +42,7 @@ SAVE_STEPS = 3
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # torch._dynamo: the first optimizer a process builds imports it (over a second).
-_CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "spikingbert.distill", GENERAL, TASK, "tests.test_crash"])
+_CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "spikingbert.run.stages", GENERAL, TASK, "tests.test_crash"])
 
 
 def _run_script(script: str, argv: List[str], log: str) -> None:

@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 from apps import demo, demo_stages
-from spikingbert.progress import LineProgress, parse_progress
+from apps.demo_stages import parse_progress
+from core.progress import LineProgress
 from tests.student_utils import REPO_ROOT
 
 STAGE_CODE = """
 import logging, sys
-from spikingbert.progress import progress
+from core.progress import progress
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 bar = progress(range(5), desc="train", unit="steps", interval=0)
 for _ in bar:

@@ -12,7 +12,7 @@ from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import event_engine, event_ops
 from modules.neuron import if_scan
 from tests.student_utils import tiny_config, tiny_inputs
-from transformer.linear import linear
+from core.linear import linear
 
 WHY_NOT_BUILT = event_ops.load()
 if WHY_NOT_BUILT is not None and os.environ.get("CI"):
@@ -180,7 +180,7 @@ def test_engines_agree_on_a_sparsely_firing_student(use_engine):
 
 
 def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixture_dir, tmp_path):
-    from models.convert_published import convert
+    from tests.student_utils import convert
 
     convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"), t_conv=8)
     expected = torch.load(published_fixture_dir / "expected.pt", weights_only=True)
@@ -200,7 +200,7 @@ def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixtur
 def test_report_convergence_pass_equals_a_hand_count(use_engine):
     """The compiled ASR-convergence pass and the report's tensor code against float64 numpy counts:
     sum over real-token neurons of ``|count_t / t - count_T / T|`` for every ``t``."""
-    from spikingbert.report.measure import _BatchRecorder
+    from spikingbert.evaluation.measure import BatchRecorder
 
     class Head(torch.nn.Module):                                 # what the recorder needs of a student
         config = tiny_config(layers=1)
@@ -217,7 +217,7 @@ def test_report_convergence_pass_equals_a_hand_count(use_engine):
     expected = np.abs(counts / steps - counts[-1] / 19).sum((1, 2))
     for name in ("dense", "auto"):
         use_engine(name)
-        rec = _BatchRecorder(Head(), mask, 19, [], keep_trains=True)
+        rec = BatchRecorder(Head(), mask, 19, [], keep_trains=True)
         for t0, chunk in chunks:
             rec("0.K", t0, chunk)
         got = rec.convergence_sums()["0.K"].numpy()

@@ -7,8 +7,8 @@ from typing import List
 import pytest
 import torch
 
-from spikingbert.errors import DataError, UserError
-from spikingbert.glue import (
+from core.errors import DataError, UserError
+from spikingbert.data.glue import (
     DEFAULT_TASK_SETTINGS,
     InputExample,
     compute_metrics,
@@ -158,7 +158,7 @@ def test_qqp_missing_fields_are_bad_rows(tmp_path):
     with pytest.raises(DataError) as err:
         proc.get_train_examples(tmp_path)
     assert f"{path}:3:" in str(err.value) and "expected 6 tab-separated columns, found 5" in str(err.value)
-    assert "--skip_bad_rows" in str(err.value)
+    assert "`skip_bad_rows`" in str(err.value)
     examples, stats = proc.read_split(tmp_path, "train", skip_bad_rows=True)
     assert [e.text_a for e in examples] == ["How do I learn?", "Who am I?"]
     assert stats.num_bad_rows == 2 and stats.num_examples == 2
@@ -258,7 +258,7 @@ def test_aug_file_and_data_dir_hint(tmp_path):
         proc.get_aug_examples(tmp_path / "RTE")
     write_tsv(tmp_path / "RTE" / "train_aug.tsv", ["index\tsentence1\tsentence2\tlabel", "0\tc\td\tnot_entailment"])
     assert [e.text_a for e in proc.get_aug_examples(tmp_path / "RTE")] == ["c"]
-    with pytest.raises(DataError, match=rf"did you mean --data_dir {tmp_path / 'RTE'}"):
+    with pytest.raises(DataError, match=rf"did you mean `data_dir` {tmp_path / 'RTE'}"):
         proc.get_train_examples(tmp_path)
 
 

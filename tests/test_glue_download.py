@@ -11,9 +11,9 @@ from typing import Dict, List
 
 import pytest
 
-from spikingbert.glue.download import safe_extract_zip
-from spikingbert.errors import DataError
-from spikingbert.glue import get_processor
+from spikingbert.data.glue.download import safe_extract_zip
+from core.errors import DataError
+from spikingbert.data.glue import get_processor
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "download_glue_data.py"

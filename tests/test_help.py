@@ -14,7 +14,7 @@ import preprocess_training_data
 from apps import corpora, demo, finetune, predict
 from bench.__main__ import bench_parser
 from apps.convert_published import convert_parser
-from spikingbert import args as script_args
+from spikingbert.cli import flags as script_args
 from tests.student_utils import REPO_ROOT
 
 PARSERS = {

@@ -24,14 +24,14 @@ from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert import glue
-from spikingbert.args import parse_general_args, parse_task_args
-from spikingbert.evaluation import LogitsOnly, predict_logits
-from spikingbert.objectives import PredictionDistillation
-from spikingbert.errors import UsageError
+from spikingbert.data import glue
+from spikingbert.cli.flags import parse_general_args, parse_task_args
+from spikingbert.evaluation.dev import LogitsOnly, predict_logits
+from spikingbert.training.objectives import PredictionDistillation
+from core.errors import UsageError
 from apps.finetune import parse_finetune_args
 from spikingbert.runtime import Runtime
-from spikingbert.sampling import MEGABATCH_BATCHES, ResumableSampler
+from spikingbert.training.sampling import MEGABATCH_BATCHES, ResumableSampler
 from tests.student_utils import tiny_config
 from tests.test_crash import SAVE_STEPS, _assert_same_run, _finish, _kill_at, _start, _task_argv
 from tests.test_finetune import run_finetune

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
-from spikingbert.objectives import IntermediateDistillation, PredictionDistillation
+from spikingbert.training.objectives import IntermediateDistillation, PredictionDistillation
 from tests import cli_runner
 from tests import float64_reference as ref
 from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode,

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from scipy.stats import pearsonr
 
 from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert import glue
+from spikingbert.data import glue
 from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
 from transformer.tokenization import BertTokenizer
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 import transformers
 
+from core.errors import UsageError
 from apps import predict as predict_app
 from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert.errors import run_cli
+from spikingbert.cli.edge import run_cli
 from tests.student_utils import REPO_ROOT, tiny_config
 
 WORDS = ["a", "gorgeous", "witty", "film", "ugly", "and", "pointless", "movie", "the", "plot", "is", "dull",
@@ -92,7 +93,7 @@ def test_api_refuses_bad_inputs_and_untrained_heads(student, tmp_path):
             clf.predict(texts, pairs)
     config_only = tmp_path / "new"
     tiny_config(vocab=len(VOCAB)).save_pretrained(config_only)
-    with pytest.raises(ValueError, match="no trained classifier"):
+    with pytest.raises(UsageError, match="no trained classifier"):
         SpikingBertForSequenceClassification.from_pretrained(config_only).predict(["a film"])
 
 

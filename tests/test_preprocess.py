@@ -10,10 +10,10 @@ from typing import Dict, List
 
 import pytest
 
-import spikingbert.pretraining_data as pretraining_data
+import spikingbert.data.pretraining as pretraining_data
 from apps.corpora import build_bbc_corpus
-from spikingbert.errors import DataError
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+from core.errors import DataError
+from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from transformer.tokenization import BertTokenizer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,10 +31,10 @@ from torch.utils.data import TensorDataset
 
 from apps import convert_published
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
-from spikingbert.objectives import IntermediateDistillation, build_optimizer
-from spikingbert.errors import run_cli
+from spikingbert.training.objectives import IntermediateDistillation, build_optimizer
+from spikingbert.cli.edge import run_cli
 from spikingbert.runtime import Runtime
-from spikingbert.trainer import Stage, Trainer, TrainerConfig
+from spikingbert.training.trainer import Stage, Trainer, TrainerConfig
 from tests import cli_runner
 from tests import float64_reference as ref
 from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode, first_record, numpy_student_logits,
@@ -90,8 +90,7 @@ def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
         torch.manual_seed(5)
         config = SpikingBertConfig.from_pretrained(kd.student_cls, feedback=True, solver_tol=1e-8, solver_max_iter=60)
         model = SpikingBertForSequenceClassification(config)
-        model.load_checkpoint({k: v for k, v in load_file(str(kd.student_cls / "model.safetensors")).items()},
-                              "student_cls")
+        model.load_weights(load_file(str(kd.student_cls / "model.safetensors")), kd.student_cls)
         with torch.no_grad():
             model.bert.feedback.weight.mul_(0.05)
         model.save_pretrained(student, vocab_file=kd.base.vocab)

@@ -23,11 +23,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from spikingbert.glue.features import tokenize_prefix
+from spikingbert.data.glue.features import tokenize_prefix
 from tests import cli_runner
 from tests.kd_world import SEQ, KDWorld, build_kd_world
 from tests.test_pipeline import REPO, script_env
-from transformer.file_utils import as_write_error
+from core.files import as_write_error
 from transformer.tokenization import BertTokenizer
 
 CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.corpora"

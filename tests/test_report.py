@@ -8,10 +8,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
-from spikingbert.errors import DataError
-from spikingbert.report.energy import BertSize, fan_outs, neuron_layers
-from spikingbert.report.measure import ReportError, adaptive_t_eval, collect_spike_stats
-from spikingbert.report.plots import REPORT_FILES, write_report
+from core.errors import DataError
+from spikingbert.evaluation.energy import BertSize, fan_outs, neuron_layers
+from core.errors import UsageError as ReportError
+from spikingbert.evaluation.adaptive import adaptive_t_eval
+from spikingbert.evaluation.measure import collect_spike_stats
+from spikingbert.evaluation.plots import REPORT_FILES, write_report
 from tests.student_utils import tiny_config, tiny_inputs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from spikingbert.runtime import Runtime
-from spikingbert.sampling import ResumableSampler
-from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
+from spikingbert.training.sampling import ResumableSampler
+from spikingbert.training.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
 from tests.test_pipeline import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
 from transformer.optimization import BertAdam
 
@@ -106,7 +106,7 @@ def test_resume_without_rng_restore_would_differ(tmp_path, monkeypatch):
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(tmp_path / "full" / "checkpoint-2", resumed_dir / "checkpoint-2")
-    monkeypatch.setattr("spikingbert.trainer.set_rng_state", lambda state: None)
+    monkeypatch.setattr("spikingbert.training.trainer.set_rng_state", lambda state: None)
     _run(resumed_dir, resume_from=resumed_dir / "checkpoint-2", init_seed=99)
     assert max_weight_diff(tmp_path / "full", resumed_dir) > 1e-5
 

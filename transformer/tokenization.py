@@ -21,7 +21,9 @@ from typing import Iterable, Sequence
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from .file_utils import ModelLoadError, atomic_write_text, cached_path
+from core.errors import ModelError, UsageError
+from core.files import atomic_write_text
+from core.remote import cached_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +32,6 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: Special tokens every input of the pipeline is built with (``[CLS] a [SEP] b [SEP]``, unknown words).
 REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
 MAX_INPUT_CHARS_PER_WORD = 100
-
-
-class VocabularyError(ModelLoadError):
-    """A vocab.txt the pipeline cannot use (a special token missing, empty); exit status 2: a wrong input."""
-
-    exit_code = 2
 
 
 def load_vocab(vocab_file: str | os.PathLike) -> "OrderedDict[str, int]":
@@ -187,17 +183,17 @@ class BertTokenizer:
     def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True, unk_token: str = "[UNK]"):
         vocab_file = Path(vocab_file)
         if not vocab_file.is_file():
-            raise ModelLoadError(f"vocabulary file {vocab_file} not found: pass a model directory with a {VOCAB_NAME} "
+            raise ModelError(f"vocabulary file {vocab_file} not found: pass a model directory with a {VOCAB_NAME} "
                                  "or the path of a vocab.txt")
         self.vocab_file = vocab_file
         try:
             self.vocab = load_vocab(vocab_file)
         except UnicodeDecodeError as err:
-            raise VocabularyError(f"vocabulary file {vocab_file} is not UTF-8 text ({err.reason}): use a BERT "
+            raise UsageError(f"vocabulary file {vocab_file} is not UTF-8 text ({err.reason}): use a BERT "
                                   "vocab.txt") from None
         missing = [token for token in dict.fromkeys((*REQUIRED_TOKENS, unk_token)) if token not in self.vocab]
         if missing:
-            raise VocabularyError(f"vocabulary file {vocab_file} ({len(self.vocab)} tokens) has no "
+            raise UsageError(f"vocabulary file {vocab_file} ({len(self.vocab)} tokens) has no "
                                   f"{' or '.join(missing)} token: every input is built as [CLS] text [SEP] with "
                                   f"{unk_token} for unknown words; use the vocab.txt the model was trained with")
         self.ids_to_tokens = OrderedDict((idx, tok) for tok, idx in self.vocab.items())
@@ -225,11 +221,11 @@ class BertTokenizer:
     def from_pretrained(cls, dir_or_vocab_file_or_url: str | os.PathLike, do_lower_case: bool = True,
                         cache_dir: str | os.PathLike | None = None) -> "BertTokenizer":
         """Load from a model directory holding vocab.txt, a vocab.txt file, or a URL / s3:// path of either
-        (archives are extracted; see :func:`transformer.file_utils.cached_path`)."""
+        (archives are extracted; see :func:`core.remote.cached_path`)."""
         resolved = cached_path(dir_or_vocab_file_or_url, cache_dir=cache_dir)
         vocab_file = resolved / VOCAB_NAME if resolved.is_dir() else resolved
         if not vocab_file.is_file():
-            raise ModelLoadError(f"{dir_or_vocab_file_or_url} has no {VOCAB_NAME}: pass a BERT model directory "
+            raise ModelError(f"{dir_or_vocab_file_or_url} has no {VOCAB_NAME}: pass a BERT model directory "
                                  "or the path of a vocab.txt")
         return cls(vocab_file, do_lower_case=do_lower_case)
 
