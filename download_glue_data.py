@@ -10,12 +10,11 @@ import argparse
 import logging
 from typing import List
 
-from spikingbert.cli.edge import HelpFormatter, short_metavars
-from spikingbert.cli.edge import ArgumentParser, run_cli
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spikingbert.data.glue.download import TASKS          # here: run_cli handles signals from the start
+    from spikingbert.data.glue.download import TASKS  # here: run_cli handles signals from the start
 
     parser = ArgumentParser(prog="python download_glue_data.py", description=__doc__.split("\n\nLogic")[0],
                             formatter_class=HelpFormatter)

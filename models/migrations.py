@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-
 __all__ = ["MODEL_TYPE", "migrate_student_config"]
 
 logger = logging.getLogger(__name__)

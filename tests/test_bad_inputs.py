@@ -506,7 +506,7 @@ def _trainer_run(out: Path, skip: int, poison: int, micro: int = 2, accum: int =
     stage = Stage(student=objective, objective=objective,
                   make_optimizer=lambda total: BertAdam(objective.parameters(), lr=0.01, schedule="none"),
                   train_dataset=lambda epoch: data, num_train_examples=lambda epoch: len(data), save_student=save)
-    config = TrainerConfig(output_dir=out, micro_batch_size=micro, gradient_accumulation_steps=accum,
+    config = TrainerConfig(output_dir=out, train_batch_size=micro * accum, gradient_accumulation_steps=accum,
                            num_train_epochs=2, save_steps=1, logging_steps=1, seed=7, skip_nan_batches=skip)
     out.mkdir(parents=True, exist_ok=True)
     return Trainer(config, CPU, stage).train(), objective

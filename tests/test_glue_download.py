@@ -152,8 +152,8 @@ def test_download_all_kinds_of_tasks(tmp_path, server):
         header, "\t".join(MSR_TRAIN_ROWS[1]), "\t".join(MSR_TRAIN_ROWS[3])]
     assert (data / "MRPC" / "test.tsv").read_text().splitlines()[1] == "0\t" + "\t".join(MSR_TEST_ROWS[0][1:])
     # The GLUE readers accept what was written.
-    assert [e.label for e in get_processor("mrpc").get_dev_examples(data / "MRPC")] == ["0", "0"]
-    assert [e.label for e in get_processor("cola").get_train_examples(data / "CoLA")] == ["1"]
+    assert [e.label for e in get_processor("mrpc").read_split(data / "MRPC", "dev")[0]] == ["0", "0"]
+    assert [e.label for e in get_processor("cola").read_split(data / "CoLA", "train")[0]] == ["1"]
 
     # A second run finds every task complete and downloads nothing.
     before = len(server.requests)

@@ -101,3 +101,29 @@ def test_docs_refer_only_to_files_in_the_repository():
             text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
             assert not any(o in text for o in outside), f"{name} refers to a file outside the repository"
     assert (REPO_ROOT / "docs" / "DESIGN.md").is_file()
+
+
+@pytest.mark.parametrize("command", [c for c in PARSERS if c != "python -m bench"])
+def test_every_number_or_choice_flag_takes_its_range_from_the_settings_table(command):
+    """One table (core.settings) declares each setting's type and range; every command's flags derive from it."""
+    from core.settings import SETTINGS
+
+    for parser in _parsers(PARSERS[command]()):
+        for action in parser._actions:
+            if action.type in (int, float) or (action.choices and not isinstance(action, argparse._SubParsersAction)):
+                name = getattr(action, "setting", None) or action.dest
+                assert name in SETTINGS, f"{command}: {action.option_strings} has no entry in core.settings.SETTINGS"
+                spec = SETTINGS[name]
+                assert action.choices is None or tuple(action.choices) == spec.choices, f"{command}: {name} choices"
+                assert action.type in (spec.kind, None) or action.choices, f"{command}: {name} type"
+
+
+def test_registries_offer_exactly_the_settings_table_choices():
+    from core.settings import SETTINGS
+    from modules.neuron import SURROGATES
+    from modules.solvers import SOLVERS
+    from transformer.activations import ACT2FN
+
+    assert sorted(SOLVERS) == sorted(SETTINGS["solver"].choices)
+    assert sorted(SURROGATES) == sorted(SETTINGS["surrogate"].choices)
+    assert sorted(ACT2FN) == sorted(SETTINGS["hidden_act"].choices)

@@ -189,8 +189,9 @@ def _train(out: Path, data, optimizer, micro_batch_size=None, **config):
     stage = Stage(student=model, objective=model, make_optimizer=lambda total: optimizer(model, total),
                   train_dataset=lambda e: sets[e], num_train_examples=lambda e: len(sets[e]), save_student=save)
     out.mkdir()
-    Trainer(TrainerConfig(output_dir=out, micro_batch_size=micro_batch_size or len(sets[0]), num_train_epochs=len(data),
-                          seed=7, **config), CPU, stage).train()
+    batch = (micro_batch_size or len(sets[0])) * config.get("gradient_accumulation_steps", 1)
+    Trainer(TrainerConfig(output_dir=out, train_batch_size=batch, num_train_epochs=len(data), seed=7, **config), CPU,
+            stage).train()
     return model, read_jsonl(out / "metrics.jsonl")
 
 

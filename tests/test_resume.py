@@ -69,11 +69,10 @@ def _run(out: Path, *, n=23, micro=2, accum=3, epochs=2.0, save_steps=2, resume_
         make_optimizer=lambda total: BertAdam(objective.parameters(), lr=0.01, warmup=0.1, t_total=total),
         train_dataset=lambda epoch: data, num_train_examples=lambda epoch: len(data), save_student=save,
     )
-    config = TrainerConfig(output_dir=out, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                           num_train_epochs=epochs, save_steps=save_steps, logging_steps=logging_steps,
-                           resume_from=resume_from, seed=7)
+    config = TrainerConfig(output_dir=out, train_batch_size=micro * accum, gradient_accumulation_steps=accum,
+                           num_train_epochs=epochs, save_steps=save_steps, logging_steps=logging_steps, seed=7)
     out.mkdir(parents=True, exist_ok=True)
-    summary = Trainer(config, CPU, stage).train()
+    summary = Trainer(config, CPU, stage, resume_from).train()
     return objective, summary
 
 

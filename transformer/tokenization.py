@@ -144,7 +144,8 @@ class BasicTokenizer:
         return pieces
 
 
-def pack_inputs(tokens_a: list[str], tokens_b: list[str] | None, max_seq_length: int) -> tuple[list[str], list[int], bool]:
+def pack_inputs(tokens_a: list[str], tokens_b: list[str] | None,
+                max_seq_length: int) -> tuple[list[str], list[int], bool]:
     """BERT's model input for one text (pair): ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``.
 
     Returns the tokens, their segment ids (0 up to and including the first [SEP], 1 after it) and whether

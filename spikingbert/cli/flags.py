@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from core.errors import UsageError
 
 from .edge import ArgumentParser, HelpFormatter, setting_flag, short_metavars
 
 __all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "ignored_flags", "UNUSED_FLAGS",
-           "add_spiking_flags", "add_device_flags", "GROUP_BY_LENGTH_HELP", "LOWER_CASE_HELP"]
+           "add_spiking_flags", "add_device_flags", "add_task_data_flags", "add_optimizer_flags",
+           "add_checkpoint_flags",
+           "add_output_flags", "GROUP_BY_LENGTH_HELP", "LOWER_CASE_HELP"]
 
 GROUP_BY_LENGTH_HELP = (
     "train on batches of similar length: the epoch's shuffled examples are sorted by length within megabatches "
@@ -52,30 +54,81 @@ def _groups(parser: argparse.ArgumentParser, *names: str) -> Dict[str, argparse.
 
 def add_spiking_flags(group: argparse._ArgumentGroup, training: bool = True) -> None:
     """The spiking settings; each defaults to the value in the student's config.json."""
-    q = group.add_argument
-    q("--t_conv", type=int, default=None, help="simulation time steps T. Default: the student's config.json")
-    q("--vth", type=float, default=None, help="firing threshold Vth. Default: the student's config.json")
-    q("--leak", type=float, default=None,
-      help="membrane leak factor in (0, 1]; 1 = integrate-and-fire. Default: the student's config.json")
+    def q(*names: str, **kwargs: Any) -> None:
+        setting_flag(group, *names, default=None, **kwargs)
+
+    q("--t_conv", help="simulation time steps T. Default: the student's config.json")
+    q("--vth", help="firing threshold Vth. Default: the student's config.json")
+    q("--leak", help="membrane leak factor in (0, 1]: 1 = integrate-and-fire (IF), below 1 leaky (LIF). Default: the "
+                     "student's config.json")
     if not training:
         return
-    q("--ide_point", choices=("ann", "snn"), default=None,
-      help="where the equivalent rate function is evaluated for the implicit gradient: ann (on its own "
-           "activations, as published) or snn (at the simulated rates). Default: the student's config.json (ann)")
+    q("--ide_point", help="where the equivalent rate function is evaluated for the implicit gradient: ann (on its own "
+                          "activations, as published) or snn (at the simulated rates). Default: the student's "
+                          "config.json (ann)")
     group.add_argument("--feedback", action="store_true", default=None,
-      help="add the feedback connection from the last layer into the embeddings (a true fixed point; backward "
-           "solved by Broyden). Default: the student's config.json (off)")
-    q("--train_mode", default=None,
-      help="implicit differentiation at equilibrium (ide) or backpropagation through time with a surrogate "
-           "gradient (bptt, memory grows with T). Default: the student's config.json (ide)")
+                       help="add the feedback connection from the last layer into the embeddings (a true fixed point; "
+                            "backward solved by Broyden). Default: the student's config.json (off)")
+    q("--train_mode", help="implicit differentiation at equilibrium (ide) or backpropagation through time with a "
+                           "surrogate gradient (bptt, memory grows with T). Default: the student's config.json (ide)")
 
 
 def add_device_flags(group: argparse._ArgumentGroup) -> None:
     """--no_cuda, --local_rank and --fp16."""
     group.add_argument("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
     setting_flag(group, "--local_rank", "--local-rank", default=-1,
-      help="process rank set by the legacy torch.distributed.launch; torchrun sets LOCAL_RANK instead")
-    group.add_argument("--fp16", action="store_true", help="mixed precision: fp16 autocast with loss scaling on GPU, bf16 on CPU")
+                 help="process rank set by the legacy torch.distributed.launch; torchrun sets LOCAL_RANK instead")
+    group.add_argument("--fp16", action="store_true",
+                       help="mixed precision: fp16 autocast with loss scaling on GPU, bf16 on CPU")
+
+
+def add_task_data_flags(group: argparse._ArgumentGroup, max_seq_length_help: str, lower_case_help: str) -> None:
+    """The task's data: --data_dir, --task_name, --max_seq_length, --do_lower_case, --cache_dir, --skip_bad_rows."""
+    p = group.add_argument
+    p("--data_dir", type=Path, required=True, metavar="DIR", help="the task's directory (train.tsv, dev.tsv, ...)")
+    p("--task_name", type=str, required=True, metavar="TASK",
+      help="GLUE task (case-insensitive): CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-mm, QNLI, RTE, WNLI")
+    p("--max_seq_length", type=int, default=None, help=max_seq_length_help)
+    p("--do_lower_case", action="store_true", default=None, help=lower_case_help)
+    p("--cache_dir", type=Path, default=None, metavar="DIR", help="cache for tokenized features. Default: no cache")
+    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows (counted and logged) instead of stopping")
+
+
+def add_optimizer_flags(group: argparse._ArgumentGroup, epochs: Optional[float], epochs_help: str) -> None:
+    """BertAdam and the length of training, as every training command takes them."""
+    p = group.add_argument
+    p("--train_batch_size", type=int, default=32,
+      help="examples per optimizer step, over all GPUs/processes and accumulation steps")
+    p("--learning_rate", type=float, default=5e-5, help="peak learning rate of BertAdam")
+    p("--num_train_epochs", type=float, default=epochs, help=epochs_help)
+    p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
+    p("--warmup_proportion", type=float, default=0.1,
+      help="fraction of the steps with linear learning-rate warm-up (warm-up linear schedules only)")
+    p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
+    p("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    p("--seed", type=int, default=42, help="seed of every random number generator (data order, dropout, init)")
+
+
+def add_checkpoint_flags(group: argparse._ArgumentGroup, save_steps: Optional[int], save_steps_help: str,
+                         save_total_limit: Optional[int], changed_examples: str) -> None:
+    """--save_steps, --save_total_limit, --continue_train and --allow_changed_settings."""
+    p = group.add_argument
+    p("--save_steps", type=int, default=save_steps, help=save_steps_help)
+    p("--save_total_limit", type=int, default=save_total_limit,
+      help="keep only the newest this many checkpoints" + ("" if save_total_limit else ". Default: all"))
+    p("--continue_train", action="store_true",
+      help="resume from the latest complete checkpoint in --output_dir (weights, optimizer, data order, RNG)")
+    p("--allow_changed_settings", action="store_true",
+      help=f"--continue_train even when settings that change the model or the objective ({changed_examples}) differ "
+           "from the resumed run's args.json")
+
+
+def add_output_flags(group: argparse._ArgumentGroup, output_help: str) -> None:
+    """--output_dir, --overwrite_output_dir and --debug."""
+    group.add_argument("--output_dir", type=Path, required=True, metavar="DIR", help=output_help)
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="remove a previous run's files from --output_dir first")
+    group.add_argument("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
 
 
 def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
@@ -92,22 +145,12 @@ def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
 
 
 def _training_flags(g: argparse._ArgumentGroup, task: bool) -> None:
-    p = g.add_argument
-    p("--train_batch_size", type=int, default=32,
-      help="examples per optimizer step, over all GPUs/processes and accumulation steps")
-    p("--learning_rate", type=float, default=5e-5, help="peak learning rate of BertAdam")
     if task:
-        p("--num_train_epochs", type=float, default=None,
-          help="training epochs (may be fractional). Default: per task for intermediate KD (see the README), "
-               "3 for prediction KD")
+        add_optimizer_flags(g, None, "training epochs (may be fractional). Default: per task for intermediate KD (see "
+                                     "the README), 3 for prediction KD")
     else:
-        p("--num_train_epochs", type=float, default=3.0, help="training epochs (may be fractional)")
-    p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
-    p("--warmup_proportion", type=float, default=0.1,
-      help="fraction of the steps with linear learning-rate warm-up (warm-up linear schedules only)")
-    p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
-    p("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    p("--seed", type=int, default=42, help="seed of every random number generator (data order, dropout, init)")
+        add_optimizer_flags(g, 3.0, "training epochs (may be fractional)")
+    p = g.add_argument
     p("--skip_nan_batches", type=int, default=0,
       help="skip (no update) up to this many optimizer steps whose loss or gradient is NaN/inf, then stop; "
            "0: stop at the first one")
@@ -122,18 +165,12 @@ def _training_flags(g: argparse._ArgumentGroup, task: bool) -> None:
 
 
 def _checkpoint_flags(g: argparse._ArgumentGroup, task: bool) -> None:
-    p = g.add_argument
     if not task:
-        p("--eval_step", type=int, default=1000,
-          help="write a checkpoint every this many steps unless --save_steps is given (the published flag)")
-    p("--save_steps", type=int, default=None,
-      help="write checkpoint-{step} every this many steps; 0: only at the end. Default: --eval_step")
-    p("--save_total_limit", type=int, default=None, help="keep only the newest this many checkpoints. Default: all")
-    p("--continue_train", action="store_true",
-      help="resume from the latest complete checkpoint in --output_dir (weights, optimizer, data order, RNG)")
-    p("--allow_changed_settings", action="store_true",
-      help="--continue_train even when settings that change the model or the objective (t_conv, vth, teacher, "
-           "task, max_seq_length, temperature, ...) differ from the resumed run's args.json")
+        g.add_argument("--eval_step", type=int, default=1000,
+                       help="write a checkpoint every this many steps unless --save_steps is given (the published "
+                            "flag)")
+    add_checkpoint_flags(g, None, "write checkpoint-{step} every this many steps; 0: only at the end. Default: "
+                                  "--eval_step", None, "t_conv, vth, teacher, task, max_seq_length, temperature, ...")
 
 
 def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
@@ -153,15 +190,6 @@ def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
     p("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks (--adaptive_t)")
 
 
-def _output_flags(g: argparse._ArgumentGroup) -> None:
-    p = g.add_argument
-    p("--output_dir", type=Path, required=True, metavar="DIR",
-      help="where checkpoints, args.json, metrics.jsonl, train.log, training_curves.png and the final student go")
-    p("--overwrite_output_dir", action="store_true", help="remove a previous run's files from --output_dir first")
-    p("--logging_steps", type=int, default=10, help="log the averaged losses to metrics.jsonl every this many steps")
-    p("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
-
-
 def _add_script_flags(parser: argparse.ArgumentParser, g: Dict[str, argparse._ArgumentGroup],
                       script: str) -> argparse.ArgumentParser:
     """The model, training, checkpoint, (task: evaluation,) spiking, distributed and output groups."""
@@ -173,7 +201,10 @@ def _add_script_flags(parser: argparse.ArgumentParser, g: Dict[str, argparse._Ar
         _evaluation_flags(g["evaluation"])
     add_spiking_flags(g["spiking"])
     add_device_flags(g["distributed"])
-    _output_flags(g["output"])
+    add_output_flags(g["output"], "where checkpoints, args.json, metrics.jsonl, train.log, training_curves.png and the "
+                                  "final student go")
+    g["output"].add_argument("--logging_steps", type=int, default=10,
+                             help="log the averaged losses to metrics.jsonl every this many steps")
     _accept_unused(parser, script)
     return parser
 
@@ -209,17 +240,10 @@ def task_parser() -> argparse.ArgumentParser:
                "  python spiking_bert_task_distill.py --do_eval --task_name SST-2 --data_dir glue_data/SST-2 \\\n"
                "      --spiking_student_model runs/sst2-pred --output_dir runs/sst2-eval --report")
     g = _groups(parser, "data", "model", "training", "checkpoints", "evaluation", "spiking", "distributed", "output")
-    p = g["data"].add_argument
-    p("--data_dir", type=Path, required=True, metavar="DIR", help="the task's directory (train.tsv, dev.tsv, ...)")
-    p("--task_name", type=str, required=True, metavar="TASK",
-      help="GLUE task (case-insensitive): CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-mm, QNLI, RTE, WNLI")
-    p("--max_seq_length", type=int, default=None,
-      help="tokens per example, [CLS] and [SEP] included. Default: per task (see the README); --do_eval: the "
-           "student's recorded one")
-    p("--do_lower_case", action="store_true", default=None, help=LOWER_CASE_HELP)
-    p("--aug_train", action="store_true", help="train on train_aug.tsv (augmented data) instead of train.tsv")
-    p("--cache_dir", type=Path, default=None, metavar="DIR", help="cache for tokenized features. Default: no cache")
-    p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows (counted and logged) instead of stopping")
+    add_task_data_flags(g["data"], "tokens per example, [CLS] and [SEP] included. Default: per task (see the "
+                                   "README); --do_eval: the student's recorded one", LOWER_CASE_HELP)
+    g["data"].add_argument("--aug_train", action="store_true",
+                           help="train on train_aug.tsv (augmented data) instead of train.tsv")
     return _add_script_flags(parser, g, "task")
 
 

@@ -140,7 +140,7 @@ class _ArrayWriter:
         self.dtype = np.dtype(dtype)
         self.parts: List[np.ndarray] = []
         self.path = os.path.join(directory, f"{name}.bin") if directory is not None else None
-        self.raw = open(self.path, "wb") if self.path is not None else None
+        self.raw = open(self.path, "wb") if self.path is not None else None  # noqa: SIM115 (closed by finish)
 
     def append(self, values: Sequence[int]) -> None:
         array = np.asarray(values, dtype=self.dtype)

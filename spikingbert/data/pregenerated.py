@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from core.errors import DataError
-from spikingbert.data.pretraining import epoch_paths
 from core.progress import progress
+from spikingbert.data.pretraining import epoch_paths
 
 logger = logging.getLogger(__name__)
 

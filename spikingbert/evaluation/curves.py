@@ -70,10 +70,12 @@ def write_training_curves(run_dir: Path, title: Optional[str] = None, output: Op
     return output
 
 
-def _plot_series(ax: Any, series: dict[str, list[tuple[int, float]]], ylabel: str, marker: Optional[str] = None) -> None:
+def _plot_series(ax: Any, series: dict[str, list[tuple[int, float]]], ylabel: str,
+                 marker: Optional[str] = None) -> None:
     for name, points in series.items():                   # a single point is drawn as a marker, not a line
         steps, values = zip(*points)
-        ax.plot(steps, values, marker=marker or ("o" if len(points) == 1 else None), linewidth=1.6 if name == "loss" else 1.1, label=name)
+        ax.plot(steps, values, marker=marker or ("o" if len(points) == 1 else None),
+                linewidth=1.6 if name == "loss" else 1.1, label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -1,7 +1,7 @@
 """Measuring for the spike report: spike counts per neuron layer, the metric at every T, adaptive T.
 
 One pass over the dev set at the student's ``t_conv`` records every chunk of spikes (`BatchRecorder`);
-energy figures come from `spikingbert.report.energy`. What is measured and why is in docs/DESIGN.md,
+energy figures come from `spikingbert.evaluation.energy`. What is measured and why is in docs/DESIGN.md,
 "Spike and energy report".
 """
 from __future__ import annotations
@@ -15,13 +15,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from modules.event_engine import train_convergence
-
-from spikingbert.data import glue
 from core.errors import DataError, UsageError
-from spikingbert.evaluation.dev import eval_mode
 from core.progress import progress
-from spikingbert.evaluation.energy import PJ_PER_MAC, PJ_PER_SOP, BertSize, FanOut, OperationCounter, ann_uj, layer_width, snn_uj
+from modules.event_engine import engine
+from spikingbert.data import glue
+from spikingbert.evaluation.dev import eval_mode
+from spikingbert.evaluation.energy import (
+    PJ_PER_MAC,
+    PJ_PER_SOP,
+    BertSize,
+    FanOut,
+    OperationCounter,
+    ann_uj,
+    layer_width,
+    snn_uj,
+)
 
 __all__ = ["FORMAT_VERSION", "SpikeStats", "BatchRecorder", "default_t_values", "collect_spike_stats",
            "classification_model", "report_batches", "predictions_of", "metric_name", "task_metrics"]
@@ -222,9 +230,8 @@ class BatchRecorder:
         """
         result = {}
         for key, bits in self.trains.items():
-            compiled = train_convergence(bits, self.t_conv)                         # the event engine's pass
-            if compiled is not None:
-                result[key] = compiled
+            if bits.device.type == "cpu" and engine()[0] == "event":               # one compiled pass, same sums
+                result[key] = torch.ops.spikingbert.train_convergence(bits, int(self.t_conv))
                 continue
             shifts = torch.arange(8, dtype=torch.uint8, device=bits.device).view(8, 1, 1)
             final = sum(((byte >> shifts) & 1).sum(0, dtype=torch.int32) for byte in bits)   # (N, width)
@@ -257,8 +264,9 @@ def report_batches(dataloader: Iterable, max_batches: Optional[int], desc: str):
         if max_batches is not None and i >= max_batches:
             break
         if len(batch) < 4:
-            raise DataError(f"{desc}: each batch must be (input_ids, input_mask, segment_ids, label_ids[, seq_lengths]) "
-                            f"as spikingbert.glue.load_task_dataset builds it; got {len(batch)} tensors")
+            raise DataError(f"{desc}: each batch must be (input_ids, input_mask, segment_ids, label_ids"
+                            "[, seq_lengths]) "
+                            f"as spikingbert.data.glue.load_task_dataset builds it; got {len(batch)} tensors")
         yield batch
 
 
@@ -313,7 +321,7 @@ def collect_spike_stats(
         model: a ``SpikingBertForSequenceClassification`` (wrappers with ``.module`` are unwrapped); it runs
             in eval mode with autocast off, its training flags are restored afterwards.
         dataloader: batches ``(input_ids, input_mask, segment_ids, label_ids[, seq_lengths])``, ``(B, S)`` each,
-            as `spikingbert.glue.load_task_dataset` builds them (real lengths from ``input_mask``).
+            as `spikingbert.data.glue.load_task_dataset` builds them (real lengths from ``input_mask``).
         t_values: steps of the metric-vs-T curve, each in ``1..t_conv`` (default :func:`default_t_values`).
         device: where to run (default: the model's device).
         max_batches: stop after this many batches.
@@ -399,7 +407,8 @@ class _ReportTotals:
             num_examples=examples, num_batches=self.batches, real_tokens=self.real_tokens,
             padded_tokens=self.padded_tokens, layers=layers, widths=widths, fan_out=self.ops.fans,
             asr_real_tokens={k: float(spikes[k]) / (t_conv * self.real_tokens * widths[k]) for k in layers},
-            asr_all_positions={k: float(self.spikes_all[k]) / (t_conv * self.padded_tokens * widths[k]) for k in layers},
+            asr_all_positions={k: float(self.spikes_all[k]) / (t_conv * self.padded_tokens * widths[k])
+                               for k in layers},
             convergence=({k: (self.conv_sums[k] / (self.real_tokens * widths[k])).tolist() for k in layers}
                          if self.convergence else {}),
             spikes_per_example=self.ops.per_example(spikes, examples),

@@ -17,11 +17,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core.files import atomic_open
-
-from spikingbert.evaluation.energy import PJ_PER_MAC, PJ_PER_SOP, snn_uj
 from core.errors import UsageError
+from core.files import atomic_open
 from spikingbert.evaluation.adaptive import AdaptiveTStats
+from spikingbert.evaluation.energy import PJ_PER_MAC, PJ_PER_SOP, snn_uj
 from spikingbert.evaluation.measure import SpikeStats
 
 __all__ = ["REPORT_FILES", "write_report", "figure", "save_figure", "layer_colors"]
@@ -144,7 +143,8 @@ def _plot_asr(stats: SpikeStats, path: Path) -> None:
     ax.set_ylabel("average spiking rate (real tokens)")
     ax.legend(handles=[Patch(color=_TYPE_COLORS[k], label=k) for k in _TYPE_COLORS if k in kinds],
               title="neuron type", fontsize=8, ncol=2)
-    ax.set_title(f"{stats.task_name or stats.task or 'dev'}: average spiking rate per neuron layer (T = {stats.t_conv})")
+    name = stats.task_name or stats.task or "dev"
+    ax.set_title(f"{name}: average spiking rate per neuron layer (T = {stats.t_conv})")
     save_figure(fig, path)
 
 
@@ -177,12 +177,14 @@ def _plot_metric_vs_t(stats: SpikeStats, adaptive: Optional[AdaptiveTStats], ref
         ax.axhline(value, color=color, linestyle=style, label=f"{name} ({value:.3f})")
     if adaptive is not None:
         ax.scatter([adaptive.mean_steps], [_finite_or_nan(adaptive.metrics.get(adaptive.metric))], color="tab:red",
-                   marker="*", s=140, zorder=3, label=f"adaptive T (tol {adaptive.tol:g}): mean {adaptive.mean_steps:.1f} steps")
+                   marker="*", s=140, zorder=3,
+                   label=f"adaptive T (tol {adaptive.tol:g}): mean {adaptive.mean_steps:.1f} steps")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_xlabel("simulation steps T")
     ax.set_ylabel(f"dev {stats.metric}")
-    ax.set_title(f"{stats.task_name or stats.task or 'dev'}: dev {stats.metric} vs simulation steps (trained at T = {stats.t_conv})")
+    name = stats.task_name or stats.task or "dev"
+    ax.set_title(f"{name}: dev {stats.metric} vs simulation steps (trained at T = {stats.t_conv})")
     save_figure(fig, path)
 
 
@@ -247,10 +249,12 @@ def _markdown(stats: SpikeStats, info: dict[str, Any], adaptive: Optional[Adapti
               f"![ASR per layer]({REPORT_FILES['asr_per_layer']})", "",
               "ASR over real tokens (padding excluded) and over all positions; spikes and SOPs per example over "
               "real tokens; fan-out = synaptic operations per spike (S = real sequence length).", "",
-              "| layer | width | ASR (real tokens) | ASR (all positions) | spikes / example | fan-out | SOPs / example |",
+              "| layer | width | ASR (real tokens) | ASR (all positions) | spikes / example | fan-out "
+              "| SOPs / example |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {k} | {stats.widths[k]} | {_fmt(stats.asr_real_tokens[k])} | {_fmt(stats.asr_all_positions[k])} | "
-              f"{_fmt(stats.spikes_per_example[k])} | {stats.fan_out[k].describe()} | {_fmt(stats.sops_per_example[k])} |"
+              f"{_fmt(stats.spikes_per_example[k])} | {stats.fan_out[k].describe()} | "
+              f"{_fmt(stats.sops_per_example[k])} |"
               for k in stats.layers] + [""]
     lines += ["## ASR convergence", "", f"![ASR convergence]({REPORT_FILES['asr_convergence']})", "",
               "Running average spiking rate of each layer (spikes over steps 1..t / (t x neurons), real tokens) "
@@ -269,8 +273,10 @@ def _markdown(stats: SpikeStats, info: dict[str, Any], adaptive: Optional[Adapti
         a = adaptive.to_dict()
         lines += ["## Adaptive T", "", "| quantity | value |", "|---|---|",
                   f"| tolerance / window | {adaptive.tol:g} / {adaptive.window} |",
-                  f"| mean (min, max) steps | {_fmt(a['mean_steps'])} ({a['min_steps']}, {a['max_steps']}) of {adaptive.t_conv} |",
-                  f"| {adaptive.metric} adaptive / fixed T | {_fmt(adaptive.metrics.get(adaptive.metric, float('nan')))} / "
+                  f"| mean (min, max) steps | {_fmt(a['mean_steps'])} ({a['min_steps']}, {a['max_steps']}) "
+                  f"of {adaptive.t_conv} |",
+                  f"| {adaptive.metric} adaptive / fixed T | "
+                  f"{_fmt(adaptive.metrics.get(adaptive.metric, float('nan')))} / "
                   f"{_fmt(adaptive.metrics_fixed.get(adaptive.metric, float('nan')))} |",
                   f"| agreement with fixed T | {_fmt(adaptive.agreement)} |",
                   f"| SOPs per example | {_fmt(adaptive.sops_per_example)} |", ""]

@@ -1,11 +1,11 @@
 """Spike and energy report of a classification student: average spiking rates, their convergence, the metric
 vs T from one pass, synaptic operations and the energy estimate (``--do_eval --report``, the demo).
 
-* `spikingbert.report.measure` — one pass over the dev set counting every layer's spikes
+* `spikingbert.evaluation.measure` — one pass over the dev set counting every layer's spikes
   (`collect_spike_stats`) and the adaptive-T evaluation (`adaptive_t_eval`);
-* `spikingbert.report.energy` — fan-outs, synaptic operations, ANN MACs and energy;
-* `spikingbert.report.plots` — ``report.json``, ``report.md`` and the PNG plots (`write_report`);
-* `spikingbert.report.curves` — a run's training curves from its ``metrics.jsonl`` (`write_training_curves`);
+* `spikingbert.evaluation.energy` — fan-outs, synaptic operations, ANN MACs and energy;
+* `spikingbert.evaluation.plots` — ``report.json``, ``report.md`` and the PNG plots (`write_report`);
+* `spikingbert.evaluation.curves` — a run's training curves from its ``metrics.jsonl`` (`write_training_curves`);
 * `evaluation_report` (here) — what ``--do_eval --report/--adaptive_t`` runs.
 
 What is measured, the fan-out table, the energy model and the ``report.json`` fields are described
@@ -19,8 +19,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from spikingbert.evaluation.curves import write_training_curves
 from spikingbert.evaluation.adaptive import adaptive_t_eval
+from spikingbert.evaluation.curves import write_training_curves
 from spikingbert.evaluation.measure import collect_spike_stats
 from spikingbert.evaluation.plots import write_report
 

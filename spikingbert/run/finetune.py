@@ -31,7 +31,7 @@ from spikingbert.training.trainer import Trainer
 from . import checks
 from .memory import check_memory, teacher_step_need
 from .model_dirs import check_seq_length, describe_model
-from .output import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
+from .output import OutputDir, TaskData, length_grouping, session, write_args_json
 from .plan import RunPlan, resolve_finetune
 from .resume import check_resume_settings
 
@@ -51,10 +51,9 @@ def run_finetuning(args: argparse.Namespace) -> int:
     info = glue.task_info(plan.task, plan.data_dir)
     output = OutputDir(plan.output.path, plan.output.continue_train, plan.output.overwrite)
     with session(plan.devices) as runtime, output:
-        micro_batch = micro_batch_size(plan.training.train_batch_size, plan.training.gradient_accumulation_steps,
-                                       runtime.world_size)
+        micro_batch = plan.training.loop.micro_batch_size(runtime.world_size)
         tokenizer, resume = _check(plan, runtime, output, micro_batch)
-        set_seed(plan.training.seed)
+        set_seed(plan.training.loop.seed)
         model = plan.teacher.load(BertForSequenceClassification, weights_from=resume, num_labels=processor.num_labels)
         model.config.extra.setdefault("model_type", "bert")    # what Hugging Face's AutoModel classes read
         describe_model(model.config, tokenizer.do_lower_case, plan.max_seq_length, info)
@@ -78,7 +77,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
         write_args_json(plan.output.path, runtime, plan.flags, stage="finetune", task=plan.task,
                         max_seq_length_used=plan.max_seq_length, resumed_from=str(resume) if resume else None)
         start = time.perf_counter()
-        Trainer(s.trainer_config(plan.output.path, micro_batch, resume), runtime, stage).train()
+        Trainer(s.loop, runtime, stage, resume).train()
         if runtime.is_main:
             _write_results(plan, dev_sets["dev"], len(train_set), time.perf_counter() - start)
     return 0

@@ -25,7 +25,6 @@ from spikingbert.data.glue import TaskInfo
 from transformer.configuration import BertConfig
 from transformer.tokenization import BertTokenizer
 
-
 __all__ = ["ModelDir", "read_model_dir", "layer_stride", "check_compatibility", "check_seq_length",
            "init_from_teacher", "describe_model"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
@@ -13,13 +14,13 @@ from torch.utils.data import Dataset
 
 from core.errors import UsageError, UserError
 from core.files import atomic_write_json
-from core.output_dir import claim_output_dir
+from core.output_dir import LOCK_NAME, check_output_location, claim_output_dir
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import dev_splits
 from spikingbert.runtime import Runtime, setup_logging, setup_runtime
-from spikingbert.training.checkpoint import check_output_dir, prepare_output_dir, worth_keeping
+from spikingbert.training.checkpoint import CHECKPOINT_RE, OUTPUT_ARTIFACTS, latest_checkpoint, worth_keeping
 
-__all__ = ["session", "OutputDir", "write_args_json", "micro_batch_size", "TaskData", "length_grouping"]
+__all__ = ["session", "OutputDir", "write_args_json", "TaskData", "length_grouping"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ def session(devices: Any) -> Iterator[Runtime]:
 
 @dataclass
 class OutputDir:
-    """``--output_dir`` and the flags that decide what may happen to it (see `spikingbert.checkpoint`).
+    """``--output_dir`` and the flags that decide what may happen to it.
 
-    Used as a context manager around the run: `prepare` claims the directory for this run
-    (`spikingbert.run_dir.claim_output_dir`: an OS lock, stale temporaries removed) until the block
-    ends; when the block fails before the run wrote a checkpoint or a model, what the run created
-    in the directory is removed again.
+    A non-empty directory needs ``--continue_train`` (resume from its latest complete checkpoint) or
+    ``--overwrite_output_dir`` (this project's files in it are removed first). Used as a context manager
+    around the run: `prepare` claims the directory for this run (`core.output_dir.claim_output_dir`: an OS
+    lock, stale temporaries removed) until the block ends; when the block fails before the run wrote a
+    checkpoint or a model, what the run created in the directory is removed again.
     """
 
     path: Path
@@ -57,23 +59,47 @@ class OutputDir:
     def __exit__(self, *exc_info) -> bool:
         return self._claims.__exit__(*exc_info)
 
+    def _rules(self) -> Optional[Path]:
+        """The rules above, checked without writing; the checkpoint ``--continue_train`` resumes from (or None)."""
+        check_output_location(self.path, "--output_dir")
+        if not (self.continue_train or self.overwrite) and self.path.is_dir() and any(
+                p.name != LOCK_NAME for p in self.path.iterdir()):
+            raise UsageError(f"--output_dir {self.path} is not empty: pass --continue_train to resume from its latest "
+                             "checkpoint, --overwrite_output_dir to start over, or choose another directory")
+        return latest_checkpoint(self.path) if self.continue_train else None
+
     def check(self, runtime: Runtime) -> Optional[Path]:
-        """The output-dir rules, checked (on the main process) without writing; returns the checkpoint to resume."""
-        return _on_main(runtime, lambda: check_output_dir(self.path, self.continue_train, self.overwrite))
+        """The rules, checked (on the main process) without writing; returns the checkpoint to resume from."""
+        return _on_main(runtime, self._rules)
 
     def prepare(self, runtime: Runtime, debug: bool) -> Optional[Path]:
-        """Check, create and claim the directory on the main process, share the outcome, start logging into it;
-        returns the checkpoint to resume from."""
+        """Check, create and claim the directory on the main process (removing a previous run's files when
+        overwriting), share the outcome, start logging into it; returns the checkpoint to resume from."""
         def claim_and_prepare() -> Optional[Path]:
-            check_output_dir(self.path, self.continue_train, self.overwrite)
+            resume = self._rules()
             claim = self._claims.enter_context(claim_output_dir(self.path, "--output_dir", keep=worth_keeping))
-            resume = prepare_output_dir(self.path, self.continue_train, self.overwrite)
+            if self.continue_train and resume is None:
+                logger.warning("--continue_train: no complete checkpoint in %s, starting from the beginning", self.path)
+            elif self.overwrite and not self.continue_train:
+                _remove_run_files(self.path)
             claim.mark()                       # files --overwrite_output_dir kept are not this run's
             return resume
 
         resume = _on_main(runtime, claim_and_prepare)
         setup_logging(self.path, runtime.is_main, debug)
         return resume
+
+
+def _remove_run_files(directory: Path) -> None:
+    """A previous run's checkpoints and files (`OUTPUT_ARTIFACTS`) in ``directory``; other files stay."""
+    doomed = [p for p in directory.iterdir() if CHECKPOINT_RE.match(p.name) or p.name in OUTPUT_ARTIFACTS]
+    for path in doomed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if doomed:
+        logger.info("--overwrite_output_dir: removed the previous run's files from %s", directory)
 
 
 def _on_main(runtime: Runtime, find: Callable[[], Optional[Path]]) -> Optional[Path]:
@@ -99,15 +125,6 @@ def write_args_json(output_dir: Path, runtime: Runtime, flags: Mapping[str, Any]
     record.update(resolved)
     record.update(world_size=runtime.world_size, n_gpu=runtime.n_gpu, device=str(runtime.device))
     atomic_write_json(output_dir / "args.json", record)
-
-
-def micro_batch_size(train_batch_size: int, gradient_accumulation_steps: int, world_size: int) -> int:
-    """Examples per forward pass of one process: the optimizer step's batch split over accumulation and processes."""
-    per_step = gradient_accumulation_steps * world_size
-    if train_batch_size % per_step:
-        raise UsageError(f"--train_batch_size {train_batch_size} must be a multiple of "
-                         f"--gradient_accumulation_steps x processes = {per_step}")
-    return train_batch_size // per_step
 
 
 @dataclass

@@ -62,25 +62,8 @@ class Schedule:
     warmup_proportion: float
     weight_decay: float
     lr_schedule: str                      # "warmup_linear" or "none"
-    train_batch_size: int
-    gradient_accumulation_steps: int
-    num_train_epochs: float
-    max_steps: int = 0
-    save_steps: int = 0
-    save_total_limit: Optional[int] = None
-    eval_steps: int = 0
-    logging_steps: int = 50
-    seed: int = 42
-    skip_nan_batches: int = 0
+    loop: TrainerConfig
     group_by_length: bool = False
-
-    def trainer_config(self, output_dir: Path, micro_batch_size: int, resume_from: Optional[Path]) -> TrainerConfig:
-        return TrainerConfig(output_dir=output_dir, micro_batch_size=micro_batch_size,
-                             num_train_epochs=self.num_train_epochs,
-                             gradient_accumulation_steps=self.gradient_accumulation_steps, max_steps=self.max_steps,
-                             save_steps=self.save_steps, save_total_limit=self.save_total_limit,
-                             eval_steps=self.eval_steps, logging_steps=self.logging_steps, seed=self.seed,
-                             resume_from=resume_from, skip_nan_batches=self.skip_nan_batches)
 
 
 @dataclass(frozen=True)
@@ -146,13 +129,13 @@ def _common(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _schedule(args: argparse.Namespace, lr_schedule: str, epochs: float, eval_steps: int) -> Schedule:
-    return Schedule(learning_rate=args.learning_rate, warmup_proportion=args.warmup_proportion,
-                    weight_decay=args.weight_decay, lr_schedule=lr_schedule, train_batch_size=args.train_batch_size,
-                    gradient_accumulation_steps=args.gradient_accumulation_steps, num_train_epochs=epochs,
-                    max_steps=args.max_steps, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
-                    eval_steps=eval_steps, logging_steps=getattr(args, "logging_steps", 50), seed=args.seed,
-                    skip_nan_batches=getattr(args, "skip_nan_batches", 0),
-                    group_by_length=getattr(args, "group_by_length", False))
+    loop = TrainerConfig(output_dir=args.output_dir, train_batch_size=args.train_batch_size, num_train_epochs=epochs,
+                         gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
+                         save_steps=args.save_steps, save_total_limit=args.save_total_limit, eval_steps=eval_steps,
+                         logging_steps=getattr(args, "logging_steps", 50), seed=args.seed,
+                         skip_nan_batches=getattr(args, "skip_nan_batches", 0))
+    return Schedule(args.learning_rate, args.warmup_proportion, args.weight_decay, lr_schedule, loop,
+                    getattr(args, "group_by_length", False))
 
 
 def lower_case_setting(flag: Optional[bool], *models: Optional[ModelDir]) -> bool:
@@ -214,7 +197,8 @@ def resolve_task(args: argparse.Namespace) -> RunPlan:
                             if recorded is not None else task_settings(task, args.max_seq_length, None, True, True))
         return RunPlan(stage="evaluation", **_common(args), **data, student=student,
                        teacher=read_model_dir(args.teacher_model, "--teacher_model", BertConfig)
-                       if args.teacher_model is not None else None, do_lower_case=lower_case_setting(args.do_lower_case, student),
+                       if args.teacher_model is not None else None,
+                       do_lower_case=lower_case_setting(args.do_lower_case, student),
                        max_seq_length=length, notes=tuple(notes),
                        evaluation=EvaluationSpec(args.eval_batch_size, args.report, args.adaptive_t,
                                                  args.adaptive_window))

@@ -43,7 +43,7 @@ from . import checks
 from .evaluate import run_evaluation
 from .memory import check_run_memory
 from .model_dirs import check_compatibility, describe_model, init_from_teacher, read_model_dir
-from .output import OutputDir, TaskData, length_grouping, micro_batch_size, session, write_args_json
+from .output import OutputDir, TaskData, length_grouping, session, write_args_json
 from .plan import RunPlan, resolve_general, resolve_task
 from .resume import check_resume_settings
 
@@ -65,8 +65,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         for flag in plan.ignored:
             logger.warning("%s has no effect in general distillation (there is no dev set); evaluate task "
                            "students with spiking_bert_task_distill.py --do_eval", flag)
-        micro_batch = micro_batch_size(plan.training.train_batch_size, plan.training.gradient_accumulation_steps,
-                                       runtime.world_size)
+        micro_batch = plan.training.loop.micro_batch_size(runtime.world_size)
         tokenizer = plan.teacher.tokenizer(plan.do_lower_case)
         data = PregeneratedEpochs(plan.pregenerated, tokenizer, plan.reduce_memory)
         if data.seq_len != plan.flags["max_seq_length"]:
@@ -77,14 +76,14 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         resume = check_run(plan, runtime, output, micro_batch, data.seq_len, {"stage": "general"},
                            "the pregenerated data's sequence length (preprocess_training_data.py --max_seq_len)")
         data.check()
-        set_seed(plan.training.seed)
+        set_seed(plan.training.loop.seed)
         teacher, student, copied = _load_models(plan, runtime, BertForPreTraining, SpikingBertForDistillation, resume,
                                                 stride)
         describe_model(student.config, tokenizer.do_lower_case, data.seq_len)
         output.prepare(runtime, plan.devices.debug)     # only now, so that a failed start leaves no output dir
-        if plan.training.num_train_epochs > data.num_data_epochs:
+        if plan.training.loop.num_train_epochs > data.num_data_epochs:
             logger.warning("%d epochs of pregenerated data for %g training epochs: epochs will be reused",
-                           data.num_data_epochs, plan.training.num_train_epochs)
+                           data.num_data_epochs, plan.training.loop.num_train_epochs)
         stage = Stage(
             student=student, objective=IntermediateDistillation(student, stride).to(runtime.device),
             make_optimizer=_optimizer(plan, student), train_dataset=data.dataset,
@@ -95,7 +94,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         write_args_json(plan.output.path, runtime, plan.flags, stage="general",
                         do_lower_case_used=tokenizer.do_lower_case, layer_stride=stride,
                         resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
-        Trainer(plan.training.trainer_config(plan.output.path, micro_batch, resume), runtime, stage).train()
+        Trainer(plan.training.loop, runtime, stage, resume).train()
     return 0
 
 
@@ -163,13 +162,12 @@ def run_task_training(plan: RunPlan, runtime: Runtime, output: OutputDir) -> int
     from transformer.modeling import BertForSequenceClassification
 
     processor = glue.get_processor(plan.task)
-    micro_batch = micro_batch_size(plan.training.train_batch_size, plan.training.gradient_accumulation_steps,
-                                   runtime.world_size)
+    micro_batch = plan.training.loop.micro_batch_size(runtime.world_size)
     tokenizer = (plan.student if plan.student.vocab_file is not None else plan.teacher).tokenizer(plan.do_lower_case)
     stride = check_compatibility(plan.teacher.config, plan.student.config, tokenizer, plan.max_seq_length)
     resume = check_run(plan, runtime, output, micro_batch, plan.max_seq_length,
                        {"max_seq_length_used": plan.max_seq_length})
-    set_seed(plan.training.seed)
+    set_seed(plan.training.loop.seed)
     teacher, student, copied = _load_models(plan, runtime, BertForSequenceClassification,
                                             SpikingBertForSequenceClassification, resume, stride,
                                             num_labels=processor.num_labels)
@@ -185,10 +183,10 @@ def run_task_training(plan: RunPlan, runtime: Runtime, output: OutputDir) -> int
                         tokenizer.vocab_file, info)
     write_args_json(plan.output.path, runtime, plan.flags, stage=plan.stage, task=plan.task,
                     do_lower_case_used=tokenizer.do_lower_case, max_seq_length_used=plan.max_seq_length,
-                    num_train_epochs_used=plan.training.num_train_epochs, layer_stride=stride,
+                    num_train_epochs_used=plan.training.loop.num_train_epochs, layer_stride=stride,
                     teacher_dev=teacher_results, resumed_from=str(resume) if resume else None,
                     init_from_teacher_tensors=copied)
-    summary = Trainer(plan.training.trainer_config(plan.output.path, micro_batch, resume), runtime, stage).train()
+    summary = Trainer(plan.training.loop, runtime, stage, resume).train()
     if plan.prediction and summary.best_step is not None:
         logger.info("best dev %s %.4f at step %d (teacher: %.4f); best student in %s", stage.main_metric,
                     summary.best_metric, summary.best_step, teacher_results.get(stage.main_metric, math.nan),

@@ -29,18 +29,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from core.errors import UserError
 from core.files import save_torch
-
+from core.output_dir import TMP_PREFIX
 from core.weights import load_error_message
-
-from core.errors import UsageError, UserError
-from core.output_dir import LOCK_NAME, TMP_PREFIX, DirectoryLock, remove_temporaries
 
 __all__ = [
     "TRAINING_STATE_NAME",
     "OUTPUT_ARTIFACTS",
-    "check_output_dir",
-    "prepare_output_dir",
     "worth_keeping",
     "list_checkpoints",
     "latest_checkpoint",
@@ -56,54 +52,11 @@ logger = logging.getLogger(__name__)
 TRAINING_STATE_NAME = "training_state.pt"
 MODEL_FILES = ("config.json", "model.safetensors")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Files this project writes into an output directory (removed by --overwrite_output_dir).
+#: Files a run writes into its output directory (what starting over removes).
 OUTPUT_ARTIFACTS = (
     "config.json", "model.safetensors", "vocab.txt", "args.json", "metrics.jsonl", "train.log",
     "eval_results.json", "teacher_results.json", "best_results.json",
 )
-
-
-def check_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) -> Optional[Path]:
-    """The output-dir rules of `prepare_output_dir`, without touching anything; returns the checkpoint
-    ``--continue_train`` would resume from (None without the flag or without a complete checkpoint)."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"`output_dir` {output_dir} exists and is not a directory: choose another `output_dir`")
-    DirectoryLock(output_dir, "`output_dir`").probe()
-    entries = [p.name for p in output_dir.iterdir() if p.name != LOCK_NAME] if output_dir.is_dir() else []
-    if entries and not (continue_train or overwrite):
-        raise UsageError(
-            f"`output_dir` {output_dir} is not empty: pass `continue_train` to resume from its latest "
-            "checkpoint, `overwrite_output_dir` to start over, or choose another directory"
-        )
-    return latest_checkpoint(output_dir) if continue_train else None
-
-
-def prepare_output_dir(output_dir: Path, continue_train: bool, overwrite: bool) -> Optional[Path]:
-    """Check (and create) ``output_dir``; return the checkpoint to resume from, if any.
-
-    A non-empty directory needs ``--continue_train`` (resume from its latest complete
-    checkpoint) or ``--overwrite_output_dir`` (remove this project's files from it).
-    """
-    output_dir = Path(output_dir)
-    resume_from = check_output_dir(output_dir, continue_train, overwrite)
-    entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(output_dir)
-    if continue_train:
-        if resume_from is None:
-            logger.warning("no complete checkpoint to resume from in %s: starting from the beginning", output_dir)
-        return resume_from
-    if overwrite and entries:
-        for name in entries:
-            path = output_dir / name
-            if CHECKPOINT_RE.match(name) or name in OUTPUT_ARTIFACTS:
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        logger.info("removed the previous run's files from %s (overwrite_output_dir)", output_dir)
-    return None
 
 
 def worth_keeping(new_entries) -> bool:

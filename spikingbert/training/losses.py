@@ -1,7 +1,8 @@
 """Knowledge-distillation and supervised losses, as plain functions of tensors.
 
 Layer map: with ``L_T`` teacher and ``L_S`` student encoder layers, ``k = L_T / L_S``
-(a whole number, checked before a run: `spikingbert.run.model_dirs.layer_stride`). Student hidden state ``j`` (0 = embeddings) is matched with
+(a whole number, checked before a run: `spikingbert.run.model_dirs.layer_stride`). Student hidden state ``j``
+(0 = embeddings) is matched with
 teacher hidden state ``j * k``; student attention ``j`` (0-based) with teacher
 attention ``j * k + k - 1``.
 """

@@ -112,7 +112,8 @@ class TeacherOutputs(nn.Module):
 
 
 def teacher_forward(teacher: nn.Module) -> Callable[[Sequence[Tensor]], object]:
-    """`spikingbert.trainer.Stage.teacher_forward` of a (wrapped) `TeacherOutputs`: the batch's first three tensors in."""
+    """`spikingbert.training.stage.Stage.teacher_forward` of a (wrapped) `TeacherOutputs`: the batch's first three
+    tensors in."""
     def forward(batch: Sequence[Tensor]):
         input_ids, input_mask, segment_ids = batch[:3]
         return teacher(input_ids, segment_ids, input_mask)

@@ -10,15 +10,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from core.errors import UsageError
+
 __all__ = ["TrainerConfig", "Stage"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     """Settings of the training loop.
 
     Attributes:
-        micro_batch_size: examples per forward pass in one process (all its GPUs together).
+        output_dir: where checkpoints, metrics and the final (or best) model go.
+        train_batch_size: examples per optimizer step, over all processes and accumulation steps.
         gradient_accumulation_steps: micro-batches per optimizer step.
         num_train_epochs: epochs (may be fractional); ignored when ``max_steps`` > 0.
         max_steps: optimizer steps to run; 0 = derive from the epochs.
@@ -33,7 +36,7 @@ class TrainerConfig:
     """
 
     output_dir: Path
-    micro_batch_size: int
+    train_batch_size: int
     num_train_epochs: float = 1.0
     gradient_accumulation_steps: int = 1
     max_steps: int = 0
@@ -42,9 +45,17 @@ class TrainerConfig:
     eval_steps: int = 0
     logging_steps: int = 50
     seed: int = 42
-    resume_from: Optional[Path] = None
     skip_nan_batches: int = 0
     handle_signals: bool = True
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Examples per forward pass of one process: the optimizer step's batch split over accumulation and
+        processes."""
+        per_step = self.gradient_accumulation_steps * world_size
+        if self.train_batch_size % per_step:
+            raise UsageError(f"`train_batch_size` {self.train_batch_size} must be a multiple of "
+                             f"`gradient_accumulation_steps` x processes = {per_step}")
+        return self.train_batch_size // per_step
 
 
 @dataclass
@@ -66,7 +77,7 @@ class Stage:
         example_lengths: the real length of every example of an epoch's training set, (N,); with it the
             training batches are grouped by length (`group_by_length`), without it they are random.
         collate: the DataLoader's ``collate_fn`` for training batches (None: torch's default), e.g.
-            `spikingbert.glue.collate_trimmed` where the loss reads the logits only.
+            `spikingbert.data.glue.collate_trimmed` where the loss reads the logits only.
         title: what the run is, in words, for its ``training_curves.png`` (default: the ``describe`` values).
     """
 

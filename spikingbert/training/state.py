@@ -1,7 +1,7 @@
 """What a checkpoint records about a training run besides the weights: the progress, the running loss sums,
 ``metrics.jsonl``, and the fingerprint a resumed run must match.
 
-``training_state.pt`` (see `spikingbert.checkpoint`) holds `STATE_VERSION`, the `TrainingProgress`, the
+``training_state.pt`` (see `spikingbert.training.checkpoint`) holds `STATE_VERSION`, the `TrainingProgress`, the
 optimizer and loss-scaler states, every rank's RNG state, the `LossTracker` sums and the fingerprint.
 """
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from core.files import atomic_write_text
-
 from core.errors import UserError
+from core.files import atomic_write_text
 
 __all__ = ["STATE_VERSION", "MetricsLog", "TrainingProgress", "LossTracker", "check_resumable"]
 

@@ -1,15 +1,15 @@
 """The training loop shared by every distillation stage.
 
-A stage (see `spikingbert.distill`) supplies a `Stage`: its datasets, a teacher
+A stage (see `spikingbert.run.stages`) supplies a `Stage`: its datasets, a teacher
 forward, an objective module (student + loss) and, optionally, an evaluation.
 The loop adds everything else: batching with a reproducible order, gradient
 accumulation, mixed precision, DataParallel / DistributedDataParallel, progress
-(`spikingbert.progress`), metrics, NaN detection, checkpoints and exact resume.
+(`core.progress`), metrics, NaN detection, checkpoints and exact resume.
 
 Resume is exact: the data order of epoch ``e`` is a permutation seeded with
-``seed + e`` (`spikingbert.sampling.ResumableSampler`), a resumed run skips the
+``seed + e`` (`spikingbert.training.sampling.ResumableSampler`), a resumed run skips the
 micro-batches already consumed, and the optimizer, loss scaler, loss sums and
-every RNG state come back from the checkpoint (`spikingbert.training_state`).
+every RNG state come back from the checkpoint (`spikingbert.training.state`).
 
 Faults: a NaN/inf loss (or gradient norm) stops the run naming the step, the loss
 parts and the last good checkpoint, or, with ``skip_nan_batches`` N, the step is
@@ -34,8 +34,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from core.files import atomic_write_json
-
+from core.errors import UserError
+from core.files import as_write_error, atomic_write_json, describe_os_error, is_disk_full
+from core.progress import progress as progress_bar
+from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.checkpoint import (
     install_model_files,
     load_optimizer_state,
@@ -43,10 +45,6 @@ from spikingbert.training.checkpoint import (
     optimizer_state_to_save,
     save_checkpoint,
 )
-from core.errors import UserError
-from core.files import as_write_error, describe_os_error, is_disk_full
-from core.progress import progress as progress_bar
-from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.sampling import ResumableSampler
 from spikingbert.training.stage import Stage, TrainerConfig
 from spikingbert.training.state import STATE_VERSION, LossTracker, MetricsLog, TrainingProgress, check_resumable
@@ -77,13 +75,15 @@ class OutputWriteError(UserError):
 class Trainer:
     """Runs a `Stage` to completion (or resumes it), saving checkpoints along the way."""
 
-    def __init__(self, config: TrainerConfig, runtime: Runtime, stage: Stage):
+    def __init__(self, config: TrainerConfig, runtime: Runtime, stage: Stage, resume_from: Optional[Path] = None):
         self.config = config
         self.runtime = runtime
         self.stage = stage
         self.output_dir = Path(config.output_dir)
         self.world_size = runtime.world_size
-        self.last_checkpoint: Optional[Path] = config.resume_from
+        self.micro_batch_size = config.micro_batch_size(runtime.world_size)
+        self.resume_from = resume_from
+        self.last_checkpoint: Optional[Path] = resume_from
         self.params = [p for p in stage.objective.parameters() if p.requires_grad]
         self._stop_signal = 0
 
@@ -92,7 +92,7 @@ class Trainer:
     def batches_in_epoch(self, epoch: int) -> int:
         """Micro-batches this rank sees in ``epoch``."""
         per_rank = math.ceil(self.stage.num_train_examples(epoch) / self.world_size)
-        return math.ceil(per_rank / self.config.micro_batch_size)
+        return math.ceil(per_rank / self.micro_batch_size)
 
     def steps_in_epoch(self, epoch: int) -> int:
         return math.ceil(self.batches_in_epoch(epoch) / self.config.gradient_accumulation_steps)
@@ -120,16 +120,16 @@ class Trainer:
         self.scaler = rt.grad_scaler()
         self.tracker = LossTracker(rt.device, check_grad_norm=self.scaler is None)
         progress = TrainingProgress()
-        if cfg.resume_from is not None:
+        if self.resume_from is not None:
             progress = self._restore(total_steps)
         with self._writing("metrics.jsonl"):
             self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", enabled=rt.is_main,
-                                      keep_until_step=progress.global_step if cfg.resume_from else None)
+                                      keep_until_step=progress.global_step if self.resume_from else None)
         model = rt.wrap(stage.objective)
         model.train()
         logger.info("training: %d optimizer steps, %d examples per step (%d per micro-batch x %d accumulation x %d "
-                    "processes)", total_steps, cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world_size,
-                    cfg.micro_batch_size, cfg.gradient_accumulation_steps, self.world_size)
+                    "processes)", total_steps, cfg.train_batch_size,
+                    self.micro_batch_size, cfg.gradient_accumulation_steps, self.world_size)
         bar = progress_bar(total=total_steps, initial=progress.global_step, desc="train", unit="steps",
                            disable=not rt.is_main)
         self._last_log = (time.perf_counter(), progress.global_step)
@@ -266,7 +266,7 @@ class Trainer:
     # ---------------------------------------------------------------- pieces
 
     def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
-        dataset, batch_size = self.stage.train_dataset(epoch), self.config.micro_batch_size
+        dataset, batch_size = self.stage.train_dataset(epoch), self.micro_batch_size
         lengths = self.stage.example_lengths(epoch) if self.stage.example_lengths is not None else None
         sampler = ResumableSampler(len(dataset), epoch, self.config.seed, rank=self.runtime.rank,
                                    world_size=self.world_size, skip=skip_batches * batch_size, lengths=lengths,
@@ -404,7 +404,7 @@ class Trainer:
 
     def _restore(self, total_steps: int) -> TrainingProgress:
         """Load optimizer, scaler, loss sums and RNG states from the checkpoint; return its progress."""
-        rt, path = self.runtime, self.config.resume_from
+        rt, path = self.runtime, self.resume_from
         state = load_training_state(path)
         check_resumable(state, self._fingerprint(), self.stage.describe, path, total_steps)
         load_optimizer_state(self.optimizer, state["optimizer"])
@@ -420,7 +420,8 @@ class Trainer:
 
     def _fingerprint(self) -> Dict[str, Any]:
         cfg = self.config
-        return {"micro_batch_size": cfg.micro_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        return {"micro_batch_size": self.micro_batch_size,
+                "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
                 "world_size": self.world_size, "seed": cfg.seed,
                 "group_by_length": self.stage.example_lengths is not None, **self.stage.describe}
 

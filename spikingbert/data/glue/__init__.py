@@ -1,6 +1,7 @@
-"""GLUE tasks for the pipeline: the TSV readers (`spikingbert.glue.tasks`), examples as model inputs with a
-feature cache (`spikingbert.glue.features`), task and label names (`spikingbert.glue.info`), the dev metrics (`spikingbert.glue.metrics`) and the downloader
-(`spikingbert.glue.download`, used by ``download_glue_data.py``, not imported here).
+"""GLUE tasks for the pipeline: the TSV readers (`spikingbert.data.glue.tasks`), examples as model inputs with a
+feature cache (`spikingbert.data.glue.features`), task and label names (`spikingbert.data.glue.info`), the dev
+metrics (`spikingbert.data.glue.metrics`) and the downloader
+(`spikingbert.data.glue.download`, used by ``download_glue_data.py``, not imported here).
 
 The names below are the package's API: ``from spikingbert.data import glue`` then ``glue.load_task_dataset(...)``.
 """

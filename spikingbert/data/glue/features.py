@@ -12,9 +12,8 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from core.errors import DataError, UsageError
 from core.files import atomic_open
-from transformer.tokenization import pack_inputs
-
 from spikingbert.data.glue.tasks import PROCESSORS, SPLITS, InputExample, canonical_task_name
+from transformer.tokenization import pack_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 from core.errors import DataError
 from core.files import atomic_write_json
-
 from spikingbert.data.glue.tasks import get_processor
 
 __all__ = ["TASK_INFO_NAME", "TaskInfo", "task_info", "write_task_info"]
@@ -56,7 +55,8 @@ def task_info(task: str, data_dir: Optional[Union[str, Path]] = None) -> TaskInf
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path} cannot be read ({err}); fix it or delete it (the task's GLUE names are then used)")
+        raise DataError(f"{path} cannot be read ({err}); fix it or delete it (the task's GLUE names are then "
+                        "used)") from err
     if not isinstance(values, dict):
         raise DataError(f"{path} must hold a JSON object; fix it or delete it")
     display_name = values.get("display_name", info.display_name)

@@ -105,18 +105,6 @@ class GlueProcessor:
             raise UsageError(f"task {self.task_name} has no split {split!r}; valid splits: {valid}")
         return Path(data_dir) / self.split_files[split]
 
-    def get_train_examples(self, data_dir: Union[str, Path], skip_bad_rows: bool = False) -> List[InputExample]:
-        """Examples of ``train.tsv``."""
-        return self.read_split(data_dir, "train", skip_bad_rows)[0]
-
-    def get_dev_examples(self, data_dir: Union[str, Path], skip_bad_rows: bool = False) -> List[InputExample]:
-        """Examples of the dev file (``dev.tsv``; MNLI ``dev_matched.tsv``, MNLI-mm ``dev_mismatched.tsv``)."""
-        return self.read_split(data_dir, "dev", skip_bad_rows)[0]
-
-    def get_aug_examples(self, data_dir: Union[str, Path], skip_bad_rows: bool = False) -> List[InputExample]:
-        """Examples of ``train_aug.tsv`` (TinyBERT-style augmented training data, same layout as train)."""
-        return self.read_split(data_dir, "aug", skip_bad_rows)[0]
-
     def read_split(
         self, data_dir: Union[str, Path], split: str, skip_bad_rows: bool = False
     ) -> Tuple[List[InputExample], ReadStats]:
