@@ -37,8 +37,8 @@ from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining
 from spikingbert.runtime import Runtime
 from spikingbert.sampling import ResumableSampler
 from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
-from tests.test_pipeline import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
-from tests.test_resume import _data, _Objective
+from tests.helpers.stand_in import StandInObjective, regression_data
+from tests.helpers.world import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
 from transformer.modeling import BertPreTrainedModel
 from transformer.optimization import BertAdam
 from transformer.tokenization import BertTokenizer
@@ -496,8 +496,8 @@ CPU = Runtime(device=torch.device("cpu"))
 
 def _trainer_run(out: Path, skip: int, poison: int, micro: int = 2, accum: int = 1):
     torch.manual_seed(0)
-    objective = _Objective(dropout=0.0)
-    data = _data(23, poison)
+    objective = StandInObjective(dropout=0.0)
+    data = regression_data(23, poison)
 
     def save(directory: Path):
         (directory / "config.json").write_text("{}")
@@ -540,8 +540,8 @@ def test_gradient_norm_is_logged(tmp_path):
     logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
     assert logged["step"] == 1
     torch.manual_seed(0)
-    model = _Objective(dropout=0.0)
-    x, y = _data(23).tensors
+    model = StandInObjective(dropout=0.0)
+    x, y = regression_data(23).tensors
     order = list(ResumableSampler(23, epoch=0, seed=7))
     for i in range(accum):
         index = order[i * micro:(i + 1) * micro]

@@ -18,9 +18,8 @@ from models.init_from_teacher import init_student_from_teacher, teacher_init_map
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
 from apps import corpora, demo
 from spikingbert.errors import UserError
+from tests.helpers.world import REPO, TEACHER, build_world, independent_dev_metrics, run_script
 from transformer.modeling import BertConfig, BertForPreTraining
-
-from .test_pipeline import REPO, TEACHER, build_world, independent_dev_metrics, run_script
 
 # ------------------------------------------------------------------------------------ rotten tomatoes
 

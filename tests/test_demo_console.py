@@ -8,7 +8,7 @@ import sys
 
 from apps import demo, demo_stages
 from spikingbert.progress import LineProgress, parse_progress
-from tests.student_utils import REPO_ROOT
+from tests.helpers.students import REPO_ROOT
 
 STAGE_CODE = """
 import logging, sys

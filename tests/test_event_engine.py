@@ -11,7 +11,7 @@ from bench.firing import shape_firing
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import event_engine, event_ops
 from modules.neuron import if_scan
-from tests.student_utils import tiny_config, tiny_inputs
+from tests.helpers.students import tiny_config, tiny_inputs
 from transformer.linear import linear
 
 WHY_NOT_BUILT = event_ops.load()

@@ -15,7 +15,7 @@ from apps import corpora, demo, finetune, predict
 from bench.__main__ import bench_parser
 from apps.convert_published import convert_parser
 from spikingbert import args as script_args
-from tests.student_utils import REPO_ROOT
+from tests.helpers.students import REPO_ROOT
 
 PARSERS = {
     "python spiking_bert_general_distill.py": script_args.general_parser,

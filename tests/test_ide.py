@@ -7,7 +7,7 @@ import torch
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules.implicit import implicit_reattach, replace
 from modules.solvers import SOLVERS
-from tests.student_utils import tiny_config, tiny_inputs
+from tests.helpers.students import tiny_config, tiny_inputs
 
 
 def _grads(model):

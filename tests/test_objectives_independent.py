@@ -1,4 +1,4 @@
-"""The distillation objectives as the trainer uses them, against numpy float64 (tests/float64_reference.py).
+"""The distillation objectives as the trainer uses them, against numpy float64 (tests/helpers/float64_reference.py).
 
 In process: `IntermediateDistillation` and `PredictionDistillation` (soft cross-entropy at a temperature
 other than 1, gold labels, regression) are called as the trainer calls them; their loss and every logged
@@ -27,9 +27,9 @@ import torch
 
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from spikingbert.objectives import IntermediateDistillation, PredictionDistillation
-from tests import cli_runner
-from tests import float64_reference as ref
-from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode,
+from tests.helpers import cli_runner
+from tests.helpers import float64_reference as ref
+from tests.helpers.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode,
                             encode_instances, first_record, numpy_intermediate_loss, numpy_student_logits,
                             numpy_teacher_logits)
 from transformer.modeling import BertForPreTraining

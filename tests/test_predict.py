@@ -12,7 +12,7 @@ import transformers
 from apps import predict as predict_app
 from models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert.errors import run_cli
-from tests.student_utils import REPO_ROOT, tiny_config
+from tests.helpers.students import REPO_ROOT, tiny_config
 
 WORDS = ["a", "gorgeous", "witty", "film", "ugly", "and", "pointless", "movie", "the", "plot", "is", "dull",
          "bright", "cast", "very", ",", "."]

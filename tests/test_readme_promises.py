@@ -35,14 +35,14 @@ from spikingbert.objectives import IntermediateDistillation, build_optimizer
 from spikingbert.errors import run_cli
 from spikingbert.runtime import Runtime
 from spikingbert.trainer import Stage, Trainer, TrainerConfig
-from tests import cli_runner
-from tests import float64_reference as ref
-from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode, first_record, numpy_student_logits,
-                            numpy_teacher_logits)
-from tests.student_utils import reference_forward, tiny_config, tiny_inputs
-from tests.test_convert import VOCAB, _write_config, published_state, raw_names
-from tests.test_glue_download import COLA_TRAIN, DEV_IDS, MSR_TRAIN_ROWS, SST_TRAIN, standard_files, task_zip
-from tests.test_pipeline import read_jsonl
+from tests.helpers import cli_runner
+from tests.helpers import float64_reference as ref
+from tests.helpers.glue_files import COLA_TRAIN, DEV_IDS, MSR_TRAIN_ROWS, SST_TRAIN, standard_files, task_zip
+from tests.helpers.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode, first_record,
+                                    numpy_student_logits, numpy_teacher_logits)
+from tests.helpers.published import VOCAB, published_state, raw_names, write_config
+from tests.helpers.students import reference_forward, tiny_config, tiny_inputs
+from tests.helpers.world import read_jsonl
 from transformer.modeling import BertForSequenceClassification
 from transformer.optimization import BertAdam
 
@@ -321,7 +321,7 @@ def test_near_chance_teacher_is_warned_about(kd, tmp_path):
 def test_converter_leak_and_num_labels(tmp_path, capsys):
     sd = published_state(2)                                         # a task checkpoint with a 3-class head
     torch.save(sd, tmp_path / "task.bin")
-    config = _write_config(tmp_path / "cfg", 2)
+    config = write_config(tmp_path / "cfg", 2)
     assert convert_published.main(["--checkpoint", str(tmp_path / "task.bin"), "--config", str(config), "--output_dir",
                                    str(tmp_path / "leaky"), "--leak", "0.5", "--t_conv", "7", "--vth", "0.9"]) == 0
     saved = json.loads((tmp_path / "leaky" / "config.json").read_text())

@@ -33,9 +33,9 @@ from safetensors.torch import save_file
 from spikingbert.checkpoint import list_checkpoints
 from spikingbert.errors import user_error_status
 from transformer.file_utils import atomic_open, atomic_write, atomic_write_text, save_torch
-from tests import cli_runner
-from tests.kd_world import KDWorld, build_kd_world
-from tests.test_pipeline import max_weight_diff, read_jsonl
+from tests.helpers import cli_runner
+from tests.helpers.kd_world import KDWorld, build_kd_world
+from tests.helpers.world import max_weight_diff, read_jsonl
 
 STEPS = 4
 

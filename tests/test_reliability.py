@@ -24,9 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spikingbert.glue.features import tokenize_prefix
-from tests import cli_runner
-from tests.kd_world import SEQ, KDWorld, build_kd_world
-from tests.test_pipeline import REPO, script_env
+from tests.helpers import cli_runner
+from tests.helpers.kd_world import SEQ, KDWorld, build_kd_world
+from tests.helpers.published import published_state, write_config
+from tests.helpers.world import REPO, script_env
 from transformer.file_utils import as_write_error
 from transformer.tokenization import BertTokenizer
 
@@ -244,11 +245,9 @@ def test_unsafe_mirror_archive_leaves_no_data_dir(tmp_path):
 # ----------------------------------------------------------------------------- 6. real write failure
 
 def test_converter_write_failure_for_real_is_one_line_exit_1(kd, tmp_path):
-    from tests.test_convert import _write_config, published_state
-
     torch.save(published_state(2, task=False), tmp_path / "published.bin")
     out = tmp_path / "converted"
-    _fails(CONVERT, ["--checkpoint", tmp_path / "published.bin", "--config", _write_config(tmp_path / "cfg", 2),
+    _fails(CONVERT, ["--checkpoint", tmp_path / "published.bin", "--config", write_config(tmp_path / "cfg", 2),
                      "--output_dir", out], 1, "cannot write", "the disk (or the quota, or the file-size limit) is full",
            fsize=4096)
     assert not out.exists()

@@ -12,7 +12,7 @@ from spikingbert.errors import DataError
 from spikingbert.report.energy import BertSize, fan_outs, neuron_layers
 from spikingbert.report.measure import ReportError, adaptive_t_eval, collect_spike_stats
 from spikingbert.report.plots import REPORT_FILES, write_report
-from tests.student_utils import tiny_config, tiny_inputs
+from tests.helpers.students import tiny_config, tiny_inputs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.test_pipeline import REPO
+from tests.helpers.world import REPO
 
 PROBE = """
 import ctypes, torch

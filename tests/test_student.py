@@ -10,7 +10,7 @@ from models.spiking_bert import (
     SpikingBertForSequenceClassification,
     SpikingConfigError,
 )
-from tests.student_utils import our_names, reference_forward, tiny_config, tiny_inputs
+from tests.helpers.students import our_names, reference_forward, tiny_config, tiny_inputs
 
 
 def _spikes(model, inputs, **kw):

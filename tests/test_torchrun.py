@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.test_pipeline import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
+from tests.helpers.world import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
 
 
 def _torchrun(*args, timeout=300):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models.spiking_bert import SpikingBertConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_config(layers=2, hidden=32, heads=2, inter=64, vocab=120, t_conv=8, **kw) -> SpikingBertConfig:
