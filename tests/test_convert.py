@@ -30,6 +30,7 @@ def test_converted_task_checkpoint_reproduces_reference(tmp_path, layers):
         torch.testing.assert_close(ours, ref @ sd["fit_dense.weight"].T + sd["fit_dense.bias"])
 
 
+@pytest.mark.system
 def test_general_kd_checkpoint_cli(tmp_path):
     sd = published_state(2, task=False)
     torch.save(sd, tmp_path / "step_100_pytorch_model.bin")
@@ -45,6 +46,7 @@ def test_general_kd_checkpoint_cli(tmp_path):
     torch.testing.assert_close(model.bert.encoder.layer[1].output.dense.weight, sd["network_s12.dense.weight"])
 
 
+@pytest.mark.system
 def test_unrecognised_and_mismatched_checkpoints_are_clear_errors(tmp_path):
     sd = published_state(2)
     sd["network_s3.surprise.weight"] = torch.zeros(1)

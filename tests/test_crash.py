@@ -33,6 +33,8 @@ from tests.helpers.crash import (GENERAL, SAVE_STEPS, TASK, assert_same_run, dir
 from tests.helpers.world import REPO, World, build_world, read_jsonl, script_env
 from transformer.tokenization import BertTokenizer
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 SEED = int(os.environ.get("SPIKINGBERT_CRASH_SEED", "20240"))
 
 

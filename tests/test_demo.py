@@ -143,6 +143,8 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("demo_world"))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_init_from_teacher_through_the_cli(world, tmp_path):
     """General KD with --init_from_teacher: after one step at a vanishing learning rate the student's
     encoder equals the teacher's mapped layers; task KD from a trained student ignores the flag."""
@@ -180,6 +182,8 @@ def test_init_from_teacher_through_the_cli(world, tmp_path):
 # ------------------------------------------------------------------------------------ --report, --adaptive_t
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_do_eval_report_and_adaptive_t(world, tmp_path):
     student_dir = tmp_path / "student"
     torch.manual_seed(0)
@@ -237,6 +241,7 @@ def _stage(name: str, target: Path, text: str) -> demo.DemoStage:
     return demo.DemoStage(name, name, ["-c", code], [target])
 
 
+@pytest.mark.system
 def test_demo_reuses_finished_stages(tmp_path, capsys):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     stages = [_stage("one", a, "1"), _stage("two", b, "2")]

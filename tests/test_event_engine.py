@@ -162,6 +162,7 @@ def _all_spikes(model, inputs):
     return {k: torch.cat(v) for k, v in seen.items()}, out
 
 
+@pytest.mark.slow
 def test_engines_agree_on_a_sparsely_firing_student(use_engine):
     torch.manual_seed(0)
     model = SpikingBertForSequenceClassification(tiny_config(layers=2, hidden=64, heads=2, inter=256, t_conv=16)).eval()

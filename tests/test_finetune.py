@@ -19,6 +19,8 @@ from tests.helpers.world import run_finetune
 from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
 from transformer.tokenization import BertTokenizer
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 POSITIVE = ["good", "great", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
 FILLER = [f"w{i}" for i in range(40)]

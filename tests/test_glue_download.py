@@ -92,6 +92,8 @@ def leftovers(data_dir: Path) -> List[str]:
     return sorted(p.name for p in data_dir.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_download_all_kinds_of_tasks(tmp_path, server):
     data = tmp_path / "glue"
     result = run_script("--data_dir", str(data), "--tasks", "CoLA,sst-2,MNLI,MRPC,diagnostic", "--mirror", server.url)
@@ -121,6 +123,8 @@ def test_download_all_kinds_of_tasks(tmp_path, server):
     assert again.stderr.count("already complete") == 5
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_retry_after_transient_500(tmp_path, server):
     server.fail_500["CoLA.zip"] = 2
     result = run_script("--data_dir", str(tmp_path), "--tasks", "CoLA", "--mirror", server.url)
@@ -130,6 +134,8 @@ def test_retry_after_transient_500(tmp_path, server):
     assert (tmp_path / "CoLA" / "train.tsv").read_text() == COLA_TRAIN
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_resume_with_range_after_short_read(tmp_path, server):
     blob = random.Random(0).randbytes(1 << 20)  # incompressible, so the archive is ~1 MiB
     server.files["SST-2.zip"] = make_zip({"SST-2/train.tsv": SST_TRAIN, "SST-2/dev.tsv": "d\n",
@@ -145,6 +151,8 @@ def test_resume_with_range_after_short_read(tmp_path, server):
     assert (tmp_path / "SST-2" / "original" / "blob.bin").read_text() == blob.hex()[:1 << 20]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_gives_up_after_retries(tmp_path, server):
     server.fail_500["CoLA.zip"] = 10
     result = run_script("--data_dir", str(tmp_path), "--tasks", "CoLA", "--mirror", server.url, "--retries", "2")
@@ -155,6 +163,8 @@ def test_gives_up_after_retries(tmp_path, server):
     assert not (tmp_path / "CoLA").exists()
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_missing_file_is_not_retried(tmp_path, server):
     del server.files["QNLIv2.zip"]
     result = run_script("--data_dir", str(tmp_path), "--tasks", "QNLI", "--mirror", server.url)
@@ -172,6 +182,8 @@ def corrupt(archive: bytes) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("payload", ["crc", "html"])
 def test_corrupt_archive_leaves_nothing(tmp_path, server, payload):
     good = server.files["CoLA.zip"]
@@ -188,6 +200,8 @@ def test_corrupt_archive_leaves_nothing(tmp_path, server, payload):
     assert (tmp_path / "CoLA" / "train.tsv").read_text() == COLA_TRAIN
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("member", ["../evil.txt", "CoLA/../../evil.txt", "/tmp/evil.txt"])
 def test_traversal_member_refused(tmp_path, server, member):
     files = {"CoLA/train.tsv": COLA_TRAIN, "CoLA/dev.tsv": "x\n", "CoLA/test.tsv": "x\n", member: "pwned\n"}
@@ -200,6 +214,8 @@ def test_traversal_member_refused(tmp_path, server, member):
     assert not list(tmp_path.rglob("evil.txt"))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_mirror_directory(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -215,6 +231,8 @@ def test_mirror_directory(tmp_path):
     assert missing.returncode == 1 and f"--mirror {mirror} has no RTE.zip" in missing.stderr
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_path_to_mrpc(tmp_path, server):
     msr = tmp_path / "msr"
     msr.mkdir()
@@ -229,6 +247,8 @@ def test_path_to_mrpc(tmp_path, server):
     assert bad.returncode == 2 and "has no msr_paraphrase_train.txt" in bad.stderr
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_usage_errors_and_incomplete_task_dir(tmp_path, server):
     result = run_script("--data_dir", str(tmp_path), "--tasks", "CoLA,SQuAD")
     assert result.returncode == 2 and result.stderr == "error: --tasks: unknown task 'SQuAD'; use 'all' or a " \

@@ -137,6 +137,7 @@ def test_bptt_gradients_equal_autograd_through_an_independent_step_loop(schedule
     _assert_same(ours, reference)
 
 
+@pytest.mark.slow
 def test_feedback_gradients_solve_the_linear_fixed_point_exactly():
     model, loss = _model(feedback=True, solver="broyden", solver_tol=1e-11, solver_max_iter=200), _probe(3)
     with torch.no_grad():

@@ -84,6 +84,8 @@ def test_demo_recipe_flags_document_their_choices():
     assert re.search(r"--t_conv N\s+simulation steps T of the student \(default: 16", text)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_help_runs_as_a_user_types_it():
     proc = subprocess.run([sys.executable, "-m", "apps.predict", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -91,6 +93,7 @@ def test_help_runs_as_a_user_types_it():
     assert "--adaptive_t TOL" in proc.stdout and "(default: 32)" in proc.stdout
 
 
+@pytest.mark.system
 def test_docs_refer_only_to_files_in_the_repository():
     """The behaviour contract is docs/DESIGN.md; nothing points to a specification outside the repository."""
     outside = ("SPEC" + ".md", "SPEC" + " §")

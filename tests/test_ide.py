@@ -19,6 +19,7 @@ def _model(**kw):
     return SpikingBertForSequenceClassification(tiny_config(layers=2, fit_size=24, **kw)).double().eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_implicit_gradient_matches_unrolled_fixed_point(solver):
     torch.manual_seed(0)

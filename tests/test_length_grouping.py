@@ -241,6 +241,8 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("length_world"))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_grouped_pred_distill_killed_and_resumed_equals_uninterrupted(world, tmp_path):
     argv = lambda out, *more: task_argv(world, out, "--group_by_length", *more)
     reference = tmp_path / "reference"
@@ -258,6 +260,8 @@ def test_grouped_pred_distill_killed_and_resumed_equals_uninterrupted(world, tmp
     assert_same_run(reference, out, f"grouped run killed {moment}")
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_finetune_takes_group_by_length(world, tmp_path):
     out = tmp_path / "teacher"
     proc = run_finetune("--task_name", "SST-2", "--data_dir", world.sst2, "--bert_model", world.teacher_general,

@@ -25,6 +25,8 @@ from tests.helpers.world import (TEACHER, World, assert_student_dir, build_world
                                  max_weight_diff, random_sentence, read_jsonl, run_script, task_args)
 from transformer.tokenization import BertTokenizer
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:

@@ -132,6 +132,8 @@ def _cli(*argv, stdin=None, rc=0):
     return proc
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_cli_prints_and_writes_what_the_api_gives(student, tmp_path):
     want = SpikingBertForSequenceClassification.from_pretrained(student).predict(TEXTS[:2])
     proc = _cli("--model", student, "--text", TEXTS[0], "--text", TEXTS[1], "--output", tmp_path / "out.jsonl")
@@ -158,6 +160,8 @@ def run_main(argv, rc=0, capsys=None):
         return errors[0]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_cli_errors_are_one_line(student, tmp_path, capsys):
     proc = _cli("--model", student, "--text", "", rc=2)
     assert proc.stderr.strip() == "error: --text is empty: give the text to classify"

@@ -82,6 +82,8 @@ def test_ide_training_memory_does_not_grow_with_t_conv():
 
 # ------------------------------------------------------------------------------------------ training modes
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--train_mode bptt", "--ide_point snn", "--feedback"])
 def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
     student = kd.student_cls
@@ -135,6 +137,8 @@ def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
     assert sum(int((trained[k] - v).abs().gt(1e-7).sum()) for k, v in default.items()) > 100
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path: bf16 autocast")
 def test_fp16_on_the_cpu_runs_the_forward_in_bf16(kd, tmp_path):
     """``--fp16`` on the CPU: the first logged loss is the float64 one up to bf16 rounding (~3 significant
@@ -228,6 +232,7 @@ def _hand_bertadam(data, lr, warmup, total, skipped, advance_on_skip=False):
     return w, b, rates
 
 
+@pytest.mark.slow
 def test_a_skipped_step_does_not_advance_bertadams_schedule(tmp_path):
     lr, warmup, epochs = 0.1, 0.5, 6
     data = _epoch_data(epochs, poisoned={1})
@@ -244,6 +249,7 @@ def test_a_skipped_step_does_not_advance_bertadams_schedule(tmp_path):
     assert np.abs(other - w).max() > 1e-3                # the test tells the two apart
 
 
+@pytest.mark.slow
 def test_metrics_log_the_mean_loss_and_gradient_norm_of_each_logging_window(tmp_path):
     """One epoch of 36 examples in 6 steps of 6, logged every 3 steps. A zero learning rate keeps the weights,
     so each step's loss and gradient norm are known by hand, on the batches of epoch 0's order: a permutation
@@ -265,6 +271,8 @@ def test_metrics_log_the_mean_loss_and_gradient_norm_of_each_logging_window(tmp_
     assert records[0]["loss"] != pytest.approx(records[1]["loss"], rel=1e-3)     # two different windows
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_continue_train_refuses_a_state_of_an_incompatible_version(kd, tmp_path):
     out = tmp_path / "run"
     argv = ["--task_name", "SST-2", "--data_dir", kd.sst2, "--teacher_model", kd.base.teacher_sst2,
@@ -282,6 +290,8 @@ def test_continue_train_refuses_a_state_of_an_incompatible_version(kd, tmp_path)
 
 # ------------------------------------------------------------------------------------------ teacher warning
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_near_chance_teacher_is_warned_about(kd, tmp_path):
     """A teacher whose classifier bias puts half of the dev sentences on each side: with dev labels equal to
     its (numpy float64) predictions it scores 1.0, with the opposite labels 0.0 (below chance: warned)."""
@@ -352,6 +362,7 @@ def test_converter_leak_and_num_labels(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.system
 def test_download_all_tasks_from_a_local_mirror(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -92,6 +92,7 @@ def test_spikes_sops_rates_and_macs_match_a_hand_count(layers):
     assert any(stats.asr_real_tokens[k] != stats.asr_all_positions[k] for k in spikes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, time_chunk, num_labels, task, pooler", [
     (torch.float64, None, 3, None, True),
     (torch.float64, 3, 2, "sst-2", False),
@@ -171,6 +172,7 @@ def test_adaptive_t_matches_fixed_runs_at_the_steps_it_used():
     assert 0 < early.sops_per_example < stats.total_sops_per_example
 
 
+@pytest.mark.slow
 def test_report_files_json_pngs_and_markdown(tmp_path):
     t_conv = 8
     model = _model(0, torch.float32, layers=2, t_conv=t_conv)

@@ -24,6 +24,8 @@ from tests.helpers.stand_in import StandInObjective, regression_data
 from tests.helpers.world import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
 from transformer.optimization import BertAdam
 
+pytestmark = [pytest.mark.slow]
+
 CPU = Runtime(device=torch.device("cpu"))
 
 
@@ -114,6 +116,7 @@ def test_nan_loss_stops_with_step_parts_and_last_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------------------ CLI
 
+@pytest.mark.system
 def test_sigkilled_run_resumed_with_continue_train_equals_uninterrupted(tmp_path):
     world = build_world(tmp_path / "world")
     extra = ["--pred_distill", "--num_train_epochs", "2", "--max_seq_length", "24", "--eval_step", "3",

@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers.world import REPO
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 PROBE = """
 import ctypes, torch
 from spikingbert.runtime import keep_freed_memory

@@ -157,6 +157,7 @@ def test_reference_student_config_loads():
     assert (cfg.t_conv, cfg.vth, cfg.leak) == (100, 1.0, 1.0)
 
 
+@pytest.mark.slow
 def test_adaptive_t_stops_early_and_matches_fixed_t_at_that_step():
     torch.manual_seed(0)
     model = SpikingBertForSequenceClassification(tiny_config(layers=2, t_conv=64)).double().eval()

@@ -78,6 +78,7 @@ def minilm_outputs(minilm_dir):
     return got, want, projections, attention_mask, ref.config
 
 
+@pytest.mark.slow
 def test_minilm_hidden_states_match_huggingface(minilm_outputs):
     got, want, _, _, config = minilm_outputs
     assert len(got.hidden_states) == config.num_hidden_layers + 1 == len(want.hidden_states)
@@ -86,6 +87,7 @@ def test_minilm_hidden_states_match_huggingface(minilm_outputs):
     assert (got.pooled_output - want.pooler_output).abs().max().item() <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_minilm_attention_matches_huggingface(minilm_outputs):
     got, want, projections, attention_mask, config = minilm_outputs
     assert len(got.attention_scores) == config.num_hidden_layers

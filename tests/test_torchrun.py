@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers.world import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 
 def _torchrun(*args, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
