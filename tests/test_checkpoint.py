@@ -8,6 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UsageError, UserError
+from core.files import atomic_write_json
+from spikingbert.run.output import OutputDir
+from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.checkpoint import (
     TRAINING_STATE_NAME,
     install_model_files,
@@ -18,12 +22,8 @@ from spikingbert.training.checkpoint import (
     optimizer_state_to_save,
     save_checkpoint,
 )
-from core.errors import UsageError, UserError
-from spikingbert.run.output import OutputDir
-from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.sampling import ResumableSampler
 from spikingbert.training.state import MetricsLog
-from core.files import atomic_write_json
 from transformer.optimization import BertAdam
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from bench.firing import shape_firing
+from core.linear import linear
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import event_engine, event_ops
 from modules.neuron import if_scan
-from tests.student_utils import tiny_config, tiny_inputs
-from core.linear import linear
+from tests.helpers.students import tiny_config, tiny_inputs
 
 WHY_NOT_BUILT = event_ops.load()
 if WHY_NOT_BUILT is not None and os.environ.get("CI"):
@@ -149,9 +149,8 @@ def test_engine_override_beats_the_environment(use_engine):
     with event_engine.engine_override("auto"):
         assert event_engine.engine()[0] == "event"
     assert event_engine.engine()[0] == "dense"
-    with pytest.raises(ValueError, match="'auto' or 'dense'"):
-        with event_engine.engine_override("fast"):
-            pass
+    with pytest.raises(ValueError, match="'auto' or 'dense'"), event_engine.engine_override("fast"):
+        pass
 
 
 def _all_spikes(model, inputs):
@@ -162,6 +161,7 @@ def _all_spikes(model, inputs):
     return {k: torch.cat(v) for k, v in seen.items()}, out
 
 
+@pytest.mark.slow
 def test_engines_agree_on_a_sparsely_firing_student(use_engine):
     torch.manual_seed(0)
     model = SpikingBertForSequenceClassification(tiny_config(layers=2, hidden=64, heads=2, inter=256, t_conv=16)).eval()
@@ -180,9 +180,10 @@ def test_engines_agree_on_a_sparsely_firing_student(use_engine):
 
 
 def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixture_dir, tmp_path):
-    from tests.student_utils import convert
+    from tests.helpers.students import convert
 
-    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"), t_conv=8)
+    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"),
+            t_conv=8)
     expected = torch.load(published_fixture_dir / "expected.pt", weights_only=True)
     model = SpikingBertForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     inputs = (expected["input_ids"], expected["token_type_ids"], expected["attention_mask"])

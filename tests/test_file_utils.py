@@ -197,7 +197,7 @@ def test_interrupted_download_leaves_nothing(http_server, tmp_path):
     with pytest.raises(DownloadError, match=f"{base}/truncated"):
         cached_path(f"{base}/truncated", cache_dir=tmp_path / "cache")
     assert _files_under(tmp_path / "cache") == []
-    assert [p for p in (tmp_path / "cache").iterdir()] == []
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_http_archive_loads_as_model(http_server, tmp_path, tiny_model_dir):

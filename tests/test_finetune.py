@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,11 @@ import torch
 import transformers
 
 from spikingbert.data import glue
+from tests.helpers.world import run_finetune
 from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
 from transformer.tokenization import BertTokenizer
 
-from .test_pipeline import REPO, script_env
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 POSITIVE = ["good", "great", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
@@ -54,13 +53,6 @@ def setup(tmp_path_factory):
     task = root / "task"
     _write_task(task, random.Random(0), n_train=192, n_dev=64)
     return root, bert, task
-
-
-def run_finetune(*args, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "apps.finetune", *map(str, args)], cwd=REPO,
-                          env=script_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == expect_rc, proc.stderr[-3000:]
-    return proc
 
 
 def test_finetune_learns_the_task_and_writes_a_teacher_dir(setup):

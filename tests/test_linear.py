@@ -1,4 +1,4 @@
-"""transformer.linear: the oneDNN float32 GEMM path equals F.linear (values and gradients), and
+"""core.linear: the oneDNN float32 GEMM path equals F.linear (values and gradients), and
 everything it does not cover falls back to F.linear unchanged."""
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""KD losses (spikingbert/losses.py) against independent numpy computations of docs/DESIGN.md, "Knowledge distillation"."""
+"""KD losses (spikingbert/training/losses.py) against independent numpy computations of docs/DESIGN.md, "Knowledge
+distillation"."""
 import numpy as np
 import pytest
 import torch

@@ -9,11 +9,11 @@ import pytest
 import torch
 import transformers
 
-from core.errors import UsageError
 from apps import predict as predict_app
+from core.errors import UsageError
 from models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert.cli.edge import run_cli
-from tests.student_utils import REPO_ROOT, tiny_config
+from tests.helpers.students import REPO_ROOT, tiny_config
 
 WORDS = ["a", "gorgeous", "witty", "film", "ugly", "and", "pointless", "movie", "the", "plot", "is", "dull",
          "bright", "cast", "very", ",", "."]
@@ -133,6 +133,8 @@ def _cli(*argv, stdin=None, rc=0):
     return proc
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_cli_prints_and_writes_what_the_api_gives(student, tmp_path):
     want = SpikingBertForSequenceClassification.from_pretrained(student).predict(TEXTS[:2])
     proc = _cli("--model", student, "--text", TEXTS[0], "--text", TEXTS[1], "--output", tmp_path / "out.jsonl")
@@ -159,6 +161,8 @@ def run_main(argv, rc=0, capsys=None):
         return errors[0]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_cli_errors_are_one_line(student, tmp_path, capsys):
     proc = _cli("--model", student, "--text", "", rc=2)
     assert proc.stderr.strip() == "error: --text is empty: give the text to classify"

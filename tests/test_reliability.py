@@ -23,11 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from spikingbert.data.glue.features import tokenize_prefix
-from tests import cli_runner
-from tests.kd_world import SEQ, KDWorld, build_kd_world
-from tests.test_pipeline import REPO, script_env
 from core.files import as_write_error
+from spikingbert.data.glue.features import tokenize_prefix
+from tests.helpers import cli_runner
+from tests.helpers.kd_world import SEQ, KDWorld, build_kd_world
+from tests.helpers.published import published_state, write_config
+from tests.helpers.world import REPO, script_env
 from transformer.tokenization import BertTokenizer
 
 CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.corpora"
@@ -82,6 +83,7 @@ CONFIG_CASES = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("name, which, changes, fragments", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
 def test_config_field_with_wrong_type_or_range_is_exit_2_naming_file_field_value(kd, tmp_path, name, which, changes,
                                                                                  fragments):
@@ -94,6 +96,7 @@ def test_config_field_with_wrong_type_or_range_is_exit_2_naming_file_field_value
     assert not out.exists()
 
 
+@pytest.mark.system
 def test_config_that_is_not_an_object_and_converter_and_finetune_configs(kd, tmp_path):
     teacher = _edited_copy(kd.base.teacher_sst2, tmp_path / "teacher_list")
     (teacher / "config.json").write_text("[1, 2]")
@@ -120,6 +123,7 @@ FLAG_CASES = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("script, extra, expected", FLAG_CASES, ids=[" ".join(c[1][:2]) for c in FLAG_CASES])
 def test_non_finite_or_absurd_float_flag_is_exit_2_up_front(kd, tmp_path, script, extra, expected):
     out = tmp_path / "out"
@@ -128,6 +132,7 @@ def test_non_finite_or_absurd_float_flag_is_exit_2_up_front(kd, tmp_path, script
     assert not out.exists()
 
 
+@pytest.mark.system
 def test_run_that_cannot_fit_in_memory_is_refused_before_allocation(kd, tmp_path):
     out = tmp_path / "out"
     _fails(cli_runner.TASK, _task_argv(kd, out, "--train_mode", "bptt", "--t_conv", "1000000", "--train_batch_size",
@@ -137,6 +142,7 @@ def test_run_that_cannot_fit_in_memory_is_refused_before_allocation(kd, tmp_path
 
 # --------------------------------------------------------------------- 3. vocabulary, settings on resume
 
+@pytest.mark.system
 def test_vocabulary_without_cls_is_exit_2_not_a_silent_shift(kd, tmp_path):
     student = _edited_copy(kd.student_cls, tmp_path / "student")
     vocab = student / "vocab.txt"
@@ -148,6 +154,8 @@ def test_vocabulary_without_cls_is_exit_2_not_a_silent_shift(kd, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_resume_with_changed_settings_is_refused_or_warned(kd, tmp_path):
     out = tmp_path / "out"
     cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--t_conv", "4", "--max_steps", "1", "--save_steps", "1"))
@@ -168,6 +176,8 @@ def test_resume_with_changed_settings_is_refused_or_warned(kd, tmp_path):
     assert json.loads((out / "checkpoint-3" / "config.json").read_text())["t_conv"] == 5
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_finetune_resume_with_another_max_seq_length_is_refused(kd, tmp_path):
     out = tmp_path / "teacher"
     argv = ["--task_name", "SST-2", "--data_dir", kd.sst2, "--bert_model", kd.base.teacher_sst2, "--output_dir", out,
@@ -181,6 +191,8 @@ def test_finetune_resume_with_another_max_seq_length_is_refused(kd, tmp_path):
 
 # ------------------------------------------------------------------------------- 4. output dir in use
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_pid(kd, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -205,6 +217,7 @@ def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_pid(kd, tm
 
 # ------------------------------------------------------------------------ 5. nothing written on failure
 
+@pytest.mark.system
 def test_bad_inputs_found_late_leave_nothing_behind(kd, tmp_path):
     data = _edited_copy(kd.pregenerated, tmp_path / "pregenerated")
     epoch = data / "epoch_0.json"
@@ -227,6 +240,7 @@ def test_bad_inputs_found_late_leave_nothing_behind(kd, tmp_path):
     assert not (tmp_path / "o1").exists()
 
 
+@pytest.mark.system
 def test_unsafe_mirror_archive_leaves_no_data_dir(tmp_path):
     import zipfile
 
@@ -243,12 +257,11 @@ def test_unsafe_mirror_archive_leaves_no_data_dir(tmp_path):
 
 # ----------------------------------------------------------------------------- 6. real write failure
 
+@pytest.mark.system
 def test_converter_write_failure_for_real_is_one_line_exit_1(kd, tmp_path):
-    from tests.test_convert import _write_config, published_state
-
     torch.save(published_state(2, task=False), tmp_path / "published.bin")
     out = tmp_path / "converted"
-    _fails(CONVERT, ["--checkpoint", tmp_path / "published.bin", "--config", _write_config(tmp_path / "cfg", 2),
+    _fails(CONVERT, ["--checkpoint", tmp_path / "published.bin", "--config", write_config(tmp_path / "cfg", 2),
                      "--output_dir", out], 1, "cannot write", "the disk (or the quota, or the file-size limit) is full",
            fsize=4096)
     assert not out.exists()
@@ -266,6 +279,7 @@ class SystemCall:
         return os.system, (self.command,)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("consumer", ["student", "teacher", "finetune", "converter"])
 def test_pickle_that_would_run_code_is_refused_and_named(kd, tmp_path, consumer):
     marker = tmp_path / "ran"
@@ -295,6 +309,7 @@ def _wait_for(found, what: str, run, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.system
 def test_sigterm_during_preprocessing_leaves_no_temporaries(kd, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("\n".join(kd.base.corpus.read_text().split("\n")[:40]) + "\n\n") * 400)
@@ -309,6 +324,7 @@ def test_sigterm_during_preprocessing_leaves_no_temporaries(kd, tmp_path):
     assert not out.exists()                              # created by this run: removed with its temporaries
 
 
+@pytest.mark.system
 def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next(kd, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -340,6 +356,7 @@ def main(argv):
     return 0
 
 
+@pytest.mark.system
 def test_sigterm_to_the_demo_is_passed_to_its_stage(tmp_path):
     run = cli_runner.start("tests.test_reliability", [tmp_path])
     _wait_for(lambda: (tmp_path / "stage-ready").exists(), "the stage", run)
@@ -371,6 +388,7 @@ def test_an_interrupted_torch_writer_is_an_interruption_not_a_disk_error():
         as_write_error(caught.value, "checkpoint-2/training_state.pt")
 
 
+@pytest.mark.system
 def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):
     for script in ("spiking_bert_task_distill.py", "preprocess_training_data.py", "download_glue_data.py"):
         proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], cwd=REPO, env=script_env(),
@@ -392,10 +410,11 @@ def _catches(pid: int, signum: int) -> bool:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    line = next((l for l in status.splitlines() if l.startswith("SigCgt:")), "SigCgt: 0")
+    line = next((row for row in status.splitlines() if row.startswith("SigCgt:")), "SigCgt: 0")
     return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
 
 
+@pytest.mark.system
 def test_sigterm_during_a_glue_download_leaves_nothing(tmp_path):
     import socket
 
@@ -419,6 +438,7 @@ def test_sigterm_during_a_glue_download_leaves_nothing(tmp_path):
 
 # --------------------------------------------------------------------- 9. the right flag and path, long rows
 
+@pytest.mark.system
 def test_messages_name_the_right_flag(kd, tmp_path):
     student = _edited_copy(kd.student_general, tmp_path / "short_student", max_position_embeddings=8)
     line = _fails(cli_runner.GENERAL, _general_argv(kd, tmp_path / "o1", student=student), 2,

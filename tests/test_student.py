@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from core.errors import UsageError
-
 from models.spiking_bert import (
     SpikingBertConfig,
     SpikingBertForDistillation,
     SpikingBertForSequenceClassification,
 )
-from tests.student_utils import our_names, reference_forward, tiny_config, tiny_inputs
+from tests.helpers.students import our_names, reference_forward, tiny_config, tiny_inputs
 
 
 def _spikes(model, inputs, **kw):
@@ -30,7 +29,8 @@ def _spikes(model, inputs, **kw):
 @pytest.mark.parametrize("leak", [1.0, 0.9])
 def test_fast_and_step_schedules_give_identical_spikes_float64(layers, leak):
     torch.manual_seed(layers)
-    model = SpikingBertForSequenceClassification(tiny_config(layers=layers, leak=leak, t_conv=11, time_chunk=4)).double().eval()
+    config = tiny_config(layers=layers, leak=leak, t_conv=11, time_chunk=4)
+    model = SpikingBertForSequenceClassification(config).double().eval()
     inputs = tiny_inputs()
     fast, out_fast = _spikes(model, inputs)
     model.config.schedule = "step"
@@ -83,9 +83,10 @@ def test_call_overrides_and_chunking_do_not_change_results():
 
 
 def test_published_checkpoint_fixture_reproduced_exactly(published_fixture_dir, tmp_path):
-    from tests.student_utils import convert
+    from tests.helpers.students import convert
 
-    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"), t_conv=8)
+    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"),
+            t_conv=8)
     expected = torch.load(published_fixture_dir / "expected.pt", weights_only=True)
     model = SpikingBertForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     assert model.config.t_conv == 8 and model.config.num_labels == 3
@@ -154,10 +155,12 @@ def test_invalid_settings_are_rejected(bad, message):
 
 def test_reference_student_config_loads():
     cfg = SpikingBertConfig.from_pretrained("spiking_student_model")
-    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (4, 768, 12, 3072)
+    sizes = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size)
+    assert sizes == (4, 768, 12, 3072)
     assert (cfg.t_conv, cfg.vth, cfg.leak) == (100, 1.0, 1.0)
 
 
+@pytest.mark.slow
 def test_adaptive_t_stops_early_and_matches_fixed_t_at_that_step():
     torch.manual_seed(0)
     model = SpikingBertForSequenceClassification(tiny_config(layers=2, t_conv=64)).double().eval()

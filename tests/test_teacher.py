@@ -1,7 +1,7 @@
 """The vendored BERT teacher against the Hugging Face implementation, and its checkpoint loading."""
 import json
-import re
 import math
+import re
 
 import pytest
 import torch
@@ -10,8 +10,13 @@ import transformers
 from safetensors.torch import load_file
 
 from core.errors import ModelError, UsageError
-from transformer.modeling import (BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel,
-                                  SequenceClassifierOutput)
+from transformer.modeling import (
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertModel,
+    SequenceClassifierOutput,
+)
 from transformer.tokenization import BertTokenizer
 
 SENTENCES = [
@@ -78,6 +83,7 @@ def minilm_outputs(minilm_dir):
     return got, want, projections, attention_mask, ref.config
 
 
+@pytest.mark.slow
 def test_minilm_hidden_states_match_huggingface(minilm_outputs):
     got, want, _, _, config = minilm_outputs
     assert len(got.hidden_states) == config.num_hidden_layers + 1 == len(want.hidden_states)
@@ -86,6 +92,7 @@ def test_minilm_hidden_states_match_huggingface(minilm_outputs):
     assert (got.pooled_output - want.pooler_output).abs().max().item() <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_minilm_attention_matches_huggingface(minilm_outputs):
     got, want, projections, attention_mask, config = minilm_outputs
     assert len(got.attention_scores) == config.num_hidden_layers
@@ -217,7 +224,7 @@ def test_wrong_num_labels_is_a_clear_error(tmp_path, tiny_hf_classifier):
 def test_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(ModelError, match="config.json"):
         BertModel.from_pretrained(tmp_path)
-    BertConfig(**{k: v for k, v in TINY.items()}).to_json_file(tmp_path / "config.json")
+    BertConfig(**dict(TINY.items())).to_json_file(tmp_path / "config.json")
     with pytest.raises(ModelError, match="model.safetensors nor pytorch_model.bin"):
         BertModel.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")

@@ -92,6 +92,7 @@ def corpus() -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("do_lower_case", [True, False])
 def test_matches_reference_tokenizer(corpus, bert_vocab, do_lower_case):
     ours = BertTokenizer.from_pretrained(bert_vocab.parent, do_lower_case=do_lower_case)

@@ -29,13 +29,13 @@ import torch
 
 from spikingbert.cli.edge import run_cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GENERAL, TASK, PREPROCESS = "spiking_bert_general_distill", "spiking_bert_task_distill", "preprocess_training_data"
 DOWNLOAD = "download_glue_data"
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "spikingbert.run.stages", GENERAL, TASK, PREPROCESS,
-                                 "tests.cli_runner"])
+                                 "tests.helpers.cli_runner"])
 
 
 def limit_file_size(fsize: Optional[int]) -> None:

@@ -1,6 +1,6 @@
-"""A tiny world for CLI runs whose losses are recomputed independently (tests/float64_reference.py).
+"""A tiny world for CLI runs whose losses are recomputed independently (tests/helpers/float64_reference.py).
 
-On top of `tests.test_pipeline.build_world` (random tiny BERT teachers, 4 layers, H 32, and a
+On top of `tests.helpers.world.build_world` (random tiny BERT teachers, 4 layers, H 32, and a
 whole-word vocabulary) it adds what an independent recomputation needs:
 
 * saved students without dropout (so a training forward is deterministic): a general-KD student
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
-from tests import float64_reference as ref
-from tests.test_pipeline import STSB_HEADER, TEACHER, WORDS, World, build_world
+from tests.helpers import float64_reference as ref
+from tests.helpers.world import STSB_HEADER, TEACHER, World, build_world, random_sentence
 
 STUDENT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                max_position_embeddings=64, initializer_range=0.5, hidden_dropout_prob=0.0,
@@ -53,10 +53,6 @@ class KDWorld:
     pregenerated_instances: List[dict]
 
 
-def _sentence(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
-
-
 def _save_student(cls, path: Path, vocab_file: Path, vocab_size: int, seed: int, **extra) -> Path:
     torch.manual_seed(seed)
     cls(SpikingBertConfig(vocab_size=vocab_size, **{**STUDENT, **extra})).save_pretrained(path, vocab_file=vocab_file)
@@ -78,7 +74,7 @@ def build_kd_world(root: Path) -> KDWorld:
     pregenerated.mkdir()
     instances = []
     for i in range(10):
-        a, b = _sentence(rng, 2, 5).split(), _sentence(rng, 2, 6).split()
+        a, b = random_sentence(rng, 2, 5).split(), random_sentence(rng, 2, 6).split()
         toks = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
         instances.append({"tokens": toks, "segment_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
                           "is_random_next": bool(i % 2), "masked_lm_positions": [], "masked_lm_labels": []})
@@ -89,11 +85,12 @@ def build_kd_world(root: Path) -> KDWorld:
     sst2, stsb = root / "SST-2", root / "STS-B"
     sst2.mkdir()
     stsb.mkdir()
-    sst2_train = [(_sentence(rng, 3, 10), rng.randint(0, 1)) for _ in range(12)]
+    sst2_train = [(random_sentence(rng, 3, 10), rng.randint(0, 1)) for _ in range(12)]
     (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in sst2_train))
-    dev = [(_sentence(rng, 3, 10), rng.randint(0, 1)) for _ in range(6)]
+    dev = [(random_sentence(rng, 3, 10), rng.randint(0, 1)) for _ in range(6)]
     (sst2 / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in dev))
-    stsb_train = [(_sentence(rng, 2, 5), _sentence(rng, 2, 5), round(rng.uniform(0, 5), 3)) for _ in range(8)]
+    stsb_train = [(random_sentence(rng, 2, 5), random_sentence(rng, 2, 5), round(rng.uniform(0, 5), 3))
+                  for _ in range(8)]
     for split, rows in (("train", stsb_train), ("dev", stsb_train[:4])):
         (stsb / f"{split}.tsv").write_text(STSB_HEADER + "".join(
             f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{a}\t{b}\t{score}\n" for i, (a, b, score) in enumerate(rows)))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models.spiking_bert import SpikingBertConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_config(layers=2, hidden=32, heads=2, inter=64, vocab=120, t_conv=8, **kw) -> SpikingBertConfig:
@@ -80,7 +80,8 @@ def reference_forward(w, cfg, input_ids, token_type_ids, attention_mask, t_conv,
 
 def our_names(state):
     """Map the reference's names onto this project's state dict keys."""
-    table = {"emb.word": "bert.embeddings.word_embeddings.weight", "emb.pos": "bert.embeddings.position_embeddings.weight",
+    table = {"emb.word": "bert.embeddings.word_embeddings.weight",
+             "emb.pos": "bert.embeddings.position_embeddings.weight",
              "emb.type": "bert.embeddings.token_type_embeddings.weight", "emb_ln_w": "bert.embeddings.LayerNorm.weight",
              "emb_ln_b": "bert.embeddings.LayerNorm.bias", "C_w": "classifier.weight", "C_b": "classifier.bias"}
     parts = {"K": "attention.self.key", "V": "attention.self.value", "Q": "attention.self.query",
