@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from core.errors import UsageError, UserError
-from models.configuration import MODEL_TYPE
+from models.migrations import MODEL_TYPE
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 
 from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command

@@ -3,6 +3,7 @@
 * :func:`atomic_write`, :func:`atomic_write_text`, :func:`atomic_write_json` and :func:`atomic_open` fill a
   temporary file beside the target, sync it and rename it into place; :func:`build_directory` does the same
   for a whole directory. An interrupted write leaves the target as it was.
+* A file written in place (a log, a partial download) is opened without following links (`open_no_follow`).
 * A write that fails (a full disk, the quota, the file-size limit), also inside torch's or safetensors'
   writers, becomes an `OSError` naming the file (:func:`as_write_error`); :func:`describe_os_error` words it.
 """
@@ -173,6 +174,49 @@ def build_directory(final: Path, build: Callable[[Path], object], keep_existing:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def open_no_follow(path: str | os.PathLike, mode: str = "w", encoding: Optional[str] = None) -> IO:
+    """``open(path, mode)`` for writing (``w``, ``a``, ``wb``, ``ab``) that never writes through a symbolic link:
+    a link at ``path`` is an `OSError` (ELOOP) naming it, its target is left alone."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symbolic link; remove it (nothing is written through a link)",
+                          os.fspath(path)) from None
+        raise
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else encoding or "utf-8")
+
+
+#: The largest metadata file (config.json, args.json, task.json) any command reads (they are a few kB).
+METADATA_LIMIT = 4 << 20
+
+
+def read_capped(path: str | os.PathLike, limit: int = METADATA_LIMIT, what: str = "settings file",
+                errors: str = "strict") -> str:
+    """The UTF-8 text of ``path``, refused (`UsageError`) without reading it when it is larger than ``limit`` bytes:
+    a file of that size is not a ``what`` (a link to a disk image, a damaged copy) and would cost minutes and GBs."""
+    from .errors import UsageError
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > limit:
+        raise UsageError(f"{path} is {size:,} bytes, more than a {what} can be ({limit:,}): it is not one, or it is "
+                         "damaged; replace it")
+    return path.read_text(encoding="utf-8", errors=errors)
+
+
+def read_json(path: str | os.PathLike, what: str = "settings file") -> Any:
+    """The JSON value of ``path`` (`read_capped`); too deep a nesting is a `UsageError` too. A missing file
+    (`OSError`) and invalid JSON (`ValueError`) are the caller's to word."""
+    from .errors import UsageError
+
+    try:
+        return json.loads(read_capped(path, what=what))
+    except RecursionError:
+        raise UsageError(f"{path} is nested too deeply to be a {what}; fix or replace it") from None
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Set
 
@@ -54,8 +55,24 @@ def _in_use(directory: Path, flag: str, path: Path) -> DirectoryInUse:
                           f"finish or stop it, or choose another {flag}")
 
 
+def _not_a_lock_file(path: Path, flag: str) -> Optional[UsageError]:
+    """The error for a lock path that exists but is not a regular file (a link, a directory, a device), else None:
+    such a path is never opened, so a planted link cannot make a run write through it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+    return UsageError(f"{flag} {path.parent}: its lock file {path.name} is {kind}; a run never writes through it: "
+                      f"remove {path}, or choose another {flag}")
+
+
 class DirectoryLock:
-    """An exclusive ``flock`` on ``directory/name``; `acquire` raises `DirectoryInUse` when another process holds it."""
+    """An exclusive ``flock`` on ``directory/name``; `acquire` raises `DirectoryInUse` when another process holds it.
+    The lock file is opened without following links (``O_NOFOLLOW``); a lock path that is not a regular file is
+    refused (`UsageError`)."""
 
     def __init__(self, directory: Path, flag: str, name: str = LOCK_NAME):
         self.directory = Path(directory)
@@ -67,8 +84,11 @@ class DirectoryLock:
         """Raise `DirectoryInUse` if another live process holds the lock; creates nothing."""
         if self.path.resolve() in _HELD:
             return
+        refused = _not_a_lock_file(self.path, self.flag)
+        if refused is not None:
+            raise refused
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return                                  # no lock file (or unreadable): nobody to wait for
         try:
@@ -81,7 +101,13 @@ class DirectoryLock:
     def acquire(self) -> None:
         """Take the lock (the directory must exist) and write this process's pid into the lock file."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            refused = _not_a_lock_file(self.path, self.flag)
+            if refused is not None:
+                raise refused
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as err:                  # a link planted between the check and the open: ELOOP
+                raise _not_a_lock_file(self.path, self.flag) or err from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ModelError, UsageError
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, read_capped
 from .remote import cached_path
 from .settings import SETTINGS
 from .weights import WEIGHTS_NAME, find_weights, read_weights
@@ -112,13 +112,15 @@ class ModelConfig:
         """The fields of the ``config.json`` at ``path`` as read (not checked yet)."""
         path = Path(path)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(read_capped(path, what=CONFIG_NAME))
         except FileNotFoundError:
             raise ModelError(f"{path} not found: a {cls.KIND} model directory needs a {CONFIG_NAME}") from None
         except IsADirectoryError:
             raise ModelError(f"{path} is a directory: pass a model directory holding a {CONFIG_NAME}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UsageError(f"{path} is not valid JSON ({err}); fix or replace the file") from None
+        except RecursionError:
+            raise UsageError(f"{path} is nested too deeply to be a {CONFIG_NAME}; fix or replace the file") from None
 
     @classmethod
     def migrate(cls, values: Any, directory: Path) -> Any:
@@ -149,6 +151,18 @@ class ModelConfig:
 
     def save_pretrained(self, directory: PathLike) -> None:
         self.to_json_file(Path(directory) / CONFIG_NAME)
+
+
+def _usable(tensor: Tensor, key: str, source: Path) -> Tensor:
+    """``tensor`` when it holds finite floating-point values; a weight of another dtype (it would be cast silently) or
+    with NaN/inf (every output would be NaN) is refused naming it."""
+    if not tensor.is_floating_point():
+        raise UsageError(f"{source}: {key} holds {str(tensor.dtype).replace('torch.', '')} values, not floating point: "
+                         "this is not a weights file of this model; use the file the model was saved with")
+    if not torch.isfinite(tensor).all():
+        raise ModelError(f"{source}: {key} holds NaN or infinite values: the weights are damaged (or come from a "
+                         "diverged run); use an intact copy or an earlier checkpoint")
+    return tensor
 
 
 class PreTrainedModel(nn.Module):
@@ -248,7 +262,7 @@ class PreTrainedModel(nn.Module):
                                  f"expects {tuple(own[target].shape)}; check config.json (num_labels for a classifier, "
                                  "the hidden size)")
             else:
-                mapped[target] = tensor
+                mapped[target] = _usable(tensor, key, source)
         missing = [k for k in own if k not in mapped and k not in self.tied_keys]
         required = [k for k in missing if not k.startswith(self.optional_prefixes)]
         if required or (unexpected and self.strict):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .archives import extract_into, member_path
 from .errors import ModelError
-from .files import atomic_write_text, build_directory, naming_write_errors
+from .files import atomic_write_text, build_directory, naming_write_errors, open_no_follow
 
 __all__ = ["DownloadError", "download", "cached_path", "default_cache_dir", "CACHE_ENV"]
 
@@ -101,7 +101,7 @@ def _get_once(url: str, part: Path, resume: bool, timeout, http, hint: str) -> O
             offset = 0                                       # the server sent the whole file
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None and length.isdigit() else None
-        with naming_write_errors(part), open(part, "ab" if offset else "wb") as out, tqdm(
+        with naming_write_errors(part), open_no_follow(part, "ab" if offset else "wb") as out, tqdm(
                 total=total, initial=offset, unit="B", unit_scale=True, desc=Path(urlparse(url).path).name,
                 leave=False, disable=None) as bar:
             for chunk in resp.iter_content(chunk_size=_CHUNK):

@@ -157,6 +157,8 @@ SETTINGS: Dict[str, FieldSpec] = {
     "fit_size": FieldSpec(int, 1, 1 << 16, nullable=True),
     "use_pooler": FieldSpec(bool),
     "max_seq_length": _count(3, nullable=True),
+    "text_pairs": FieldSpec(bool, nullable=True),
+    "training_stage": _choice("general", "intermediate", "prediction", nullable=True),
     # ---- training and evaluation runs (flags of the stages, fine-tuning and the demo's recipe)
     "train_batch_size": _count(),
     "eval_batch_size": _count(),

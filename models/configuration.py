@@ -46,6 +46,8 @@ class SpikingBertConfig(BertFields):
     label2id: Optional[dict[str, int]] = None   # label name -> class index
     do_lower_case: Optional[bool] = None        # the texts were lower-cased before WordPiece
     max_seq_length: Optional[int] = None        # tokens per input in training, [CLS] and [SEP] included
+    text_pairs: Optional[bool] = None           # trained on sentence pairs (True) or single texts (False)
+    training_stage: Optional[str] = None        # the stage that wrote the directory: general, intermediate, prediction
 
     KIND = "student"
 

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import UsageError
-from transformer.tokenization import BertTokenizer, pack_inputs
+from transformer.tokenization import BertTokenizer, is_blank, pack_inputs
 
-__all__ = ["Prediction", "predict", "model_tokenizer", "DEFAULT_MAX_SEQ_LENGTH"]
+__all__ = ["Prediction", "predict", "model_tokenizer", "check_student", "DEFAULT_MAX_SEQ_LENGTH"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,11 @@ def model_tokenizer(model: nn.Module) -> BertTokenizer:
         lower = not any("A" <= char <= "Z" for token in tokenizer.vocab if not token.startswith("[") for char in token)
         logger.warning("%s does not record do_lower_case; using %s (its vocabulary is %s)", model.source, lower,
                        "uncased" if lower else "cased")
-    return _tokenizer(str(model.vocab_file), Path(model.vocab_file).stat().st_mtime_ns, bool(lower))
+    tokenizer = _tokenizer(str(model.vocab_file), Path(model.vocab_file).stat().st_mtime_ns, bool(lower))
+    if len(tokenizer.vocab) > model.config.vocab_size:
+        raise UsageError(f"{model.vocab_file} has {len(tokenizer.vocab)} tokens but config.json has vocab_size "
+                         f"{model.config.vocab_size}: use the vocab.txt the model was trained with")
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=8)
@@ -83,20 +87,32 @@ def _tokenizer(vocab_file: str, modified_ns: int, do_lower_case: bool) -> BertTo
     return BertTokenizer(vocab_file, do_lower_case=do_lower_case)
 
 
+def check_student(model: nn.Module, pairs: bool) -> None:
+    """Refuse a student that cannot classify: one without a trained classifier (a config only, or a general-KD or
+    intermediate-KD directory, as its ``training_stage`` says), or one given text pairs when it was trained on single
+    texts (or the other way round), as its ``text_pairs`` says."""
+    config, where = model.config, model.source if model.source is not None else "this student"
+    untrained = config.training_stage in ("general", "intermediate") or (
+        model.weights_file is None and model.source is not None) or any(
+        key.startswith("classifier.") for key in model.initialised_keys)
+    if untrained:
+        raise UsageError(f"{where} has no trained classifier (only a config, or a {config.training_stage or 'general'}"
+                         "-KD student): use the output dir of a prediction-KD run (`pred_distill`)")
+    if config.text_pairs is not None and config.text_pairs != pairs:
+        raise UsageError(f"{where} was trained on {'sentence pairs' if config.text_pairs else 'single texts'}: give "
+                         f"{'each text its pair (`text_pair`)' if config.text_pairs else 'single texts, no pairs'}")
+
+
 def _check_inputs(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequence[str]]) -> None:
-    if model.weights_file is None and model.source is not None or any(
-            key.startswith("classifier.") for key in model.initialised_keys):
-        raise UsageError(f"{model.source} has no trained classifier (only a config, or the weights of a "
-                                 "general-KD or intermediate-KD student): use the output dir of a prediction-KD "
-                                 "run (`pred_distill`)")
     if isinstance(texts, str) or (text_pairs is not None and isinstance(text_pairs, str)):
         raise ValueError("texts and text_pairs must be lists of strings, not one string")
+    check_student(model, text_pairs is not None)
     if text_pairs is not None and len(text_pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs: give one pair per text")
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise ValueError(f"input {i + 1}: the text is empty")
-        if text_pairs is not None and (not isinstance(text_pairs[i], str) or not text_pairs[i].strip()):
+        if text_pairs is not None and (not isinstance(text_pairs[i], str) or is_blank(text_pairs[i])):
             raise ValueError(f"input {i + 1}: the text pair is empty")
 
 

@@ -14,10 +14,12 @@ Directories written by this version record all of them; nothing is changed there
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from core.files import read_json
+from core.settings import SETTINGS
 
 __all__ = ["MODEL_TYPE", "migrate_student_config"]
 
@@ -50,7 +52,7 @@ def migrate_student_config(values: Dict[str, Any], directory: Path,
     run = _run_record(directory)
     filled: List[str] = []
     for name in missing:
-        if run.get(name) is not None:
+        if _recordable(name, run.get(name)):
             values[name] = run[name]
             filled.append(name)
     if values.get("id2label") is None and label_names is not None:
@@ -63,10 +65,17 @@ def migrate_student_config(values: Dict[str, Any], directory: Path,
     return values
 
 
+def _recordable(name: str, value: Any) -> bool:
+    """Whether an args.json value is a valid ``name`` (a flag's value of another type, e.g. a string, is not used)."""
+    if name == "do_lower_case":
+        return isinstance(value, bool)
+    return value is not None and SETTINGS[name].accepts(value)
+
+
 def _run_record(directory: Path) -> Dict[str, Any]:
     """The directory's ``args.json`` (what the run that wrote it was given), or an empty record."""
     try:
-        record = json.loads((directory / "args.json").read_text(encoding="utf-8"))
+        record = read_json(directory / "args.json", "run record")
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}

@@ -81,7 +81,7 @@ class Inputs:
     teacher_no_config: Path
     teacher_truncated_bin: Path     # pytorch_model.bin cut in half
     teacher_payload: Path           # pytorch_model.bin (legacy format) carrying Payload
-    teacher_nan: Path               # NaN attention weights: every loss is NaN
+    teacher_nan: Path               # attention weights that overflow float32: every loss is NaN
     student_marker: Path            # written if the student's payload ever runs
     teacher_marker: Path
     no_train_tsv: Path
@@ -169,7 +169,7 @@ def inputs(tmp_path_factory) -> Inputs:
     teacher_nan = _copy(world.teacher_general, root / "teacher_nan")
     general_state = load_file(str(teacher_nan / "model.safetensors"))
     key = next(k for k in general_state if k.endswith("layer.0.attention.self.query.weight"))
-    general_state[key] = torch.full_like(general_state[key], float("nan"))
+    general_state[key] = torch.full_like(general_state[key], 3e38)     # finite (NaN weights are refused on load)
     save_file(general_state, str(teacher_nan / "model.safetensors"))
 
     pregenerated = root / "pregenerated"

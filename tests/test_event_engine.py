@@ -15,8 +15,8 @@ from modules.neuron import if_scan
 from tests.helpers.students import tiny_config, tiny_inputs
 
 WHY_NOT_BUILT = event_ops.load()
-if WHY_NOT_BUILT is not None and os.environ.get("CI"):
-    raise RuntimeError(f"CI must build the event engine's kernels: {WHY_NOT_BUILT}")
+if WHY_NOT_BUILT is not None and (event_ops.kernels_expected() or os.environ.get("CI")):
+    raise RuntimeError(f"this x86-64 CPU with AVX2 runs the event engine's kernels, but: {WHY_NOT_BUILT}")
 pytestmark = pytest.mark.skipif(WHY_NOT_BUILT is not None, reason=f"event engine not available: {WHY_NOT_BUILT}")
 
 BEST_ISA = int(torch.ops.spikingbert.event_isa()) if WHY_NOT_BUILT is None else 0

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from core.files import as_write_error
 from spikingbert.data.glue.features import tokenize_prefix
 from tests.helpers import cli_runner
-from tests.helpers.kd_world import SEQ, KDWorld, build_kd_world
+from tests.helpers.kd_world import SEQ, KDWorld, build_kd_world, task_argv
 from tests.helpers.published import published_state, write_config
 from tests.helpers.world import REPO, script_env
 from transformer.tokenization import BertTokenizer
@@ -37,12 +37,6 @@ CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.co
 @pytest.fixture(scope="module")
 def kd(tmp_path_factory) -> KDWorld:
     return build_kd_world(tmp_path_factory.mktemp("reliability_world"))
-
-
-def _task_argv(kd: KDWorld, out: Path, *extra, student=None, teacher=None):
-    return ["--task_name", "SST-2", "--data_dir", kd.sst2, "--teacher_model", teacher or kd.base.teacher_sst2,
-            "--spiking_student_model", student or kd.student_cls, "--output_dir", out, "--do_lower_case",
-            "--max_seq_length", SEQ, "--train_batch_size", "2", "--logging_steps", "1", "--seed", "3", *extra]
 
 
 def _general_argv(kd: KDWorld, out: Path, *extra, student=None, teacher=None, data=None):
@@ -90,7 +84,7 @@ def test_config_field_with_wrong_type_or_range_is_exit_2_naming_file_field_value
     src = kd.student_cls if which == "student" else kd.base.teacher_sst2
     edited = _edited_copy(src, tmp_path / which, **changes)
     out = tmp_path / "out"
-    argv = _task_argv(kd, out, student=edited) if which == "student" else _task_argv(kd, out, teacher=edited)
+    argv = task_argv(kd, out, student=edited) if which == "student" else task_argv(kd, out, teacher=edited)
     line = _fails(cli_runner.TASK, argv, 2, str(edited / "config.json"), "must be", *fragments)
     assert "must be an integer in [1, " in line, line                      # the allowed range
     assert not out.exists()
@@ -100,7 +94,7 @@ def test_config_field_with_wrong_type_or_range_is_exit_2_naming_file_field_value
 def test_config_that_is_not_an_object_and_converter_and_finetune_configs(kd, tmp_path):
     teacher = _edited_copy(kd.base.teacher_sst2, tmp_path / "teacher_list")
     (teacher / "config.json").write_text("[1, 2]")
-    _fails(cli_runner.TASK, _task_argv(kd, tmp_path / "o1", teacher=teacher), 2, "must hold a JSON object")
+    _fails(cli_runner.TASK, task_argv(kd, tmp_path / "o1", teacher=teacher), 2, "must hold a JSON object")
     config = tmp_path / "convert_config.json"
     config.write_text(json.dumps({**json.loads((kd.student_general / "config.json").read_text()),
                                   "num_hidden_layers": -1}))
@@ -127,7 +121,7 @@ FLAG_CASES = [
 @pytest.mark.parametrize("script, extra, expected", FLAG_CASES, ids=[" ".join(c[1][:2]) for c in FLAG_CASES])
 def test_non_finite_or_absurd_float_flag_is_exit_2_up_front(kd, tmp_path, script, extra, expected):
     out = tmp_path / "out"
-    argv = (_task_argv if script == cli_runner.TASK else _general_argv)(kd, out, *extra)
+    argv = (task_argv if script == cli_runner.TASK else _general_argv)(kd, out, *extra)
     assert _fails(script, argv, 2, expected) == f"error: {expected}"
     assert not out.exists()
 
@@ -135,7 +129,7 @@ def test_non_finite_or_absurd_float_flag_is_exit_2_up_front(kd, tmp_path, script
 @pytest.mark.system
 def test_run_that_cannot_fit_in_memory_is_refused_before_allocation(kd, tmp_path):
     out = tmp_path / "out"
-    _fails(cli_runner.TASK, _task_argv(kd, out, "--train_mode", "bptt", "--t_conv", "1000000", "--train_batch_size",
+    _fails(cli_runner.TASK, task_argv(kd, out, "--train_mode", "bptt", "--t_conv", "1000000", "--train_batch_size",
                                        "4096"), 2, "needs at least", "GiB of memory", "--train_batch_size", "--t_conv")
     assert not out.exists()
 
@@ -158,19 +152,19 @@ def test_vocabulary_without_cls_is_exit_2_not_a_silent_shift(kd, tmp_path):
 @pytest.mark.slow
 def test_resume_with_changed_settings_is_refused_or_warned(kd, tmp_path):
     out = tmp_path / "out"
-    cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--t_conv", "4", "--max_steps", "1", "--save_steps", "1"))
+    cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--t_conv", "4", "--max_steps", "1", "--save_steps", "1"))
     before = _snapshot(out)
-    line = _fails(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "5", "--temperature", "2",
+    line = _fails(cli_runner.TASK, task_argv(kd, out, "--continue_train", "--t_conv", "5", "--temperature", "2",
                                               "--max_steps", "2"), 2,
                   "made with other settings", "t_conv 4 (now 5)", "temperature 1.0 (now 2.0)",
                   "--allow_changed_settings")
     assert "learning_rate" not in line
     assert _snapshot(out) == before
-    result = cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "4",
+    result = cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--continue_train", "--t_conv", "4",
                                                         "--learning_rate", "1e-4", "--max_steps", "2"))
     assert "learning_rate changed from 5e-05 to 0.0001" in result.output, result.output[-3000:]
     assert (out / "checkpoint-2").is_dir()
-    result = cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "5",
+    result = cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--continue_train", "--t_conv", "5",
                                                         "--allow_changed_settings", "--max_steps", "3"))
     assert "resuming with changed model settings: t_conv 4 (now 5)" in result.output, result.output[-3000:]
     assert json.loads((out / "checkpoint-3" / "config.json").read_text())["t_conv"] == 5
@@ -205,13 +199,13 @@ def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_pid(kd, tm
         "time.sleep(300)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = _fails(cli_runner.TASK, _task_argv(kd, out, "--max_steps", "1"), 2)
+        line = _fails(cli_runner.TASK, task_argv(kd, out, "--max_steps", "1"), 2)
         assert line.startswith(f"error: --output_dir {out} is in use by another run (pid {holder.pid});"), line
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     finally:
         holder.kill()                                          # the kernel releases a dead process's lock
         holder.wait()
-    cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--max_steps", "1", "--save_steps", "1"))
+    cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--max_steps", "1", "--save_steps", "1"))
     assert (out / "checkpoint-1").is_dir() and not (out / ".lock").exists()
 
 
@@ -232,7 +226,7 @@ def test_bad_inputs_found_late_leave_nothing_behind(kd, tmp_path):
     teacher = _edited_copy(kd.base.teacher_general, tmp_path / "teacher_nan")
     state = load_file(str(teacher / "model.safetensors"))
     key = next(k for k in state if k.endswith("layer.0.attention.self.query.weight"))
-    state[key] = torch.full_like(state[key], float("nan"))
+    state[key] = torch.full_like(state[key], 3e38)       # overflows float32 (NaN weights are refused on load)
     save_file(state, str(teacher / "model.safetensors"))
     out = tmp_path / "nested" / "o3"                     # fails at step 1, after the output dir was created
     _fails(cli_runner.GENERAL, _general_argv(kd, out, "--max_steps", "2", teacher=teacher), 1, "not finite")
@@ -289,8 +283,8 @@ def test_pickle_that_would_run_code_is_refused_and_named(kd, tmp_path, consumer)
     bin_file = model / "pytorch_model.bin"
     torch.save({"weight": SystemCall(f"touch {marker}")}, bin_file)
     out = tmp_path / "out"
-    argv = {"student": lambda: _task_argv(kd, out, student=model),
-            "teacher": lambda: _task_argv(kd, out, teacher=model),
+    argv = {"student": lambda: task_argv(kd, out, student=model),
+            "teacher": lambda: task_argv(kd, out, teacher=model),
             "finetune": lambda: ["--task_name", "SST-2", "--data_dir", kd.sst2, "--bert_model", model,
                                  "--output_dir", out, "--max_seq_length", SEQ],
             "converter": lambda: ["--checkpoint", bin_file, "--config", kd.student_general, "--output_dir", out]}
@@ -395,7 +389,7 @@ def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
-        while not _catches(proc.pid, signal.SIGTERM):           # run_cli took over: main() starts importing
+        while not cli_runner.catches_signal(proc.pid, signal.SIGTERM):      # run_cli took over: main() imports
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGINT)
@@ -403,15 +397,6 @@ def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):
         assert "Traceback" not in stderr, stderr
         if proc.returncode != 0:                                   # interrupted (not already done)
             assert proc.returncode == 130 and stderr.strip().splitlines() == ["error: interrupted"], stderr
-
-
-def _catches(pid: int, signum: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    line = next((row for row in status.splitlines() if row.startswith("SigCgt:")), "SigCgt: 0")
-    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
 
 
 @pytest.mark.system

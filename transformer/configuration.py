@@ -48,6 +48,10 @@ class BertFields(ModelConfig):
         heads = values.get("num_attention_heads", cls.num_attention_heads)
         if hidden % heads:
             raise UsageError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        length, positions = values.get("max_seq_length"), values.get("max_position_embeddings", 512)
+        if isinstance(length, int) and not isinstance(length, bool) and length > positions:
+            raise UsageError(f"{source}: max_seq_length {length} is more than max_position_embeddings {positions}: the "
+                             "model has no position for the tokens beyond; fix config.json")
 
 
 @dataclass

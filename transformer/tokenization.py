@@ -22,7 +22,7 @@ from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from core.errors import ModelError, UsageError
-from core.files import atomic_write_text
+from core.files import atomic_write_text, read_capped
 from core.remote import cached_path
 
 logger = logging.getLogger(__name__)
@@ -32,15 +32,26 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: Special tokens every input of the pipeline is built with (``[CLS] a [SEP] b [SEP]``, unknown words).
 REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
 MAX_INPUT_CHARS_PER_WORD = 100
+#: The largest vocab.txt read (bytes) and the most tokens it may hold (BERT's have 30k-120k).
+VOCAB_LIMIT, MAX_TOKENS = 32 << 20, 1 << 20
 
 
 def load_vocab(vocab_file: str | os.PathLike) -> "OrderedDict[str, int]":
-    """Read a vocab.txt (one token a line, id = line number) into an ordered token -> id dict."""
-    vocab: "OrderedDict[str, int]" = OrderedDict()
-    with open(vocab_file, encoding="utf-8") as reader:
-        for index, line in enumerate(reader):
-            vocab[line.rstrip("\n")] = index
-    return vocab
+    """Read a vocab.txt (one token a line, id = line number) into an ordered token -> id dict; a file larger than any
+    vocabulary (`VOCAB_LIMIT` bytes, `MAX_TOKENS` lines) is refused before it is read."""
+    text = read_capped(vocab_file, VOCAB_LIMIT, "vocabulary")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > MAX_TOKENS:
+        raise UsageError(f"vocabulary file {vocab_file} has {len(lines):,} lines, more than any vocabulary "
+                         f"({MAX_TOKENS:,}): use the model's vocab.txt")
+    return OrderedDict((line, index) for index, line in enumerate(lines))
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing to tokenize: only white space and control or format characters."""
+    return not any(not char.isspace() and not unicodedata.category(char).startswith("C") for char in text)
 
 
 def _is_whitespace(char: str) -> bool:

@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from core.errors import UsageError, UserError
+from core.files import read_capped
 from core.weights import find_weights, read_weights
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import dev_splits
-from spikingbert.training.checkpoint import TRAINING_STATE_NAME, load_training_state
+from spikingbert.training.checkpoint import TRAINING_STATE_NAME
+from transformer.tokenization import VOCAB_LIMIT
 
 from .model_dirs import ModelDir
 
 __all__ = ["weight_shapes", "check_student_weights", "check_teacher_weights", "check_vocabularies",
-           "check_vocabulary_size", "check_fit_dense", "check_not_an_input", "check_task_data",
+           "check_fit_dense", "check_not_an_input", "check_task_data",
            "check_training_inputs", "check_eval_inputs"]
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def check_teacher_weights(teacher: ModelDir) -> None:
 
 
 def _read_vocab(path: Path) -> List[str]:
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_capped(path, VOCAB_LIMIT, "vocabulary", errors="replace").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return [line.strip() for line in lines]
@@ -89,18 +91,6 @@ def check_vocabularies(student_dir: Path, teacher_dir: Path) -> None:
         f"({len(b)} tokens) differ from line {first + 1} on ({shown(a)} vs {shown(b)}): teacher and student "
         "must share one vocabulary; use the teacher the student was distilled from"
     )
-
-
-def check_vocabulary_size(tokenizer, vocab_size: int, model_dir: Path, flag: str = "--spiking_student_model") -> None:
-    """The vocabulary must fit the model's ``vocab_size`` (ids beyond it have no embedding); a smaller one is
-    reported, as a vocab.txt that lost lines shifts the id of every token after the gap."""
-    tokens = len(tokenizer.vocab)
-    if tokens > vocab_size:
-        raise UsageError(f"{flag} {model_dir}: {tokenizer.vocab_file} has {tokens} tokens but config.json has "
-                         f"vocab_size {vocab_size}: use the vocab.txt the model was trained with")
-    if tokens < vocab_size:
-        logger.warning("%s has %d tokens, config.json's vocab_size is %d: if lines are missing from vocab.txt, the ids "
-                       "of all tokens after them are shifted", tokenizer.vocab_file, tokens, vocab_size)
 
 
 def check_fit_dense(shapes: Optional[Shapes], student_hidden: int, teacher_hidden: int, source: Path) -> None:
@@ -143,7 +133,7 @@ def check_task_data(task: str, data_dir: Path, splits: Sequence[str], skip_bad_r
 def check_training_inputs(output_dir: Path, overwrite: bool, student: ModelDir, teacher: ModelDir,
                           resume: Optional[Path]) -> None:
     """All checks of a distillation run that need no model: teacher weights, vocabularies, the student
-    (or the checkpoint to resume from), its training state, and that no input is the output dir."""
+    (or the checkpoint to resume from), and that no input is the output dir."""
     local_teacher = None if "://" in teacher.location else Path(teacher.location)
     check_not_an_input(output_dir, overwrite, {student.flag: Path(student.location), teacher.flag: local_teacher})
     check_teacher_weights(teacher)
@@ -151,8 +141,6 @@ def check_training_inputs(output_dir: Path, overwrite: bool, student: ModelDir, 
     source = resume or Path(student.location)
     shapes = check_student_weights(source)
     check_fit_dense(shapes, student.config.hidden_size, teacher.config.hidden_size, find_weights(source) or source)
-    if resume is not None:
-        load_training_state(resume, mmap=True)
 
 
 def check_eval_inputs(student: ModelDir, task: str, data_dir: Path, skip_bad_rows: bool) -> None:

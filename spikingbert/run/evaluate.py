@@ -6,7 +6,6 @@ unless the flags say otherwise (`spikingbert.run.plan.resolve_task`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Dict, Optional
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.files import atomic_write_json
+from core.files import atomic_write_json, read_json
 from core.output_dir import check_output_location, claim_output_dir
 from models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert.data import glue
@@ -72,7 +71,6 @@ def _check(plan: RunPlan, runtime: Runtime):
     tokenizer = (plan.student if plan.student.vocab_file is not None or plan.teacher is None
                  else plan.teacher).tokenizer(plan.do_lower_case)
     check_seq_length(plan.max_seq_length, config.max_position_embeddings, plan.student.flag)
-    checks.check_vocabulary_size(tokenizer, config.vocab_size, plan.student.location)
     if config.extra.get("architectures") not in (None, ["SpikingBertForSequenceClassification"]):
         logger.warning("%s holds a %s: its classifier is untrained, scores will be near chance",
                        plan.student.location, config.extra["architectures"][0])
@@ -112,7 +110,7 @@ def _teacher_reference(plan: RunPlan, runtime: Runtime, dev_sets: Dict[str, Data
     metric = glue.main_metric(plan.task)
     recorded = Path(plan.student.directory) / "teacher_results.json"
     if recorded.is_file():
-        values = json.loads(recorded.read_text(encoding="utf-8"))
+        values = read_json(recorded, "results file")
         if values.get("task") == plan.task and values.get("examples") == len(dev_sets["dev"]) and metric in values:
             logger.info("teacher dev %s %.4f (from %s)", metric, values[metric], recorded)
             return float(values[metric])

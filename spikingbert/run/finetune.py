@@ -90,7 +90,6 @@ def _check(plan: RunPlan, runtime: Runtime, output: OutputDir, micro_batch: int)
     bert = plan.teacher
     tokenizer = bert.tokenizer(plan.do_lower_case)
     check_seq_length(plan.max_seq_length, bert.config.max_position_embeddings, bert.flag)
-    checks.check_vocabulary_size(tokenizer, bert.config.vocab_size, bert.location, bert.flag)
     local = None if "://" in bert.location else Path(bert.location)
     checks.check_not_an_input(plan.output.path, plan.output.overwrite, {bert.flag: local})
     resume = output.check(runtime)

@@ -25,8 +25,8 @@ from spikingbert.data.glue import TaskInfo
 from transformer.configuration import BertConfig
 from transformer.tokenization import BertTokenizer
 
-__all__ = ["ModelDir", "read_model_dir", "layer_stride", "check_compatibility", "check_seq_length",
-           "init_from_teacher", "describe_model"]
+__all__ = ["ModelDir", "read_model_dir", "check_vocabulary_size", "layer_stride", "check_compatibility",
+           "check_seq_length", "init_from_teacher", "describe_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,11 @@ class ModelDir:
             raise UsageError(f"{self.flag} {self.location} has no {VOCAB_NAME}: add the vocabulary the model was "
                              "trained with")
         try:
-            return BertTokenizer(self.vocab_file, do_lower_case=do_lower_case)
+            tokenizer = BertTokenizer(self.vocab_file, do_lower_case=do_lower_case)
         except UserError as err:
             raise err.about(f"{self.flag} {self.location}") from err
+        check_vocabulary_size(tokenizer, self.config.vocab_size, self.location, self.flag)
+        return tokenizer
 
     def load(self, cls: type, weights_from: Optional[Path] = None, **overrides: Any) -> PreTrainedModel:
         """The model ``cls`` of this directory (or of the checkpoint ``weights_from``, read now) with ``overrides``."""
@@ -100,6 +102,18 @@ def read_model_dir(location: Any, flag: str, config_class: type) -> ModelDir:
                     vocab if vocab.is_file() else None)
 
 
+def check_vocabulary_size(tokenizer, vocab_size: int, model_dir: Path, flag: str = "--spiking_student_model") -> None:
+    """The vocabulary must fit the model's ``vocab_size`` (ids beyond it have no embedding); a smaller one is
+    reported, as a vocab.txt that lost lines shifts the id of every token after the gap."""
+    tokens = len(tokenizer.vocab)
+    if tokens > vocab_size:
+        raise UsageError(f"{flag} {model_dir}: {tokenizer.vocab_file} has {tokens} tokens but config.json has "
+                         f"vocab_size {vocab_size}: use the vocab.txt the model was trained with")
+    if tokens < vocab_size:
+        logger.warning("%s has %d tokens, config.json's vocab_size is %d: if lines are missing from vocab.txt, the ids "
+                       "of all tokens after them are shifted", tokenizer.vocab_file, tokens, vocab_size)
+
+
 def task_label_names(task: str, data_dir: Optional[Path]) -> Optional[Sequence[str]]:
     """The class names of a classification task (its ``task.json`` in ``data_dir``, else its GLUE names), None for an
     unknown task or a regression task (the migration of older student directories, `models.migrations`)."""
@@ -120,10 +134,16 @@ def layer_stride(teacher_layers: int, student_layers: int) -> int:
 
 
 def check_compatibility(teacher: BertConfig, student: SpikingBertConfig, tokenizer: BertTokenizer, max_seq_length: int,
-                        source: Optional[str] = None) -> int:
-    """Layer map, vocabulary and sequence length that teacher and student can both handle; returns k.
-    ``source`` names where the sequence length comes from when it is not ``--max_seq_length``."""
+                        source: Optional[str] = None, attention: bool = True) -> int:
+    """Layer map, vocabulary and sequence length that teacher and student can both handle (and, for the intermediate
+    losses, ``attention``, attention maps of the same heads); returns k. ``source`` names where the sequence length
+    comes from when it is not ``--max_seq_length``."""
     stride = layer_stride(teacher.num_hidden_layers, student.num_hidden_layers)
+    if attention and teacher.num_attention_heads != student.num_attention_heads:
+        raise UsageError(f"the teacher has {teacher.num_attention_heads} attention heads and the student "
+                         f"{student.num_attention_heads}: intermediate distillation compares their attention maps head "
+                         "by head; set num_attention_heads in the --spiking_student_model config.json to the "
+                         "teacher's, or use another --teacher_model")
     if len(tokenizer.vocab) > student.vocab_size:
         raise UsageError(f"the vocabulary has {len(tokenizer.vocab)} tokens but the student's config.json has "
                          f"vocab_size {student.vocab_size}: set vocab_size to at least {len(tokenizer.vocab)}")
@@ -157,13 +177,18 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, stride: int, train
     return len(init_student_from_teacher(student, teacher, stride))
 
 
-def describe_model(config: Any, do_lower_case: bool, max_seq_length: int, info: Optional[TaskInfo] = None) -> None:
-    """Record in a model's config how its inputs were read (``do_lower_case``, ``max_seq_length``) and, with
-    ``info``, what its outputs mean (``id2label`` / ``label2id``), so that the saved directory needs no flags to
-    be used. A student config takes them as fields, a teacher's (Hugging Face format) in ``extra``."""
+def describe_model(config: Any, do_lower_case: bool, max_seq_length: int, info: Optional[TaskInfo] = None,
+                   stage: Optional[str] = None) -> None:
+    """Record in a model's config how its inputs were read (``do_lower_case``, ``max_seq_length``), with ``info`` what
+    its outputs mean (``id2label`` / ``label2id``) and whether it reads sentence pairs (``text_pairs``), and the
+    ``training_stage`` that wrote it (a student of the general or intermediate stage has an untrained classifier), so
+    that the saved directory needs no flags to be used. A student config takes them as fields, a teacher's (Hugging
+    Face format) in ``extra``."""
     values: Dict[str, Any] = {"do_lower_case": bool(do_lower_case), "max_seq_length": int(max_seq_length)}
     if info is not None:
-        values.update(id2label=info.id2label, label2id=info.label2id)
+        values.update(id2label=info.id2label, label2id=info.label2id, text_pairs=info.pairs)
+    if stage is not None:
+        values["training_stage"] = stage
     for name, value in values.items():
         if hasattr(config, name):
             setattr(config, name, value)

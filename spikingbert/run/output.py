@@ -94,10 +94,10 @@ def _remove_run_files(directory: Path) -> None:
     """A previous run's checkpoints and files (`OUTPUT_ARTIFACTS`) in ``directory``; other files stay."""
     doomed = [p for p in directory.iterdir() if CHECKPOINT_RE.match(p.name) or p.name in OUTPUT_ARTIFACTS]
     for path in doomed:
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
-            path.unlink()
+            path.unlink()                    # a file, or a link: the link goes, never what it points to
     if doomed:
         logger.info("--overwrite_output_dir: removed the previous run's files from %s", directory)
 

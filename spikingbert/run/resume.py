@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from core.errors import UsageError
+from core.files import read_json
 
 __all__ = ["MODEL_SETTINGS", "SPIKING_SETTINGS", "IGNORED_SETTINGS", "check_resume_settings", "setting_changes"]
 
@@ -63,7 +64,7 @@ def _checkpoint_config(checkpoint: Optional[Path]) -> Dict[str, Any]:
     if checkpoint is None:
         return {}
     try:
-        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+        config = read_json(Path(checkpoint) / "config.json", "config.json")
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
@@ -96,13 +97,20 @@ def check_resume_settings(output_dir: Path, flags: Mapping[str, Any], resolved: 
     docstring); raise `UsageError` for a changed model setting unless ``allow_changes``."""
     path = Path(output_dir) / "args.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        logger.warning("--continue_train: %s is missing or unreadable; the settings of the resumed run are not "
-                       "compared with this one's", path)
+        saved = read_json(path, "run record")
+        problem = None if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not the record of a run"
+    except (OSError, ValueError) as err:
+        problem = getattr(err, "strerror", None) or str(err)
+    if problem is not None:
+        if not allow_changes:
+            raise UsageError(f"--continue_train: {path} is missing or unreadable ({problem}), so the settings of the "
+                             f"run in {output_dir} cannot be compared with this one's; restore it, or pass "
+                             "--allow_changed_settings to resume anyway")
+        logger.warning("--allow_changed_settings: %s is missing or unreadable (%s); resuming without comparing the "
+                       "settings", path, problem)
         return
     new = {k: (str(v) if isinstance(v, Path) else v) for k, v in {**flags, **resolved}.items()}
-    model, other = setting_changes(saved if isinstance(saved, dict) else {}, new, checkpoint)
+    model, other = setting_changes(saved, new, checkpoint)
     listed = ", ".join(f"{key} {_show(old)} (now {_show(value)})" for key, old, value in model)
     if model and not allow_changes:
         raise UsageError(f"--continue_train: the run in {output_dir} was made with other settings that change the "
@@ -111,4 +119,5 @@ def check_resume_settings(output_dir: Path, flags: Mapping[str, Any], resolved: 
     if model:
         logger.warning("--allow_changed_settings: resuming with changed model settings: %s", listed)
     for key, old, value in other:
-        logger.warning("--continue_train: %s changed from %s to %s", key, _show(old), _show(value))
+        logger.warning("--continue_train: %s changed from %s to %s; the new value applies from the resumed step on",
+                       key, _show(old), _show(value))

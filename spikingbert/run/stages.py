@@ -13,7 +13,6 @@ output directory is touched.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -22,13 +21,14 @@ from typing import Any, Dict, Optional, Tuple
 from torch import nn
 from torch.utils.data import Dataset
 
-from core.files import atomic_write_json
+from core.files import atomic_write_json, read_json
 from models.configuration import SpikingBertConfig
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from spikingbert.data import glue
 from spikingbert.data.pregenerated import PregeneratedEpochs
 from spikingbert.evaluation.dev import LogitsOnly, chance_level, dev_splits, evaluate_task, labels_of
 from spikingbert.runtime import Runtime, set_seed
+from spikingbert.training.checkpoint import load_training_state
 from spikingbert.training.objectives import (
     IntermediateDistillation,
     PredictionDistillation,
@@ -79,7 +79,7 @@ def run_general_distillation(args: argparse.Namespace) -> int:
         set_seed(plan.training.loop.seed)
         teacher, student, copied = _load_models(plan, runtime, BertForPreTraining, SpikingBertForDistillation, resume,
                                                 stride)
-        describe_model(student.config, tokenizer.do_lower_case, data.seq_len)
+        describe_model(student.config, tokenizer.do_lower_case, data.seq_len, stage="general")
         output.prepare(runtime, plan.devices.debug)     # only now, so that a failed start leaves no output dir
         if plan.training.loop.num_train_epochs > data.num_data_epochs:
             logger.warning("%d epochs of pregenerated data for %g training epochs: epochs will be reused",
@@ -104,6 +104,7 @@ def check_run(plan: RunPlan, runtime: Runtime, output: OutputDir, micro_batch: i
     task's TSV rows, the weights files and vocabularies, the memory. Returns the checkpoint to resume from."""
     resume = output.check(runtime)
     if resume is not None:
+        load_training_state(resume, mmap=True)            # the checkpoint itself first: complete and safe to load
         check_resume_settings(plan.output.path, plan.flags, resolved, resume, plan.output.allow_changed_settings)
     if plan.task is not None:
         checks.check_task_data(plan.task, plan.data_dir, [plan.train_split, *dev_splits(plan.task)],
@@ -172,7 +173,7 @@ def run_task_training(plan: RunPlan, runtime: Runtime, output: OutputDir) -> int
                                             SpikingBertForSequenceClassification, resume, stride,
                                             num_labels=processor.num_labels)
     info = glue.task_info(plan.task, plan.data_dir)
-    describe_model(student.config, tokenizer.do_lower_case, plan.max_seq_length, info)
+    describe_model(student.config, tokenizer.do_lower_case, plan.max_seq_length, info, stage=plan.stage)
     data = TaskData(plan.task, plan.data_dir, tokenizer, plan.max_seq_length, plan.cache_dir, plan.skip_bad_rows)
     train_set, dev_sets = data.load(plan.train_split), data.dev_sets()
     output.prepare(runtime, plan.devices.debug)         # only now, so that a failed start leaves no output dir
@@ -228,7 +229,7 @@ def _teacher_dev_score(plan: RunPlan, runtime: Runtime, output_mode: str, teache
     logged."""
     path = plan.output.path / "teacher_results.json"
     if plan.output.continue_train and path.is_file():
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = read_json(path, "results file")
         logger.info("teacher dev (from %s): %s", path.name, results)
         return results
     metrics = evaluate_task(runtime.wrap_frozen(LogitsOnly(teacher)), plan.task, output_mode, dev_sets, runtime,

@@ -8,6 +8,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from core.files import open_no_follow
+
 __all__ = ["LOG_FORMAT", "setup_logging"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,8 +26,11 @@ class _TqdmHandler(logging.StreamHandler):
 
 
 class _LogFileHandler(logging.FileHandler):
-    """``train.log``: when the file cannot be written (e.g. a full disk), one warning on stderr and the
-    file is dropped, instead of a traceback for every later record."""
+    """``train.log``, never written through a link; when the file cannot be written (e.g. a full disk), one warning
+    on stderr and the file is dropped, instead of a traceback for every later record."""
+
+    def _open(self):
+        return open_no_follow(self.baseFilename, "a", encoding=self.encoding)
 
     def handleError(self, record: logging.LogRecord) -> None:
         err = sys.exc_info()[1]

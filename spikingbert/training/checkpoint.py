@@ -71,7 +71,7 @@ def list_checkpoints(output_dir: Path) -> List[Tuple[int, Path]]:
         return found
     for path in Path(output_dir).iterdir():
         match = CHECKPOINT_RE.match(path.name)
-        if match and path.is_dir() and _is_complete(path):
+        if match and path.is_dir() and not path.is_symlink() and _is_complete(path):
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -159,11 +159,14 @@ def optimizer_state_to_save(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
-    """Load what `optimizer_state_to_save` returned, keeping the optimizer's own non-plain group values."""
+    """Load the state (moments, step counts) that `optimizer_state_to_save` returned into ``optimizer``, whose own
+    hyper-parameters (learning rate, schedule length, warm-up, weight decay, ...) stay: a resumed run applies the
+    values it was given, which equal the checkpoint's unless they were changed on purpose."""
     current = optimizer.state_dict()["param_groups"]
     if len(current) != len(saved["param_groups"]):
         raise UserError("the checkpoint's optimizer has a different number of parameter groups")
-    groups = [{**cur, **sav} for cur, sav in zip(current, saved["param_groups"])]
+    groups = [{**sav, **{k: v for k, v in cur.items() if k != "params"}} for cur, sav in
+              zip(current, saved["param_groups"])]
     optimizer.load_state_dict({"state": saved["state"], "param_groups": groups})
 
 

@@ -160,3 +160,13 @@ def run_python(script: str, argv: Sequence, fsize: Optional[int] = None, expect:
     if expect is not None:
         assert proc.returncode == expect, f"{script} exited {proc.returncode}:\n{proc.stdout[-4000:]}"
     return Result(proc.returncode, proc.stdout)
+
+
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``signum`` (``run_cli`` installed one for SIGTERM)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    line = next((row for row in status.splitlines() if row.startswith("SigCgt:")), "SigCgt: 0")
+    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)

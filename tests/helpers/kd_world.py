@@ -157,3 +157,10 @@ def first_record(output_dir: Path) -> dict:
     """The first loss record of ``metrics.jsonl``."""
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
     return next(r for r in map(json.loads, lines) if "loss" in r)
+
+
+def task_argv(kd: KDWorld, out: Path, *extra, student=None, teacher=None) -> List:
+    """The task script's command line for a short run on the world's SST-2 data into ``out``."""
+    return ["--task_name", "SST-2", "--data_dir", kd.sst2, "--teacher_model", teacher or kd.base.teacher_sst2,
+            "--spiking_student_model", student or kd.student_cls, "--output_dir", out, "--do_lower_case",
+            "--max_seq_length", SEQ, "--train_batch_size", "2", "--logging_steps", "1", "--seed", "3", *extra]

@@ -106,3 +106,12 @@ def convert(checkpoint: str, config: str, output_dir: str, **overrides):
     model, vocab = build_converted(checkpoint, config, **overrides)
     model.save_pretrained(output_dir, vocab_file=vocab)
     return model
+
+
+def by_hand_logits(model, ids):
+    """Logits ``(num_labels,)`` of one input ``[CLS] ids [SEP]``, run alone without padding."""
+    full = [2, *ids, 3]
+    with torch.no_grad():
+        out = model(torch.tensor([full]), torch.zeros(1, len(full), dtype=torch.long),
+                    torch.ones(1, len(full), dtype=torch.long))
+    return out.logits[0].double()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 from core.errors import DataError
-from core.files import atomic_write_json
+from core.files import atomic_write_json, read_json
 from spikingbert.data.glue.tasks import get_processor
 
 __all__ = ["TASK_INFO_NAME", "TaskInfo", "task_info", "write_task_info"]
@@ -34,6 +34,7 @@ class TaskInfo:
     display_name: str
     output_mode: str
     label_names: Tuple[str, ...]
+    pairs: bool = False                  # its inputs are sentence pairs
 
     @property
     def id2label(self) -> Dict[str, str]:
@@ -48,12 +49,13 @@ class TaskInfo:
 def task_info(task: str, data_dir: Optional[Union[str, Path]] = None) -> TaskInfo:
     """The task's `TaskInfo`: its GLUE defaults, updated from ``data_dir/task.json`` when that file exists."""
     processor = get_processor(task)
-    info = TaskInfo(processor.task_name, processor.display_name, processor.output_mode, tuple(processor.label_names))
+    info = TaskInfo(processor.task_name, processor.display_name, processor.output_mode, tuple(processor.label_names),
+                    processor.text_b_col is not None)
     path = Path(data_dir) / TASK_INFO_NAME if data_dir is not None else None
     if path is None or not path.is_file():
         return info
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = read_json(path, "task.json")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path} cannot be read ({err}); fix it or delete it (the task's GLUE names are then "
                         "used)") from err
@@ -65,7 +67,7 @@ def task_info(task: str, data_dir: Optional[Union[str, Path]] = None) -> TaskInf
     names = info.label_names
     if "labels" in values and processor.output_mode == "classification":
         names = _label_names(path, values["labels"], processor.labels)
-    return TaskInfo(info.task, display_name.strip(), info.output_mode, names)
+    return TaskInfo(info.task, display_name.strip(), info.output_mode, names, info.pairs)
 
 
 def _label_names(path: Path, labels: object, tsv_labels) -> Tuple[str, ...]:
