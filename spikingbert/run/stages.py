@@ -209,8 +209,8 @@ def _task_stage(plan: RunPlan, runtime: Runtime, output_mode: str, student: nn.M
             return evaluate_task(runtime.wrap_frozen(eval_model), plan.task, output_mode, dev_sets, runtime,
                                  plan.evaluation.batch_size)
     else:
-        objective, frozen, evaluate = IntermediateDistillation(student, stride), _teacher_intermediate(runtime,
-                                                                                                      teacher), None
+        objective, evaluate = IntermediateDistillation(student, stride), None
+        frozen = _teacher_intermediate(runtime, teacher)
     logger.info("task %s, %s distillation (target: %s), %d training examples (%s)", plan.task, plan.stage,
                 "teacher" if frozen is not None else "gold labels", len(train_set), plan.train_split)
     example_lengths, collate = length_grouping(plan.training.group_by_length, train_set, trim=plan.prediction)
