@@ -247,3 +247,16 @@ class PregeneratedEpochs:
 
     def num_examples(self, epoch: int) -> int:
         return read_epoch_metrics(epoch_paths(self.directory, epoch % self.num_data_epochs)[1])[0]
+
+    def close(self) -> None:
+        """Delete the held epoch's memory-mapped files now, not at garbage collection (which a worker that ends
+        with ``os._exit`` never reaches)."""
+        for old in self._cache.values():
+            old.close()
+        self._cache.clear()
+
+    def __enter__(self) -> "PregeneratedEpochs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -67,34 +67,34 @@ def run_general_distillation(args: argparse.Namespace) -> int:
                            "students with spiking_bert_task_distill.py --do_eval", flag)
         micro_batch = plan.training.loop.micro_batch_size(runtime.world_size)
         tokenizer = plan.teacher.tokenizer(plan.do_lower_case)
-        data = PregeneratedEpochs(plan.pregenerated, tokenizer, plan.reduce_memory)
-        if data.seq_len != plan.flags["max_seq_length"]:
-            logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
-                        data.seq_len, plan.flags["max_seq_length"])
-        stride = check_compatibility(plan.teacher.config, plan.student.config, tokenizer, data.seq_len,
-                                     source=f"--pregenerated_data {plan.pregenerated}")
-        resume = check_run(plan, runtime, output, micro_batch, data.seq_len, {"stage": "general"},
-                           "the pregenerated data's sequence length (preprocess_training_data.py --max_seq_len)")
-        data.check()
-        set_seed(plan.training.loop.seed)
-        teacher, student, copied = _load_models(plan, runtime, BertForPreTraining, SpikingBertForDistillation, resume,
-                                                stride)
-        describe_model(student.config, tokenizer.do_lower_case, data.seq_len, stage="general")
-        output.prepare(runtime, plan.devices.debug)     # only now, so that a failed start leaves no output dir
-        if plan.training.loop.num_train_epochs > data.num_data_epochs:
-            logger.warning("%d epochs of pregenerated data for %g training epochs: epochs will be reused",
-                           data.num_data_epochs, plan.training.loop.num_train_epochs)
-        stage = Stage(
-            student=student, objective=IntermediateDistillation(student, stride).to(runtime.device),
-            make_optimizer=_optimizer(plan, student), train_dataset=data.dataset,
-            num_train_examples=data.num_examples,
-            save_student=lambda d: student.save_pretrained(d, vocab_file=tokenizer.vocab_file),
-            teacher_forward=_teacher_intermediate(runtime, teacher), describe={"stage": "general"},
-            title="general KD")
-        write_args_json(plan.output.path, runtime, plan.flags, stage="general",
-                        do_lower_case_used=tokenizer.do_lower_case, layer_stride=stride,
-                        resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
-        Trainer(plan.training.loop, runtime, stage, resume).train()
+        with PregeneratedEpochs(plan.pregenerated, tokenizer, plan.reduce_memory) as data:
+            if data.seq_len != plan.flags["max_seq_length"]:
+                logger.info("the pregenerated data has sequences of %d tokens (--max_seq_length %d is not used)",
+                            data.seq_len, plan.flags["max_seq_length"])
+            stride = check_compatibility(plan.teacher.config, plan.student.config, tokenizer, data.seq_len,
+                                         source=f"--pregenerated_data {plan.pregenerated}")
+            resume = check_run(plan, runtime, output, micro_batch, data.seq_len, {"stage": "general"},
+                               "the pregenerated data's sequence length (preprocess_training_data.py --max_seq_len)")
+            data.check()
+            set_seed(plan.training.loop.seed)
+            teacher, student, copied = _load_models(plan, runtime, BertForPreTraining, SpikingBertForDistillation,
+                                                    resume, stride)
+            describe_model(student.config, tokenizer.do_lower_case, data.seq_len, stage="general")
+            output.prepare(runtime, plan.devices.debug)     # only now, so that a failed start leaves no output dir
+            if plan.training.loop.num_train_epochs > data.num_data_epochs:
+                logger.warning("%d epochs of pregenerated data for %g training epochs: epochs will be reused",
+                               data.num_data_epochs, plan.training.loop.num_train_epochs)
+            stage = Stage(
+                student=student, objective=IntermediateDistillation(student, stride).to(runtime.device),
+                make_optimizer=_optimizer(plan, student), train_dataset=data.dataset,
+                num_train_examples=data.num_examples,
+                save_student=lambda d: student.save_pretrained(d, vocab_file=tokenizer.vocab_file),
+                teacher_forward=_teacher_intermediate(runtime, teacher), describe={"stage": "general"},
+                title="general KD")
+            write_args_json(plan.output.path, runtime, plan.flags, stage="general",
+                            do_lower_case_used=tokenizer.do_lower_case, layer_stride=stride,
+                            resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
+            Trainer(plan.training.loop, runtime, stage, resume).train()
     return 0
 
 
