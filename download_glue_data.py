@@ -10,12 +10,11 @@ import argparse
 import logging
 from typing import List
 
-from spikingbert.args import HelpFormatter, short_metavars
-from spikingbert.errors import ArgumentParser, UsageError, run_cli
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spikingbert.glue.download import TASKS          # here: run_cli handles signals from the start
+    from spikingbert.data.glue.download import TASKS  # here: run_cli handles signals from the start
 
     parser = ArgumentParser(prog="python download_glue_data.py", description=__doc__.split("\n\nLogic")[0],
                             formatter_class=HelpFormatter)
@@ -38,14 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: List[str]) -> None:
-    from spikingbert.glue.download import DownloadConfig, download_glue, parse_tasks
+    from spikingbert.data.glue.download import DownloadConfig, download_glue, parse_tasks
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not 0 <= args.retries <= 100:
-        raise UsageError(f"--retries must be in [0, 100] (got {args.retries})")
-    if not 0 <= args.retry_wait <= 600:
-        raise UsageError(f"--retry_wait must be in [0, 600] seconds (got {args.retry_wait})")
     config = DownloadConfig(retries=args.retries, retry_wait=args.retry_wait)
     installed = download_glue(args.data_dir, parse_tasks(args.tasks), args.path_to_mrpc, args.mirror, config)
     logging.getLogger(__name__).info("done: %d task(s) installed in %s", len(installed), args.data_dir)

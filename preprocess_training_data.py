@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import List
 
-from spikingbert.args import HelpFormatter, short_metavars
-from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
+from core.errors import DataError, UsageError
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_argument
     p("--train_corpus", required=True, metavar="FILE",
       help="text file: one sentence a line, blank line between documents")
-    p("--bert_model", required=True, metavar="DIR", help="BERT model directory holding vocab.txt (or a vocab.txt path or URL)")
+    p("--bert_model", required=True, metavar="DIR",
+      help="BERT model directory holding vocab.txt (or a vocab.txt path or URL)")
     p("--do_lower_case", action="store_true", help="lower-case the text (uncased models)")
     p("--reduce_memory", action="store_true",
       help="keep the tokenized corpus in memory-mapped files in a temporary directory")
@@ -51,20 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_tokenizer(bert_model: str, do_lower_case: bool):
     """The vendored BertTokenizer for --bert_model; a loading problem becomes a UsageError."""
-    from transformer.file_utils import ModelLoadError
+    from core.errors import ModelError
     from transformer.tokenization import BertTokenizer
 
     try:
         return BertTokenizer.from_pretrained(bert_model, do_lower_case=do_lower_case)
-    except ModelLoadError as err:
+    except ModelError as err:
         raise UsageError(f"--bert_model: {err}") from err
 
 
 def main(argv: List[str]) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
-    from spikingbert.run_dir import check_output_location
+    from core.output_dir import check_output_location
+    from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 
     config = PretrainingConfig(
         max_seq_len=args.max_seq_len,

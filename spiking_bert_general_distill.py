@@ -1,4 +1,4 @@
-"""General distillation of a spiking BERT student from a pre-trained BERT teacher (pipeline stage 1).
+"""General distillation of a spiking BERT student from a pre-trained BERT teacher (pipeline step 2 of the README).
 
 Example::
 
@@ -11,12 +11,12 @@ See ``--help`` for all flags; errors a user can fix are reported in one line.
 import sys
 from typing import List
 
-from spikingbert.errors import run_cli
+from spikingbert.cli.edge import run_cli
 
 
 def main(argv: List[str]) -> int:
-    from spikingbert.args import parse_general_args            # here: run_cli handles signals from the start
-    from spikingbert.distill import run_general_distillation
+    from spikingbert.cli.flags import parse_general_args  # here: run_cli handles signals from the start
+    from spikingbert.run.stages import run_general_distillation
 
     return run_general_distillation(parse_general_args(argv))
 

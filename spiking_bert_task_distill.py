@@ -1,4 +1,5 @@
-"""Task distillation and evaluation of a spiking BERT student on a GLUE task (pipeline stages 2 and 3).
+"""Task distillation and evaluation of a spiking BERT student on a GLUE task (pipeline steps 3a, 3b and 4 of the
+README).
 
 Examples::
 
@@ -16,12 +17,12 @@ See ``--help`` for all flags; errors a user can fix are reported in one line.
 import sys
 from typing import List
 
-from spikingbert.errors import run_cli
+from spikingbert.cli.edge import run_cli
 
 
 def main(argv: List[str]) -> int:
-    from spikingbert.args import parse_task_args               # here: run_cli handles signals from the start
-    from spikingbert.distill import run_task_distillation
+    from spikingbert.cli.flags import parse_task_args  # here: run_cli handles signals from the start
+    from spikingbert.run.stages import run_task_distillation
 
     return run_task_distillation(parse_task_args(argv))
 

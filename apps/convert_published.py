@@ -6,8 +6,7 @@
 The checkpoint is read with ``weights_only=True`` (a file that would run code is refused), the config's
 fields are checked, and the model is built before ``--output_dir`` is created; the directory is then
 locked for this run, and on a failure what the run created in it is removed. Errors are one line (exit
-status 2: a wrong flag or config, 1: an unreadable file or a failed write). ``python -m
-models.convert_published`` runs this command line too.
+status 2: a wrong flag or config, 1: an unreadable file or a failed write).
 """
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import List
 
-from spikingbert.args import HelpFormatter, short_metavars
-from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
+from core.errors import UsageError
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
 
 __all__ = ["convert_parser", "main"]
 
@@ -32,7 +31,8 @@ def convert_parser() -> argparse.ArgumentParser:
                                    "vocab.txt when found beside --config).")
     p = parser.add_argument
     p("--checkpoint", required=True, metavar="FILE", help="the published pytorch_model.bin or step_N_pytorch_model.bin")
-    p("--config", required=True, metavar="DIR_OR_JSON", help="student config dir or config.json used for that checkpoint")
+    p("--config", required=True, metavar="DIR_OR_JSON",
+      help="student config dir or config.json used for that checkpoint")
     p("--output_dir", type=Path, required=True, metavar="DIR", help="where the converted student directory is written")
     p("--t_conv", type=int, metavar="N",
       help="simulation steps used in training (default: the config's; the published default is 100)")
@@ -46,38 +46,28 @@ def convert_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    checks = [
-        (args.t_conv is None or args.t_conv >= 1, f"--t_conv must be >= 1 (got {args.t_conv})"),
-        (args.vth is None or args.vth > 0, f"--vth must be > 0 (got {args.vth})"),
-        (args.leak is None or 0 < args.leak <= 1, f"--leak must be in (0, 1] (got {args.leak})"),
-        (args.num_labels is None or args.num_labels >= 1, f"--num_labels must be >= 1 (got {args.num_labels})"),
-        (Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint} is not a file"),
-        (Path(args.config).exists(), f"--config {args.config} does not exist: pass the student config dir or its "
-                                     "config.json"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+def _check_files(args: argparse.Namespace) -> None:
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint} is not a file")
+    config = Path(args.config)
+    if not (config / "config.json" if config.is_dir() else config).is_file():
+        raise UsageError(f"--config {args.config} does not exist: pass the student config dir or its config.json")
 
 
 def main(argv: List[str]) -> int:
     args = convert_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _check_flags(args)
-    from models.configuration import SpikingConfigError
+    _check_files(args)
+    from core.errors import ModelError
+    from core.output_dir import check_output_location, claim_output_dir
     from models.convert_published import build_converted
-    from spikingbert.run_dir import check_output_location, claim_output_dir
-    from transformer.file_utils import ModelLoadError
 
     check_output_location(args.output_dir, "--output_dir")
     try:
         model, vocab = build_converted(args.checkpoint, args.config, t_conv=args.t_conv, vth=args.vth, leak=args.leak,
                                        num_labels=args.num_labels, feedback=args.feedback or None)
-    except ModelLoadError as err:                        # its message starts with the file's path
-        raise (UsageError if getattr(err, "exit_code", 1) == 2 else UserError)(f"--checkpoint: {err}") from err
-    except SpikingConfigError as err:
-        raise UsageError(f"{err}") from err
+    except ModelError as err:                        # the checkpoint cannot be read; its message names the file
+        raise err.about("--checkpoint") from err
     with claim_output_dir(args.output_dir, "--output_dir"):
         model.save_pretrained(args.output_dir, vocab_file=vocab)
     logger.info("wrote %s (%s, %d layers)", args.output_dir, type(model).__name__, model.config.num_hidden_layers)

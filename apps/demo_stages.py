@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from spikingbert.errors import UserError
-from spikingbert.progress import PROGRESS_SECONDS_ENV, ProgressLine, parse_progress
-from transformer.file_utils import atomic_write_json
+from core.errors import UserError
+from core.files import atomic_write_json
+from core.progress import PROGRESS_SECONDS_ENV
 
-__all__ = ["REPO", "DemoStage", "DemoPaths", "StageRun", "StageConsole", "StageLog", "run_stages", "wrap_command"]
+__all__ = ["REPO", "DemoStage", "DemoPaths", "StageRun", "StageConsole", "StageLog", "ProgressLine", "parse_progress",
+           "run_stages", "wrap_command"]
 
 REPO = Path(__file__).resolve().parent.parent
 #: Seconds an interrupted stage gets to stop by itself (a training stage finishes its step and saves).
@@ -69,6 +71,40 @@ def wrap_command(command: str, width: int = 100) -> str:
         else:
             lines[-1] += " " + token
     return "\n".join(lines)
+
+_LINE = re.compile(r"progress (?P<desc>[^:]+): (?P<n>[\d.]+[kMGTP]?)/(?P<total>[\d.]+[kMGTP]?|\?) (?P<unit>\S+)"
+                   r"(?: \((?P<percent>\d+)%\))?, (?P<elapsed>[\d:]+) elapsed(?:, ETA (?P<eta>[\d:]+|\?))?")
+
+
+@dataclass
+class ProgressLine:
+    """One parsed progress line (`parse_progress`)."""
+
+    desc: str
+    n: str
+    total: str
+    unit: str
+    percent: Optional[int]
+    elapsed: str
+    eta: Optional[str]
+
+    def short(self) -> str:
+        """``DESC N/TOTAL UNIT (P%), ETA E`` for a one-line display."""
+        text = f"{self.desc} {self.n}/{self.total} {self.unit}"
+        if self.percent is not None:
+            text += f" ({self.percent}%)"
+        return text + f", {self.elapsed} elapsed" + (f", ETA {self.eta}" if self.eta else "")
+
+
+def parse_progress(line: str) -> Optional[ProgressLine]:
+    """The progress line in ``line`` (a log line may prefix it), or None."""
+    match = _LINE.search(line)
+    if match is None:
+        return None
+    percent = match.group("percent")
+    return ProgressLine(match.group("desc"), match.group("n"), match.group("total"), match.group("unit"),
+                        int(percent) if percent is not None else None, match.group("elapsed"), match.group("eta"))
+
 
 class DemoPaths:
     """Where each stage writes, under the demo's output directory ``root``."""

@@ -3,37 +3,41 @@
     python -m apps.predict --model runs/demo/pred --text "a gorgeous, witty film" --text "ugly and pointless"
     python -m apps.predict --model runs/mrpc/pred --input pairs.tsv --output predictions.jsonl
 
-Inputs come from ``--text`` (with ``--text_pair`` for a sentence-pair task) or from ``--input``: a TSV file
-(one text a line, or two tab-separated columns for pairs), a JSONL file (objects with ``text`` and, for
-pairs, ``text_pair``), or ``-`` for standard input (JSONL when its first line starts with ``{``, else TSV).
-The student directory's own ``vocab.txt``, ``do_lower_case``, ``max_seq_length`` and label names are used
-(for directories written before they were recorded, those of its ``args.json``). Each input gets one line
-on standard output; ``--output`` also writes one JSON record per input. The Python API is
+Inputs come from ``--text`` (with ``--text_pair`` for a sentence-pair task) or from ``--input``: a file or ``-``
+(standard input), read as JSONL (objects with ``text`` and ``text_pair``), a GLUE TSV (by its header: ``sentence``,
+``sentence1``/``sentence2``, ...) or a plain TSV (a text, or a text TAB its pair) as its first line says. The
+student directory's own ``vocab.txt``, ``do_lower_case``, ``max_seq_length`` and label names are used
+(directories written by earlier versions are read as every command reads them, `spikingbert.run.model_dirs`).
+Each input gets one line on standard output, as soon as its chunk of inputs is classified (memory does not
+grow with the input); ``--output`` also writes one JSON record per input: a file is replaced when all are
+written, a pipe or a device (``/dev/stdout``) is written to as they come. The Python API is
 ``SpikingBertForSequenceClassification.from_pretrained(DIR).predict(texts)``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import math
+import os
+import stat
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence
 
-import torch
+from core.errors import DataError, UsageError
+from core.files import atomic_open
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 
-from models.configuration import SpikingConfigError
-from models.inference import Prediction
-from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert.args import HelpFormatter, short_metavars
-from spikingbert.errors import ArgumentParser, DataError, UsageError, run_cli
-from spikingbert.glue import fill_recorded_settings
-from transformer.file_utils import atomic_open
+if TYPE_CHECKING:                     # imported in main: a Ctrl-C while torch loads is reported as any other
+    from models.inference import Prediction
+    from models.spiking_bert import SpikingBertForSequenceClassification
+    from spikingbert.data.texts import TextRow
 
 logger = logging.getLogger("apps.predict")
 
-Inputs = Tuple[List[str], Optional[List[str]]]
+#: Inputs classified together: their predictions are printed before the next ones are read.
+CHUNK = 1024
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -50,21 +54,20 @@ def predict_parser() -> argparse.ArgumentParser:
     data.add_argument("--text_pair", action="append", default=None, metavar="TEXT",
                       help="second text of a sentence-pair task, one per --text, in order (repeatable). Default: none")
     data.add_argument("--input", type=str, default=None, metavar="FILE",
-                      help="texts to classify: FILE.tsv, FILE.jsonl, or - for standard input. Default: none")
+                      help="texts to classify: a JSONL or TSV file, or - for standard input. Default: none")
     spiking = parser.add_argument_group("spiking")
-    spiking.add_argument("--t_conv", type=int, default=None,
-                         help="simulation steps T. Default: the student's config.json")
-    spiking.add_argument("--adaptive_t", type=float, default=None, metavar="TOL",
-                         help="stop a batch early once the last layer's [CLS] rate moves by less than TOL over "
-                              "--adaptive_window steps. Default: off (always T steps)")
-    spiking.add_argument("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks")
+    setting_flag(spiking, "--t_conv", default=None, help="simulation steps T. Default: the student's config.json")
+    setting_flag(spiking, "--adaptive_t", default=None, metavar="TOL",
+                 help="stop a batch early once the last layer's [CLS] rate moves by less than TOL over "
+                      "--adaptive_window steps. Default: off (always T steps)")
+    setting_flag(spiking, "--adaptive_window", default=8, help="steps between adaptive-stopping checks")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--batch_size", type=int, default=32, help="inputs per batch")
+    setting_flag(evaluation, "--batch_size", default=32, help="inputs per batch")
     evaluation.add_argument("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
     output = parser.add_argument_group("output")
     output.add_argument("--output", type=Path, default=None, metavar="FILE",
                         help="also write one JSON record per input (text, label, score, steps, probabilities) "
-                             "to FILE. Default: standard output only")
+                             "to FILE (a file, a pipe or a device). Default: standard output only")
     output.add_argument("--debug", action="store_true", help="show tracebacks")
     short_metavars(parser)
     return parser
@@ -78,81 +81,75 @@ def parse_predict_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         raise UsageError("give either --text or --input, not both")
     if args.text_pair is not None and len(args.text_pair) != len(args.text):
         raise UsageError(f"{len(args.text)} --text but {len(args.text_pair)} --text_pair: give one pair per text")
+    from transformer.tokenization import is_blank
+
     for flag, texts in (("--text", args.text), ("--text_pair", args.text_pair or [])):
-        if any(not t.strip() for t in texts):
+        if any(is_blank(t) for t in texts):
             raise UsageError(f"{flag} is empty: give the text to classify")
-    checks = [(args.batch_size >= 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
-              (args.t_conv is None or args.t_conv >= 1, f"--t_conv must be >= 1 (got {args.t_conv})"),
-              (args.adaptive_t is None or (math.isfinite(args.adaptive_t) and args.adaptive_t >= 0),
-               f"--adaptive_t must be a number >= 0 (got {args.adaptive_t})"),
-              (args.adaptive_window >= 1, f"--adaptive_window must be >= 1 (got {args.adaptive_window})")]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
     return args
 
 
-def read_inputs(source: str) -> Inputs:
-    """Texts (and text pairs) of a TSV or JSONL file, or of standard input (``-``)."""
-    if source == "-":
-        lines, name = sys.stdin.read().splitlines(), "standard input"
-        jsonl = next((line for line in lines if line.strip()), "").lstrip().startswith("{")
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(f"--input {source}: no such file")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as err:
-            raise DataError(f"{source} is not UTF-8 text ({err}); save it as UTF-8") from err
-        name, jsonl = source, path.suffix.lower() in (".jsonl", ".json")
-    rows = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
-    if not rows:
-        raise DataError(f"{name} holds no texts")
-    pairs = [(_jsonl_row if jsonl else _tsv_row)(name, n, line) for n, line in rows]
-    if len({b is None for _, b in pairs}) > 1:
-        raise DataError(f"{name}: some rows have a text pair and others not; give every row one, or none")
-    return [a for a, _ in pairs], None if pairs[0][1] is None else [b for _, b in pairs]
-
-
-def _tsv_row(name: str, n: int, line: str) -> Tuple[str, Optional[str]]:
-    columns = line.split("\t")
-    if len(columns) > 2 or any(not c.strip() for c in columns):
-        raise DataError(f"{name} line {n}: expected a text, or a text and its pair separated by one tab "
-                        f"(got {len(columns)} column(s){', an empty one' if len(columns) <= 2 else ''}); fix the row")
-    return columns[0], columns[1] if len(columns) == 2 else None
-
-
-def _jsonl_row(name: str, n: int, line: str) -> Tuple[str, Optional[str]]:
+def _streamed(path: Path) -> bool:
+    """Whether ``path`` is a pipe or a device (written to as results come, never replaced)."""
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{name} line {n}: not JSON ({err.msg}); fix the row") from err
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
-        raise DataError(f"{name} line {n}: expected an object with a non-empty \"text\" (and \"text_pair\" for "
-                        "sentence pairs); fix the row")
-    pair = record.get("text_pair")
-    if pair is not None and (not isinstance(pair, str) or not pair.strip()):
-        raise DataError(f"{name} line {n}: \"text_pair\" must be a non-empty string; fix the row")
-    return record["text"], pair
+        mode = os.stat(path).st_mode
+    except OSError:                                      # missing, or under a parent that is no directory
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def check_output(output: Optional[Path], source: Optional[str]) -> None:
+    """``--output`` can be written, and is not ``--input``: checked before anything is read or classified."""
+    if output is None or _streamed(output):
+        return
+    if source not in (None, "-") and Path(source).exists() and output.exists() and output.samefile(source):
+        raise UsageError(f"--output {output} is the --input file: it would be replaced by the predictions; write them "
+                         "to another file")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory: give the path of the file to write")
+    parent = output.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output {output}: {parent} is not a directory; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output}: {parent} is not writable; write elsewhere")
+
+
+@contextlib.contextmanager
+def open_output(output: Optional[Path]) -> Iterator[Optional[IO[str]]]:
+    """``--output`` for writing: a pipe or device as it is, a file through a temporary file renamed at the end."""
+    if output is None:
+        yield None
+    elif _streamed(output):
+        with open(output, "w", encoding="utf-8") as stream:
+            yield stream
+    else:
+        with atomic_open(output) as handle:
+            yield handle
 
 
 def load_student(args: argparse.Namespace) -> SpikingBertForSequenceClassification:
-    """The student of ``--model`` on its device, its config completed for directories written before the
-    stages recorded their settings, and ``--label_names`` applied."""
+    """The student of ``--model`` on its device, read as every command reads a student directory, with
+    ``--label_names`` applied and its memory need checked for ``--batch_size``."""
+    import torch
+
+    from models.configuration import SpikingBertConfig
+    from models.spiking_bert import SpikingBertForSequenceClassification
+    from spikingbert.run.memory import check_memory, student_step_need
+    from spikingbert.run.model_dirs import read_model_dir
+
     if not args.model.is_dir():
         raise UsageError(f"--model {args.model}: no such directory")
-    model = SpikingBertForSequenceClassification.from_pretrained(args.model)
-    filled = fill_recorded_settings(model.config, args.model)
-    if filled:
-        logger.info("%s does not record %s: taken from its args.json", args.model, ", ".join(filled))
+    model = read_model_dir(args.model, "--model", SpikingBertConfig).load(SpikingBertForSequenceClassification)
+    config = model.config
     if args.label_names is not None:
         names = [n.strip() for n in args.label_names.split(",")]
-        if len(names) != model.config.num_labels or not all(names) or len(set(names)) != len(names):
-            raise UsageError(f"--label_names must give {model.config.num_labels} distinct names (got "
-                             f"{args.label_names!r})")
-        model.config.id2label = {str(i): n for i, n in enumerate(names)}
+        if len(names) != config.num_labels or not all(names) or len(set(names)) != len(names):
+            raise UsageError(f"--label_names must give {config.num_labels} distinct names (got {args.label_names!r})")
+        config.id2label = {str(i): n for i, n in enumerate(names)}
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    length = config.max_seq_length or min(128, config.max_position_embeddings)
+    check_memory([student_step_need(config, args.batch_size, length, train=False)], device,
+                 f"a batch of {args.batch_size} x {length} tokens", "lower --batch_size")
     return model.to(device)
 
 
@@ -165,28 +162,58 @@ def format_prediction(p: Prediction) -> str:
     return f"{p.label:<10} ({probs})  steps {p.steps}  {text}"
 
 
-def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
-    with atomic_open(path) as handle:
-        for p in predictions:
-            handle.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+def _chunks(args: argparse.Namespace) -> Iterator[List[TextRow]]:
+    """The inputs in chunks of `CHUNK` rows."""
+    from spikingbert.data.texts import TextRow, read_texts
+
+    if args.input is None:
+        pairs = args.text_pair or [None] * len(args.text)
+        rows = (TextRow(i, text, pair) for i, (text, pair) in enumerate(zip(args.text, pairs), 1))
+    else:
+        rows = read_texts(args.input)
+    chunk: List[TextRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def classify(args: argparse.Namespace, model: SpikingBertForSequenceClassification, sink: Optional[IO[str]]) -> int:
+    """Classify the inputs chunk by chunk; print each prediction and write its record to ``sink``."""
+    from core.progress import progress
+    from models.inference import check_student
+
+    done = 0
+    with progress(desc="classify", unit="texts", disable=not sys.stderr.isatty()) as bar:
+        for chunk in _chunks(args):
+            pairs = [row.pair for row in chunk] if chunk[0].pair is not None else None
+            check_student(model, pairs is not None)
+            try:
+                predictions = model.predict([row.text for row in chunk], pairs, batch_size=args.batch_size,
+                                            t_conv=args.t_conv, adaptive_tol=args.adaptive_t,
+                                            adaptive_window=args.adaptive_window)
+            except ValueError as err:
+                raise DataError(f"{args.input or '--text'}: {err}") from err
+            for p in predictions:
+                print(format_prediction(p), flush=sink is None)
+                if sink is not None:
+                    sink.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            done += len(chunk)
+            bar.update(len(chunk))
+    return done
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_predict_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    texts, pairs = (args.text, args.text_pair) if args.input is None else read_inputs(args.input)
+    check_output(args.output, args.input)
     model = load_student(args)
-    try:
-        predictions = model.predict(texts, pairs, batch_size=args.batch_size, t_conv=args.t_conv,
-                                    adaptive_tol=args.adaptive_t, adaptive_window=args.adaptive_window)
-    except ValueError as err:
-        if isinstance(err, SpikingConfigError):
-            raise
-        raise DataError(f"{args.input or '--text'}: {err}") from err
-    for p in predictions:
-        print(format_prediction(p))
-    if args.output is not None:
-        write_predictions(args.output, predictions)
+    with open_output(args.output) as sink:
+        classify(args, model, sink)
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 
 from bench import cases
 from bench.cases import Setting
-from spikingbert.args import HelpFormatter
+from spikingbert.cli.edge import HelpFormatter
 from spikingbert.runtime import keep_freed_memory
 
 ALL_CASES = ("eval", "train", "crossover", "memory", "schedule", "data")
@@ -39,7 +39,8 @@ def plan(args) -> list[tuple[str, object]]:
     jobs: list[tuple[str, object]] = []
     if args.quick:
         for size, w in weights:
-            jobs += [("eval", Setting(size, 8, 64, 16, args.device, w)), ("eval", Setting(size, 1, 64, 125, args.device, w)),
+            jobs += [("eval", Setting(size, 8, 64, 16, args.device, w)),
+                     ("eval", Setting(size, 1, 64, 125, args.device, w)),
                      ("train", Setting(size, 8, 64, 16, args.device, w))]
         jobs += [("crossover", Setting(size, 8, 64, 16, args.device)) for size in sizes]
         jobs += [("schedule", Setting("small", 1, 64, 125, args.device)),
@@ -50,7 +51,8 @@ def plan(args) -> list[tuple[str, object]]:
         for (size, w), b in product(weights, (1, 8, 32)):
             jobs.append(("train", Setting(size, b, 64, 16, args.device, w)))
         for size in sizes:
-            jobs += [("crossover", Setting(size, 8, 64, 16, args.device)), ("crossover", Setting(size, 1, 64, 125, args.device)),
+            jobs += [("crossover", Setting(size, 8, 64, 16, args.device)),
+                     ("crossover", Setting(size, 1, 64, 125, args.device)),
                      ("schedule", Setting(size, 1, 64, 125, args.device)),
                      ("memory", (size, 8, 64, (8, 32, 128), (8, 16, 32)))]
         jobs.append(("data", None))
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     keep_freed_memory()                          # as the training/eval scripts do (spikingbert.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sink = open(args.out, "a") if args.out else None
+    sink = open(args.out, "a") if args.out else None  # noqa: SIM115 (closed after the last case)
     for case, setting in plan(args):
         if case == "memory":
             rows = cases.case_memory(*setting, device=args.device)

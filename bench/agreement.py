@@ -3,7 +3,7 @@
     python -m bench.agreement --student runs/demo/pred --data_dir runs/demo/data/rotten_tomatoes \\
         --task_name SST-2 --max_seq_length 48 --eval_batch_size 64 [--out FILE]
 
-One pass of :func:`spikingbert.report.collect_spike_stats` per engine (the dense engine, then the
+One pass of :func:`spikingbert.evaluation.measure.collect_spike_stats` per engine (the dense engine, then the
 default one), each timed; prints one JSON line: the share of dev examples with identical
 predictions, both metrics, and each layer's ASR on real tokens with its relative change.
 """
@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import event_engine
-from spikingbert import report
-from spikingbert.glue import canonical_task_name, get_processor, load_task_dataset
+from spikingbert.data.glue import canonical_task_name, get_processor, load_task_dataset
+from spikingbert.evaluation import report
 from spikingbert.runtime import keep_freed_memory
 from transformer.tokenization import BertTokenizer
 

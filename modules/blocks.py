@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from transformer.linear import linear
+from core.linear import linear
 from transformer.modeling import BertEmbeddings, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
 
 from .event_engine import spike_linear
@@ -50,7 +50,8 @@ class SpikingBertEmbeddings(BertEmbeddings):
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         """``input_ids``, ``token_type_ids`` ``(B, S)`` -> ``x`` ``(B, S, H)``."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(x))
 
 
@@ -103,7 +104,8 @@ class SpikingBertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)      # layer I: GELU(W_I s_O1 + b_I), width intermediate_size
         self.output = BertOutput(config)                  # layer O2: LayerNorm(W_2 s_I + b_2 + s_O1)
 
-    def simulate(self, s_in: Tensor, mask: Tensor, scan: ScanFn, keep_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    def simulate(self, s_in: Tensor, mask: Tensor, scan: ScanFn,
+                 keep_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
         """Advance the six neuron layers over a chunk of steps, each layer over all steps at once.
 
         ``s_in`` ``(Tc, B, S, H)`` spikes of the input layer. Returns the O2 spikes ``(Tc, B, S, H)`` and,
@@ -126,7 +128,8 @@ class SpikingBertLayer(nn.Module):
         return s_o2, score_sum
 
     def equivalent(self, a_in: Tensor, mask: Tensor, activate: ActivateFn) -> tuple[Tensor, Tensor]:
-        """Equivalent rate function of the layer: ``a_in`` ``(B, S, H)`` -> ``a_O2`` ``(B, S, H)`` and scores ``(B, nh, S, S)``.
+        """Equivalent rate function of the layer: ``a_in`` ``(B, S, H)`` -> ``a_O2`` ``(B, S, H)`` and scores
+        ``(B, nh, S, S)``.
 
         ``activate(name, current)`` maps each neuron layer's current to its rate (clip and, for the
         ``snn`` IDE point, substitution of the simulated rate).

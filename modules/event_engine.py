@@ -6,7 +6,7 @@ CPU (the compiled kernels of :mod:`modules.event_ops`): the active inputs of eve
 extracted once, each tile of output columns is accumulated in vector registers over a packed copy
 of ``W^T`` kept in cache, and the bias is added once at the end. Its cost scales with the number
 of spikes; the dense GEMM's does not. Each call measures the density of its chunk of spikes and
-runs the dense GEMM (:func:`transformer.linear.linear`) when more than :func:`max_density` of the
+runs the dense GEMM (:func:`core.linear.linear`) when more than :func:`max_density` of the
 inputs fired, the measured crossover of the two (``bench/README.md``), so a densely firing layer is
 never slower than on the dense path.
 
@@ -35,11 +35,11 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from transformer.linear import linear
+from core.linear import linear
 
 from . import event_ops
 
-__all__ = ["spike_linear", "fused_if_scan", "train_convergence", "engine", "engine_override", "max_density",
+__all__ = ["spike_linear", "fused_if_scan", "engine", "engine_override", "max_density",
            "ENGINE_ENV"]
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def spike_linear(spikes: Tensor, weight: Weights, bias: Union[None, Tensor, Sequ
     ``weight`` is ``(N, K)``, or a sequence of weights ``(N_i, K)`` stacked along the outputs (as
     one GEMM would take their concatenation), with ``bias`` ``(N,)`` or the matching sequence.
     Runs on the active inputs only where the event engine applies and the chunk is sparse enough,
-    else the dense :func:`transformer.linear.linear`.
+    else the dense :func:`core.linear.linear`.
     """
     weights = [weight] if isinstance(weight, Tensor) else list(weight)
     biases = [bias] if bias is None or isinstance(bias, Tensor) else list(bias)
@@ -213,12 +213,3 @@ def fused_if_scan(currents: Tensor, u: Tensor, vth: float, leak: float) -> Optio
         grid = grid.contiguous()
     spikes = torch.ops.spikingbert.if_scan(grid, u, float(vth), float(leak))
     return spikes.view(currents.shape)
-
-
-def train_convergence(bits: Tensor, t_conv: int) -> Optional[Tensor]:
-    """The spike report's ASR convergence from bit-packed trains ``(ceil(T/8), *neurons)`` uint8 in one
-    compiled pass: ``(T,)`` float64 sums over neurons of ``|count_t / t - count_T / T|``, exactly as the
-    report's tensor code computes them; ``None`` where the event engine does not run (use that code)."""
-    if bits.device.type != "cpu" or bits.dtype != torch.uint8 or engine()[0] != "event":
-        return None
-    return torch.ops.spikingbert.train_convergence(bits, int(t_conv))

@@ -10,9 +10,13 @@
 
 ``make install`` builds the library once (``python -m modules.event_ops``) with PyTorch's C++
 extension build into ``modules/csrc/build/``, named after a hash of the source, the compiler flags
-and the torch version, so a stale library is never loaded. Nothing is compiled at run time: where
-the library is missing (no compiler, another torch, another platform) :func:`load` says why and the
-simulation runs on the dense path.
+and the torch version, so a stale library is never loaded. The build loads the new library in a child
+process (a library that crashes on load is deleted) and records its SHA-256 beside it; :func:`load`
+checks that checksum before loading (a truncated or replaced file would crash the process) and the
+registered ops after. Nothing is compiled at run time: where the library is missing or fails these
+checks (no compiler, another torch, another platform, an interrupted build) :func:`load` says why and
+the simulation runs on the dense path. On an x86-64 CPU with AVX2 the kernels are expected
+(:func:`kernels_expected`): there a failed build fails ``make install``.
 """
 from __future__ import annotations
 
@@ -20,14 +24,16 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-__all__ = ["SOURCE", "build", "load", "library_path"]
+__all__ = ["SOURCE", "OPS", "build", "load", "library_path", "kernels_expected"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ BUILD_ROOT = SOURCE.parent / "build"
 # -fopenmp: at::parallel_for runs on OpenMP threads (the libgomp torch already loaded), so the kernels
 # follow torch.set_num_threads. No fast-math: the float32 arithmetic must stay that of the dense path.
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno")
+#: The ops the library registers (`torch.ops.spikingbert`); a library without one of them is another build's.
+OPS = ("pack_weight", "spike_linear", "if_scan", "event_isa", "train_convergence")
 
 
 def _tag() -> str:
@@ -51,8 +59,34 @@ def library_path() -> Path:
     return BUILD_ROOT / name / f"{name}.so"
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_suffix(".sha256")
+
+
+def kernels_expected() -> bool:
+    """Whether this machine runs the kernels (x86-64 with AVX2 or AVX-512): a missing build there is an error."""
+    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
+        "AVX2", "AVX512")
+
+
+def _probe(path: Path) -> Optional[str]:
+    """Load the library in a child process (a crash there cannot take this one down); None when it loads."""
+    code = (f"import torch; torch.ops.load_library({str(path)!r}); "
+            f"assert all(hasattr(torch.ops.spikingbert, op) for op in {OPS!r})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
 def build(verbose: bool = False) -> Path:
-    """Compile the kernels for this torch (a few seconds to a minute); returns the library path."""
+    """Compile the kernels for this torch (a few seconds to a minute), check that the library loads in a child
+    process and record its checksum; returns the library path."""
     from torch.utils import cpp_extension
 
     path = library_path()
@@ -65,6 +99,13 @@ def build(verbose: bool = False) -> Path:
     for old in BUILD_ROOT.glob("spikingbert_event_ops_*"):            # builds of earlier sources
         if old != path.parent:
             shutil.rmtree(old, ignore_errors=True)
+    failure = _probe(path)
+    if failure is not None:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"the built library does not load ({failure})")
+    from core.files import atomic_write_text
+
+    atomic_write_text(_checksum_path(path), _digest(path) + "\n")
     return path
 
 
@@ -74,10 +115,18 @@ def load() -> Optional[str]:
     path = library_path()
     if not path.is_file():
         return f"the CPU kernels are not built for this source and torch {torch.__version__} (run `make install`)"
+    checksum = _checksum_path(path)
+    if not checksum.is_file() or checksum.read_text(encoding="utf-8").strip() != _digest(path):
+        return f"{path.name} does not match the checksum of its build (an interrupted build?); rebuild it with " \
+               "`make install`"
     try:
         torch.ops.load_library(str(path))
     except OSError as e:
         return f"{path.name} cannot be loaded ({e}); rebuild it with `make install`"
+    missing = [op for op in OPS if not hasattr(torch.ops.spikingbert, op)]
+    if missing:
+        return (f"{path.name} has no op {', '.join(missing)} (a library of another build); rebuild it with "
+                "`make install`")
     return None
 
 
@@ -89,8 +138,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build(verbose=args.verbose)
-    except (RuntimeError, OSError, ImportError) as e:
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if kernels_expected():
+            print(f"error: the event engine's CPU kernels were not built ({first}); this x86-64 CPU with AVX2 runs "
+                  "them: install a C++ compiler (and ninja) and run `make install` again", file=sys.stderr)
+            return 1
         print(f"warning: the event engine's CPU kernels were not built ({first}); "
               f"the simulation will use the dense engine", file=sys.stderr)
         return 0

@@ -42,7 +42,7 @@ def replace(value: Tensor, surrogate: Tensor) -> Tensor:
 
 class ImplicitBackward(torch.autograd.Function):
     """Identity in the forward pass; in the backward pass returns the solution ``g`` of
-    ``g = J^T g + grad`` where ``J^T v`` is supplied by ``vjp``."""
+    ``g = J^T g + grad``; ``backward_solve`` (see `implicit_reattach`) finds it."""
 
     @staticmethod
     def forward(ctx, z: Tensor, backward_solve: Callable[[Tensor], Tensor]) -> Tensor:

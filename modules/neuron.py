@@ -30,7 +30,6 @@ __all__ = [
     "SpikeFunction",
     "SURROGATES",
     "NeuronLayers",
-    "leaky_rate_normaliser",
 ]
 
 
@@ -165,10 +164,3 @@ class NeuronLayers:
     def rates(self, steps: int) -> dict[str, Tensor]:
         """Spike count / ``steps`` of every counted layer."""
         return {key: count / steps for key, count in self.counts.items()}
-
-
-def leaky_rate_normaliser(leak: float, t_conv: int) -> float:
-    """Denominator of the leak-weighted average spiking rate: ``sum_{i<T} leak**i``."""
-    if leak == 1.0:
-        return float(t_conv)
-    return (1.0 - leak**t_conv) / (1.0 - leak)

@@ -2,7 +2,8 @@
 
 Each solver looks for ``z = f(z)`` and reports how far it got. They are plain
 functions over tensors of any shape; they run under whatever grad mode the
-caller chose (the implicit backward calls them under ``no_grad``).
+caller chose (the implicit backward solves its adjoint system with autograd enabled, for the
+vector-Jacobian products of ``f``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def fixed_point_iter(
     z = z0
     abs_res = rel_res = torch.tensor(float("inf"))
     nstep = 0
-    for nstep in range(1, max_iter + 1):
+    for nstep in range(1, max_iter + 1):  # noqa: B007 (the steps run, read after the loop)
         fz = f(z)
         abs_res, rel_res = _residual(fz, z)
         z = fz if damping == 1.0 else (1.0 - damping) * z + damping * fz
@@ -77,7 +78,7 @@ def broyden(
 
     best_z, best_res = z, gz.norm()
     nstep = 0
-    for nstep in range(1, max_iter + 1):
+    for nstep in range(1, max_iter + 1):  # noqa: B007 (the steps run, read after the loop)
         dz = -inv_jac_mv(gz)
         z_new = z + dz
         gz_new = g(z_new)

@@ -1,6 +1,5 @@
 """Shared test fixtures: paths to the real data and weights that `make install` provides."""
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest

@@ -30,15 +30,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification, SpikingBertPreTrainedModel
-from spikingbert import glue
-from spikingbert.checkpoint import list_checkpoints
-from spikingbert.errors import run_cli
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+from spikingbert.cli.edge import run_cli
+from spikingbert.data import glue
+from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from spikingbert.runtime import Runtime
-from spikingbert.sampling import ResumableSampler
-from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
-from tests.test_pipeline import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
-from tests.test_resume import _data, _Objective
+from spikingbert.training.checkpoint import list_checkpoints
+from spikingbert.training.sampling import ResumableSampler
+from spikingbert.training.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
+from tests.helpers.stand_in import StandInObjective, regression_data
+from tests.helpers.world import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
 from transformer.modeling import BertPreTrainedModel
 from transformer.optimization import BertAdam
 from transformer.tokenization import BertTokenizer
@@ -81,7 +81,7 @@ class Inputs:
     teacher_no_config: Path
     teacher_truncated_bin: Path     # pytorch_model.bin cut in half
     teacher_payload: Path           # pytorch_model.bin (legacy format) carrying Payload
-    teacher_nan: Path               # NaN attention weights: every loss is NaN
+    teacher_nan: Path               # attention weights that overflow float32: every loss is NaN
     student_marker: Path            # written if the student's payload ever runs
     teacher_marker: Path
     no_train_tsv: Path
@@ -169,7 +169,7 @@ def inputs(tmp_path_factory) -> Inputs:
     teacher_nan = _copy(world.teacher_general, root / "teacher_nan")
     general_state = load_file(str(teacher_nan / "model.safetensors"))
     key = next(k for k in general_state if k.endswith("layer.0.attention.self.query.weight"))
-    general_state[key] = torch.full_like(general_state[key], float("nan"))
+    general_state[key] = torch.full_like(general_state[key], 3e38)     # finite (NaN weights are refused on load)
     save_file(general_state, str(teacher_nan / "model.safetensors"))
 
     pregenerated = root / "pregenerated"
@@ -437,6 +437,8 @@ def _subprocess(script: str, *argv, env=None) -> subprocess.CompletedProcess:
                           env=env or script_env(), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_representative_cases_in_a_subprocess(inputs, tmp_path):
     """The same failures through ``python script.py``: the last line on stderr is the one error line; no traceback."""
     out = tmp_path / "out"
@@ -471,6 +473,7 @@ def _run_inprocess(script: str, argv, capsys) -> Tuple[int, str]:
     return exc.value.code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_cli_run_or_is_skipped(inputs, tmp_path, capsys):
     """A teacher with NaN weights: every loss is NaN."""
     out = tmp_path / "stop"
@@ -496,8 +499,8 @@ CPU = Runtime(device=torch.device("cpu"))
 
 def _trainer_run(out: Path, skip: int, poison: int, micro: int = 2, accum: int = 1):
     torch.manual_seed(0)
-    objective = _Objective(dropout=0.0)
-    data = _data(23, poison)
+    objective = StandInObjective(dropout=0.0)
+    data = regression_data(23, poison)
 
     def save(directory: Path):
         (directory / "config.json").write_text("{}")
@@ -506,12 +509,13 @@ def _trainer_run(out: Path, skip: int, poison: int, micro: int = 2, accum: int =
     stage = Stage(student=objective, objective=objective,
                   make_optimizer=lambda total: BertAdam(objective.parameters(), lr=0.01, schedule="none"),
                   train_dataset=lambda epoch: data, num_train_examples=lambda epoch: len(data), save_student=save)
-    config = TrainerConfig(output_dir=out, micro_batch_size=micro, gradient_accumulation_steps=accum,
+    config = TrainerConfig(output_dir=out, train_batch_size=micro * accum, gradient_accumulation_steps=accum,
                            num_train_epochs=2, save_steps=1, logging_steps=1, seed=7, skip_nan_batches=skip)
     out.mkdir(parents=True, exist_ok=True)
     return Trainer(config, CPU, stage).train(), objective
 
 
+@pytest.mark.slow
 def test_skip_nan_batches_skips_exactly_the_poisoned_steps(tmp_path):
     poison, micro = 7, 2
     # 23 examples, micro-batch 2: 12 steps per epoch; the poisoned example falls in one step of each epoch.
@@ -529,10 +533,11 @@ def test_skip_nan_batches_skips_exactly_the_poisoned_steps(tmp_path):
     assert records[-1]["skipped_steps"] == 2
 
     with pytest.raises(TrainingDiverged, match=f"optimizer step {bad_steps[1]} .*2 such steps, more than "
-                                               r"--skip_nan_batches 1"):
+                                               r"`skip_nan_batches` 1"):
         _trainer_run(tmp_path / "limit", skip=1, poison=poison)
 
 
+@pytest.mark.slow
 def test_gradient_norm_is_logged(tmp_path):
     """The logged grad_norm of step 1 equals the norm of an independent backward pass over the same batches."""
     micro, accum = 2, 3
@@ -540,8 +545,8 @@ def test_gradient_norm_is_logged(tmp_path):
     logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
     assert logged["step"] == 1
     torch.manual_seed(0)
-    model = _Objective(dropout=0.0)
-    x, y = _data(23).tensors
+    model = StandInObjective(dropout=0.0)
+    x, y = regression_data(23).tensors
     order = list(ResumableSampler(23, epoch=0, seed=7))
     for i in range(accum):
         index = order[i * micro:(i + 1) * micro]

@@ -1,4 +1,5 @@
-"""Checkpoint directories, training state, RNG state and the output-dir rules (spikingbert/checkpoint.py)."""
+"""Checkpoint directories, training state, RNG state (spikingbert/training/checkpoint.py) and the output-dir rules
+(spikingbert/run/output.py)."""
 import json
 import random
 
@@ -7,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from spikingbert.checkpoint import (
+from core.errors import UsageError, UserError
+from core.files import atomic_write_json
+from spikingbert.run.output import OutputDir
+from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
+from spikingbert.training.checkpoint import (
     TRAINING_STATE_NAME,
     install_model_files,
     latest_checkpoint,
@@ -15,14 +20,10 @@ from spikingbert.checkpoint import (
     load_optimizer_state,
     load_training_state,
     optimizer_state_to_save,
-    prepare_output_dir,
     save_checkpoint,
 )
-from spikingbert.errors import UsageError, UserError
-from spikingbert.runtime import get_rng_state, set_rng_state
-from spikingbert.sampling import ResumableSampler
-from spikingbert.training_state import MetricsLog
-from transformer.file_utils import atomic_write_json
+from spikingbert.training.sampling import ResumableSampler
+from spikingbert.training.state import MetricsLog
 from transformer.optimization import BertAdam
 
 
@@ -86,9 +87,15 @@ def test_install_model_files_puts_student_into_output_dir(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists() and _no_temporaries(tmp_path)
 
 
+def _prepare(out, continue_train: bool, overwrite: bool):
+    """`OutputDir.prepare` of a one-process run, the directory released again."""
+    with OutputDir(out, continue_train, overwrite) as output:
+        return output.prepare(Runtime(device=torch.device("cpu")), debug=False)
+
+
 def test_prepare_output_dir_rules(tmp_path):
     out = tmp_path / "run"
-    assert prepare_output_dir(out, continue_train=False, overwrite=False) is None    # created
+    assert _prepare(out, continue_train=False, overwrite=False) is None    # created
     assert out.is_dir()
     save_checkpoint(out, 4, _writer("a"), {"global_step": 4})
     (out / "train.log").write_text("old")
@@ -96,15 +103,16 @@ def test_prepare_output_dir_rules(tmp_path):
     (out / ".tmp-checkpoint-8-abc").mkdir()                                              # killed mid-save
 
     with pytest.raises(UsageError) as err:
-        prepare_output_dir(out, continue_train=False, overwrite=False)
+        _prepare(out, continue_train=False, overwrite=False)
     assert err.value.exit_code == 2
     assert "--continue_train" in str(err.value) and "--overwrite_output_dir" in str(err.value)
 
-    assert prepare_output_dir(out, continue_train=True, overwrite=False) == out / "checkpoint-4"
+    assert _prepare(out, continue_train=True, overwrite=False) == out / "checkpoint-4"
     assert _no_temporaries(out)
 
-    assert prepare_output_dir(out, continue_train=False, overwrite=True) is None
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]   # only the user's own file stays
+    assert _prepare(out, continue_train=False, overwrite=True) is None
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "train.log"]   # the user's own file stays
+    assert "old" not in (out / "train.log").read_text()                          # the new run's log
 
 
 def test_rng_state_round_trip_through_weights_only_file(tmp_path):

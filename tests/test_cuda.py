@@ -4,7 +4,7 @@ import torch
 
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import neuron
-from tests.student_utils import tiny_config, tiny_inputs
+from tests.helpers.students import tiny_config, tiny_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -14,13 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from apps import corpora, demo
+from core.errors import UserError
 from models.init_from_teacher import init_student_from_teacher, teacher_init_map
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
-from apps import corpora, demo
-from spikingbert.errors import UserError
+from tests.helpers.world import REPO, TEACHER, build_world, independent_dev_metrics, run_script
 from transformer.modeling import BertConfig, BertForPreTraining
-
-from .test_pipeline import REPO, TEACHER, build_world, independent_dev_metrics, run_script
 
 # ------------------------------------------------------------------------------------ rotten tomatoes
 
@@ -144,6 +143,8 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("demo_world"))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_init_from_teacher_through_the_cli(world, tmp_path):
     """General KD with --init_from_teacher: after one step at a vanishing learning rate the student's
     encoder equals the teacher's mapped layers; task KD from a trained student ignores the flag."""
@@ -156,7 +157,8 @@ def test_init_from_teacher_through_the_cli(world, tmp_path):
                world.teacher_general, "--spiking_student_model", world.student_config, "--output_dir", out,
                "--do_lower_case", "--train_batch_size", "8", "--max_steps", "1", "--learning_rate", "1e-12",
                "--warmup_proportion", "0", "--t_conv", "4", "--init_from_teacher")
-    student, teacher = load_file(str(out / "model.safetensors")), load_file(str(world.teacher_general / "model.safetensors"))
+    student = load_file(str(out / "model.safetensors"))
+    teacher = load_file(str(world.teacher_general / "model.safetensors"))
     stride = TEACHER["num_hidden_layers"] // 2
     copied = 0
     for key, value in student.items():
@@ -171,9 +173,10 @@ def test_init_from_teacher_through_the_cli(world, tmp_path):
     assert "copied 37 tensors: the embeddings (5) and student layer <- teacher layer 0 <- 1, 1 <- 3" in proc.stderr
 
     task_out = tmp_path / "ikd"
-    proc = run_script("spiking_bert_task_distill.py", "--task_name", "SST-2", "--data_dir", world.sst2, "--teacher_model",
-               world.teacher_sst2, "--spiking_student_model", out, "--output_dir", task_out, "--do_lower_case",
-               "--train_batch_size", "8", "--max_steps", "1", "--max_seq_length", "16", "--init_from_teacher")
+    proc = run_script("spiking_bert_task_distill.py", "--task_name", "SST-2", "--data_dir", world.sst2,
+               "--teacher_model", world.teacher_sst2, "--spiking_student_model", out, "--output_dir", task_out,
+               "--do_lower_case", "--train_batch_size", "8", "--max_steps", "1", "--max_seq_length", "16",
+               "--init_from_teacher")
     assert "--init_from_teacher ignored" in proc.stderr
     assert json.loads((task_out / "args.json").read_text())["init_from_teacher_tensors"] is None
 
@@ -181,6 +184,8 @@ def test_init_from_teacher_through_the_cli(world, tmp_path):
 # ------------------------------------------------------------------------------------ --report, --adaptive_t
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_do_eval_report_and_adaptive_t(world, tmp_path):
     student_dir = tmp_path / "student"
     torch.manual_seed(0)
@@ -238,6 +243,7 @@ def _stage(name: str, target: Path, text: str) -> demo.DemoStage:
     return demo.DemoStage(name, name, ["-c", code], [target])
 
 
+@pytest.mark.system
 def test_demo_reuses_finished_stages(tmp_path, capsys):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     stages = [_stage("one", a, "1"), _stage("two", b, "2")]

@@ -6,13 +6,16 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from apps import demo, demo_stages
-from spikingbert.progress import LineProgress, parse_progress
-from tests.student_utils import REPO_ROOT
+from apps.demo_stages import parse_progress
+from core.progress import LineProgress
+from tests.helpers.students import REPO_ROOT
 
 STAGE_CODE = """
 import logging, sys
-from spikingbert.progress import progress
+from core.progress import progress
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 bar = progress(range(5), desc="train", unit="steps", interval=0)
 for _ in bar:
@@ -26,6 +29,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.system
 def test_progress_off_a_terminal_is_plain_lines_the_demo_can_read():
     proc = subprocess.run([sys.executable, "-c", STAGE_CODE], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120)
@@ -37,6 +41,7 @@ def test_progress_off_a_terminal_is_plain_lines_the_demo_can_read():
     assert parsed[-1].percent == 100 and "loss=0.5" in lines[-1]
 
 
+@pytest.mark.system
 def test_demo_stage_shows_one_live_line_and_logs_plain_text(tmp_path):
     stage = demo.DemoStage("train", "a stage", ["-c", STAGE_CODE], [])
     console = demo_stages.StageConsole("[1/1] train", stream=Terminal())

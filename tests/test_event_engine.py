@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from bench.firing import shape_firing
+from core.linear import linear
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules import event_engine, event_ops
 from modules.neuron import if_scan
-from tests.student_utils import tiny_config, tiny_inputs
-from transformer.linear import linear
+from tests.helpers.students import tiny_config, tiny_inputs
 
 WHY_NOT_BUILT = event_ops.load()
-if WHY_NOT_BUILT is not None and os.environ.get("CI"):
-    raise RuntimeError(f"CI must build the event engine's kernels: {WHY_NOT_BUILT}")
+if WHY_NOT_BUILT is not None and (event_ops.kernels_expected() or os.environ.get("CI")):
+    raise RuntimeError(f"this x86-64 CPU with AVX2 runs the event engine's kernels, but: {WHY_NOT_BUILT}")
 pytestmark = pytest.mark.skipif(WHY_NOT_BUILT is not None, reason=f"event engine not available: {WHY_NOT_BUILT}")
 
 BEST_ISA = int(torch.ops.spikingbert.event_isa()) if WHY_NOT_BUILT is None else 0
@@ -149,9 +149,8 @@ def test_engine_override_beats_the_environment(use_engine):
     with event_engine.engine_override("auto"):
         assert event_engine.engine()[0] == "event"
     assert event_engine.engine()[0] == "dense"
-    with pytest.raises(ValueError, match="'auto' or 'dense'"):
-        with event_engine.engine_override("fast"):
-            pass
+    with pytest.raises(ValueError, match="'auto' or 'dense'"), event_engine.engine_override("fast"):
+        pass
 
 
 def _all_spikes(model, inputs):
@@ -162,6 +161,7 @@ def _all_spikes(model, inputs):
     return {k: torch.cat(v) for k, v in seen.items()}, out
 
 
+@pytest.mark.slow
 def test_engines_agree_on_a_sparsely_firing_student(use_engine):
     torch.manual_seed(0)
     model = SpikingBertForSequenceClassification(tiny_config(layers=2, hidden=64, heads=2, inter=256, t_conv=16)).eval()
@@ -180,9 +180,10 @@ def test_engines_agree_on_a_sparsely_firing_student(use_engine):
 
 
 def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixture_dir, tmp_path):
-    from models.convert_published import convert
+    from tests.helpers.students import convert
 
-    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"), t_conv=8)
+    convert(str(published_fixture_dir / "pytorch_model.bin"), str(published_fixture_dir), str(tmp_path / "out"),
+            t_conv=8)
     expected = torch.load(published_fixture_dir / "expected.pt", weights_only=True)
     model = SpikingBertForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     inputs = (expected["input_ids"], expected["token_type_ids"], expected["attention_mask"])
@@ -200,7 +201,7 @@ def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixtur
 def test_report_convergence_pass_equals_a_hand_count(use_engine):
     """The compiled ASR-convergence pass and the report's tensor code against float64 numpy counts:
     sum over real-token neurons of ``|count_t / t - count_T / T|`` for every ``t``."""
-    from spikingbert.report.measure import _BatchRecorder
+    from spikingbert.evaluation.measure import BatchRecorder
 
     class Head(torch.nn.Module):                                 # what the recorder needs of a student
         config = tiny_config(layers=1)
@@ -217,7 +218,7 @@ def test_report_convergence_pass_equals_a_hand_count(use_engine):
     expected = np.abs(counts / steps - counts[-1] / 19).sum((1, 2))
     for name in ("dense", "auto"):
         use_engine(name)
-        rec = _BatchRecorder(Head(), mask, 19, [], keep_trains=True)
+        rec = BatchRecorder(Head(), mask, 19, [], keep_trains=True)
         for t0, chunk in chunks:
             rec("0.K", t0, chunk)
         got = rec.convergence_sums()["0.K"].numpy()

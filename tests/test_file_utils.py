@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer import file_utils
-from transformer.file_utils import DownloadError, ModelLoadError, cached_path
+from core import remote as file_utils
+from core.errors import ModelError
+from core.remote import DownloadError, cached_path
 from transformer.modeling import BertConfig, BertForSequenceClassification
 from transformer.tokenization import BertTokenizer
 
@@ -126,7 +127,7 @@ def test_local_paths(tmp_path):
     assert cached_path(tmp_path) == tmp_path
     (tmp_path / "f.txt").write_text("x")
     assert cached_path(str(tmp_path / "f.txt")) == tmp_path / "f.txt"
-    with pytest.raises(ModelLoadError, match=f"{tmp_path / 'nope'} does not exist"):
+    with pytest.raises(ModelError, match=f"{tmp_path / 'nope'} does not exist"):
         cached_path(tmp_path / "nope")
 
 
@@ -196,7 +197,7 @@ def test_interrupted_download_leaves_nothing(http_server, tmp_path):
     with pytest.raises(DownloadError, match=f"{base}/truncated"):
         cached_path(f"{base}/truncated", cache_dir=tmp_path / "cache")
     assert _files_under(tmp_path / "cache") == []
-    assert [p for p in (tmp_path / "cache").iterdir()] == []
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_http_archive_loads_as_model(http_server, tmp_path, tiny_model_dir):
@@ -226,7 +227,7 @@ def test_path_traversal_archives_are_refused(tmp_path, archive, name):
     source.parent.mkdir()
     source.write_bytes(archive())
     cache = tmp_path / "deep" / "cache"
-    with pytest.raises(ModelLoadError, match=f"refusing to extract {source}"):
+    with pytest.raises(ModelError, match=f"refusing to extract {source}"):
         cached_path(source, cache_dir=cache)
     assert _files_under(cache) == []
     assert not list(tmp_path.rglob("evil*"))

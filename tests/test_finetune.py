@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +14,12 @@ import pytest
 import torch
 import transformers
 
-from spikingbert import glue
+from spikingbert.data import glue
+from tests.helpers.world import run_finetune
 from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
 from transformer.tokenization import BertTokenizer
 
-from .test_pipeline import REPO, script_env
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 POSITIVE = ["good", "great", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
@@ -56,13 +55,6 @@ def setup(tmp_path_factory):
     return root, bert, task
 
 
-def run_finetune(*args, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "apps.finetune", *map(str, args)], cwd=REPO,
-                          env=script_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == expect_rc, proc.stderr[-3000:]
-    return proc
-
-
 def test_finetune_learns_the_task_and_writes_a_teacher_dir(setup):
     root, bert, task = setup
     out = root / "teacher"
@@ -76,7 +68,7 @@ def test_finetune_learns_the_task_and_writes_a_teacher_dir(setup):
     assert config["num_labels"] == 2 and config["architectures"] == ["BertForSequenceClassification"]
     assert (out / "vocab.txt").read_text() == (bert / "vocab.txt").read_text()
     teacher = BertForSequenceClassification.from_pretrained(out)
-    assert teacher.load_report.initialized == []                  # nothing missing: the classifier was saved
+    assert teacher.initialised_keys == []                  # nothing missing: the classifier was saved
     assert config["id2label"] == {"0": "negative", "1": "positive"} and config["do_lower_case"] is True
     assert config["model_type"] == "bert" and config["max_seq_length"] == 16
 

@@ -7,8 +7,8 @@ from typing import List
 import pytest
 import torch
 
-from spikingbert.errors import DataError, UserError
-from spikingbert.glue import (
+from core.errors import DataError, UserError
+from spikingbert.data.glue import (
     DEFAULT_TASK_SETTINGS,
     InputExample,
     compute_metrics,
@@ -129,7 +129,7 @@ def test_cola_no_header(tmp_path):
     write_tsv(tmp_path / "train.tsv", ["gj04\t1\t\tOur friends won't buy this analysis.",
                                        "gj04\t0\t*\tThey drank the pub."])
     proc = get_processor("CoLA")
-    examples = proc.get_train_examples(tmp_path)
+    examples = proc.read_split(tmp_path, "train")[0]
     assert [(e.text_a, e.text_b, e.label) for e in examples] == [
         ("Our friends won't buy this analysis.", None, "1"), ("They drank the pub.", None, "0")]
     assert proc.get_labels() == ["0", "1"] and proc.output_mode == "classification"
@@ -137,12 +137,12 @@ def test_cola_no_header(tmp_path):
 
 def test_sst2_and_mrpc(tmp_path):
     write_tsv(tmp_path / "SST-2" / "dev.tsv", ["sentence\tlabel", "it 's a charming journey .\t1"])
-    ex = get_processor("sst-2").get_dev_examples(tmp_path / "SST-2")
+    ex = get_processor("sst-2").read_split(tmp_path / "SST-2", "dev")[0]
     assert [(e.text_a, e.text_b, e.label) for e in ex] == [("it 's a charming journey .", None, "1")]
 
     write_tsv(tmp_path / "MRPC" / "train.tsv", ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String",
                                                 "1\t702876\t702977\tAmrozi accused him .\tReferring to him ."])
-    ex = get_processor("MRPC").get_train_examples(tmp_path / "MRPC")
+    ex = get_processor("MRPC").read_split(tmp_path / "MRPC", "train")[0]
     assert [(e.text_a, e.text_b, e.label) for e in ex] == [("Amrozi accused him .", "Referring to him .", "1")]
 
 
@@ -156,9 +156,9 @@ def test_qqp_missing_fields_are_bad_rows(tmp_path):
     ])
     proc = get_processor("QQP")
     with pytest.raises(DataError) as err:
-        proc.get_train_examples(tmp_path)
+        proc.read_split(tmp_path, "train")[0]
     assert f"{path}:3:" in str(err.value) and "expected 6 tab-separated columns, found 5" in str(err.value)
-    assert "--skip_bad_rows" in str(err.value)
+    assert "`skip_bad_rows`" in str(err.value)
     examples, stats = proc.read_split(tmp_path, "train", skip_bad_rows=True)
     assert [e.text_a for e in examples] == ["How do I learn?", "Who am I?"]
     assert stats.num_bad_rows == 2 and stats.num_examples == 2
@@ -175,7 +175,7 @@ def test_stsb_float_scores(tmp_path, tokenizer):
     assert get_processor("sts-b").output_mode == "regression" and get_processor("sts-b").num_labels == 1
     bad = write_tsv(tmp_path / "dev.tsv", [STSB_HEADER, stsb_row(0, "a", "b", "high")])
     with pytest.raises(DataError, match=rf"{bad}:2: score 'high' is not a number"):
-        get_processor("sts-b").get_dev_examples(tmp_path)
+        get_processor("sts-b").read_split(tmp_path, "dev")[0]
 
 
 def test_mnli_matched_and_mismatched(tmp_path, tokenizer):
@@ -186,9 +186,9 @@ def test_mnli_matched_and_mismatched(tmp_path, tokenizer):
                                                 mnli_row(1, "A dog.", "A pet.", "entailment", True)])
     mnli, mnli_mm = get_processor("MNLI"), get_processor("mnli-mm")
     assert mnli.get_labels() == ["contradiction", "entailment", "neutral"]
-    assert [e.text_a for e in mnli.get_train_examples(tmp_path)] == ["He ran."]
-    assert [(e.text_b, e.label) for e in mnli.get_dev_examples(tmp_path)] == [("It is dry.", "contradiction")]
-    assert [e.label for e in mnli_mm.get_dev_examples(tmp_path)] == ["neutral", "entailment"]
+    assert [e.text_a for e in mnli.read_split(tmp_path, "train")[0]] == ["He ran."]
+    assert [(e.text_b, e.label) for e in mnli.read_split(tmp_path, "dev")[0]] == [("It is dry.", "contradiction")]
+    assert [e.label for e in mnli_mm.read_split(tmp_path, "dev")[0]] == ["neutral", "entailment"]
     dataset, _, stats = load_task_dataset("mnli", tmp_path, "dev_mm", tokenizer, 16)
     assert dataset.tensors[3].tolist() == [2, 1] and stats.path.endswith("dev_mismatched.tsv")
 
@@ -202,19 +202,19 @@ def test_pair_tasks_label_last(tmp_path, task, header, labels):
     write_tsv(tmp_path / "train.tsv", [header, f"0\tFirst one.\tSecond one.\t{labels[1]}",
                                        f"1\tThird one.\tFourth one.\t{labels[0]}"])
     proc = get_processor(task)
-    examples = proc.get_train_examples(tmp_path)
+    examples = proc.read_split(tmp_path, "train")[0]
     assert [(e.text_a, e.text_b, e.label) for e in examples] == [
         ("First one.", "Second one.", labels[1]), ("Third one.", "Fourth one.", labels[0])]
     assert proc.get_labels() == list(labels)
     path = write_tsv(tmp_path / "dev.tsv", [header, "0\ta\tb\tmaybe"])
     with pytest.raises(DataError, match=rf"{path}:2: unknown label 'maybe'"):
-        proc.get_dev_examples(tmp_path)
+        proc.read_split(tmp_path, "dev")[0]
 
 
 def test_wrong_column_count_reports_file_and_line(tmp_path):
     path = write_tsv(tmp_path / "train.tsv", ["sentence\tlabel", "good\t1", "", "bad\t0\textra"])
     with pytest.raises(DataError) as err:
-        get_processor("sst-2").get_train_examples(tmp_path)
+        get_processor("sst-2").read_split(tmp_path, "train")[0]
     assert str(err.value).startswith(f"{path}:4: expected 2 tab-separated columns, found 3")
 
 
@@ -222,7 +222,7 @@ def test_non_utf8_row_is_a_bad_row(tmp_path):
     path = tmp_path / "train.tsv"
     path.write_bytes(b"sentence\tlabel\r\ngood\t1\r\ncaf\xe9\t0\r\n")
     with pytest.raises(DataError, match=rf"{path}:3: the line is not valid UTF-8"):
-        get_processor("sst-2").get_train_examples(tmp_path)
+        get_processor("sst-2").read_split(tmp_path, "train")[0]
     examples, stats = get_processor("sst-2").read_split(tmp_path, "train", skip_bad_rows=True)
     assert [(e.text_a, e.label) for e in examples] == [("good", "1")] and stats.num_bad_rows == 1
 
@@ -239,27 +239,27 @@ def test_skip_bad_rows_count_in_stats(tmp_path, tokenizer):
 def test_empty_missing_and_headerless_files(tmp_path):
     proc = get_processor("sst-2")
     with pytest.raises(DataError, match="not found"):
-        proc.get_train_examples(tmp_path)
+        proc.read_split(tmp_path, "train")[0]
     write_tsv(tmp_path / "train.tsv", [])
     with pytest.raises(DataError, match="is empty"):
-        proc.get_train_examples(tmp_path)
+        proc.read_split(tmp_path, "train")[0]
     write_tsv(tmp_path / "train.tsv", ["a fine film\t1", "a bad film\t0"])
     with pytest.raises(DataError, match=r"train.tsv:1: missing or wrong header line"):
-        proc.get_train_examples(tmp_path)
+        proc.read_split(tmp_path, "train")[0]
     write_tsv(tmp_path / "train.tsv", ["sentence\tlabel"])
     with pytest.raises(DataError, match="no usable examples"):
-        proc.get_train_examples(tmp_path)
+        proc.read_split(tmp_path, "train")[0]
 
 
 def test_aug_file_and_data_dir_hint(tmp_path):
     write_tsv(tmp_path / "RTE" / "train.tsv", ["index\tsentence1\tsentence2\tlabel", "0\ta\tb\tentailment"])
     proc = get_processor("rte")
     with pytest.raises(DataError, match="train_aug.tsv"):
-        proc.get_aug_examples(tmp_path / "RTE")
+        proc.read_split(tmp_path / "RTE", "aug")[0]
     write_tsv(tmp_path / "RTE" / "train_aug.tsv", ["index\tsentence1\tsentence2\tlabel", "0\tc\td\tnot_entailment"])
-    assert [e.text_a for e in proc.get_aug_examples(tmp_path / "RTE")] == ["c"]
-    with pytest.raises(DataError, match=rf"did you mean --data_dir {tmp_path / 'RTE'}"):
-        proc.get_train_examples(tmp_path)
+    assert [e.text_a for e in proc.read_split(tmp_path / "RTE", "aug")[0]] == ["c"]
+    with pytest.raises(DataError, match=rf"did you mean `data_dir` {tmp_path / 'RTE'}"):
+        proc.read_split(tmp_path, "train")[0]
 
 
 # --------------------------------------------------------------------------------------------------

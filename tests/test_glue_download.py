@@ -11,55 +11,13 @@ from typing import Dict, List
 
 import pytest
 
-from spikingbert.glue.download import safe_extract_zip
-from spikingbert.errors import DataError
-from spikingbert.glue import get_processor
+from core.errors import DataError
+from spikingbert.data.glue import get_processor
+from spikingbert.data.glue.download import safe_extract_zip
+from tests.helpers.glue_files import COLA_TRAIN, MSR_TEST_ROWS, MSR_TRAIN_ROWS, SST_TRAIN, make_zip, standard_files
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "download_glue_data.py"
-
-SST_TRAIN = "sentence\tlabel\nit 's a charming journey .\t1\na dull film .\t0\n"
-COLA_TRAIN = "gj04\t1\t\tOur friends won't buy this analysis.\n"
-MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
-               "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n")
-MSR_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n"
-MSR_TRAIN_ROWS = [("1", "702876", "702977", "Amrozi accused his brother .", "Referring to him as the witness ."),
-                  ("0", "2108705", "2108831", "Yucaipa owned Dominick 's .", "Yucaipa bought Dominick 's ."),
-                  ("1", "1330381", "1330521", "They had published an ad .", "On June 10 they published an ad ."),
-                  ("0", "3344667", "3344648", "Around 0335 GMT shares were up .", "The stock rose .")]
-MSR_TEST_ROWS = [("1", "1089874", "1089925", "PCCW 's chief will also head PCCW .", "Moore will head PCCW .")]
-DEV_IDS = "2108705\t2108831\n3344667\t3344648\n"
-
-
-def make_zip(files: Dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-    return buf.getvalue()
-
-
-def task_zip(top: str, names=("train.tsv", "dev.tsv", "test.tsv"), train: str = SST_TRAIN) -> bytes:
-    return make_zip({f"{top}/{name}": (train if name == "train.tsv" else f"content of {top}/{name}\n")
-                     for name in names})
-
-
-def msr_file(rows) -> str:
-    return MSR_HEADER + "".join("\t".join(row) + "\r\n" for row in rows)
-
-
-def standard_files() -> Dict[str, bytes]:
-    mnli_names = ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv", "test_matched.tsv", "test_mismatched.tsv")
-    return {
-        "CoLA.zip": task_zip("CoLA", train=COLA_TRAIN),
-        "SST-2.zip": task_zip("SST-2"),
-        "MNLI.zip": task_zip("MNLI", mnli_names, train=MNLI_HEADER),
-        "QNLIv2.zip": task_zip("QNLI"),
-        "AX.tsv": b"index\tsentence1\tsentence2\n0\ta\tb\n",
-        "msr_paraphrase_train.txt": msr_file(MSR_TRAIN_ROWS).encode("utf-8"),
-        "msr_paraphrase_test.txt": msr_file(MSR_TEST_ROWS).encode("utf-8"),
-        "mrpc_dev_ids.tsv": DEV_IDS.encode("utf-8"),
-    }
 
 
 class GlueServer:
@@ -134,6 +92,8 @@ def leftovers(data_dir: Path) -> List[str]:
     return sorted(p.name for p in data_dir.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_download_all_kinds_of_tasks(tmp_path, server):
     data = tmp_path / "glue"
     result = run_script("--data_dir", str(data), "--tasks", "CoLA,sst-2,MNLI,MRPC,diagnostic", "--mirror", server.url)
@@ -152,8 +112,8 @@ def test_download_all_kinds_of_tasks(tmp_path, server):
         header, "\t".join(MSR_TRAIN_ROWS[1]), "\t".join(MSR_TRAIN_ROWS[3])]
     assert (data / "MRPC" / "test.tsv").read_text().splitlines()[1] == "0\t" + "\t".join(MSR_TEST_ROWS[0][1:])
     # The GLUE readers accept what was written.
-    assert [e.label for e in get_processor("mrpc").get_dev_examples(data / "MRPC")] == ["0", "0"]
-    assert [e.label for e in get_processor("cola").get_train_examples(data / "CoLA")] == ["1"]
+    assert [e.label for e in get_processor("mrpc").read_split(data / "MRPC", "dev")[0]] == ["0", "0"]
+    assert [e.label for e in get_processor("cola").read_split(data / "CoLA", "train")[0]] == ["1"]
 
     # A second run finds every task complete and downloads nothing.
     before = len(server.requests)
@@ -163,6 +123,8 @@ def test_download_all_kinds_of_tasks(tmp_path, server):
     assert again.stderr.count("already complete") == 5
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_retry_after_transient_500(tmp_path, server):
     server.fail_500["CoLA.zip"] = 2
     result = run_script("--data_dir", str(tmp_path), "--tasks", "CoLA", "--mirror", server.url)
@@ -172,6 +134,8 @@ def test_retry_after_transient_500(tmp_path, server):
     assert (tmp_path / "CoLA" / "train.tsv").read_text() == COLA_TRAIN
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_resume_with_range_after_short_read(tmp_path, server):
     blob = random.Random(0).randbytes(1 << 20)  # incompressible, so the archive is ~1 MiB
     server.files["SST-2.zip"] = make_zip({"SST-2/train.tsv": SST_TRAIN, "SST-2/dev.tsv": "d\n",
@@ -187,6 +151,8 @@ def test_resume_with_range_after_short_read(tmp_path, server):
     assert (tmp_path / "SST-2" / "original" / "blob.bin").read_text() == blob.hex()[:1 << 20]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_gives_up_after_retries(tmp_path, server):
     server.fail_500["CoLA.zip"] = 10
     result = run_script("--data_dir", str(tmp_path), "--tasks", "CoLA", "--mirror", server.url, "--retries", "2")
@@ -197,6 +163,8 @@ def test_gives_up_after_retries(tmp_path, server):
     assert not (tmp_path / "CoLA").exists()
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_missing_file_is_not_retried(tmp_path, server):
     del server.files["QNLIv2.zip"]
     result = run_script("--data_dir", str(tmp_path), "--tasks", "QNLI", "--mirror", server.url)
@@ -214,6 +182,8 @@ def corrupt(archive: bytes) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("payload", ["crc", "html"])
 def test_corrupt_archive_leaves_nothing(tmp_path, server, payload):
     good = server.files["CoLA.zip"]
@@ -230,6 +200,8 @@ def test_corrupt_archive_leaves_nothing(tmp_path, server, payload):
     assert (tmp_path / "CoLA" / "train.tsv").read_text() == COLA_TRAIN
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("member", ["../evil.txt", "CoLA/../../evil.txt", "/tmp/evil.txt"])
 def test_traversal_member_refused(tmp_path, server, member):
     files = {"CoLA/train.tsv": COLA_TRAIN, "CoLA/dev.tsv": "x\n", "CoLA/test.tsv": "x\n", member: "pwned\n"}
@@ -242,6 +214,8 @@ def test_traversal_member_refused(tmp_path, server, member):
     assert not list(tmp_path.rglob("evil.txt"))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_mirror_directory(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -257,6 +231,8 @@ def test_mirror_directory(tmp_path):
     assert missing.returncode == 1 and f"--mirror {mirror} has no RTE.zip" in missing.stderr
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_path_to_mrpc(tmp_path, server):
     msr = tmp_path / "msr"
     msr.mkdir()
@@ -271,6 +247,8 @@ def test_path_to_mrpc(tmp_path, server):
     assert bad.returncode == 2 and "has no msr_paraphrase_train.txt" in bad.stderr
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_usage_errors_and_incomplete_task_dir(tmp_path, server):
     result = run_script("--data_dir", str(tmp_path), "--tasks", "CoLA,SQuAD")
     assert result.returncode == 2 and result.stderr == "error: --tasks: unknown task 'SQuAD'; use 'all' or a " \

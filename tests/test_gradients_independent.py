@@ -1,4 +1,4 @@
-"""Training gradients against networks written from the raw weights (tests/float64_reference.py, torch float64).
+"""Training gradients against networks written from the raw weights (tests/helpers/float64_reference.py, torch float64).
 
 The student's parameter gradients for a loss that reads every output the distillation losses read
 (``fit_dense`` of the rates of E and each O2, the attention scores, the logits) are compared with
@@ -16,7 +16,7 @@ autograd through an independent network built from the student's state dict alon
   Jacobian and ``torch.linalg.solve``) instead of the model's Broyden iterations.
 
 The simulated values themselves come from the same float64 step loop (no model code), so the
-reference is independent end to end. Threshold 0.95: see tests/kd_world.py (VTH).
+reference is independent end to end. Threshold 0.95: see tests/helpers/kd_world.py (VTH).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from models.spiking_bert import SpikingBertForSequenceClassification
-from tests import float64_reference as ref
-from tests.student_utils import tiny_config, tiny_inputs
+from tests.helpers import float64_reference as ref
+from tests.helpers.students import tiny_config, tiny_inputs
 
 VTH, LEAK, T, ALPHA = 0.95, 0.9, 6, 4.0
 LAYERS, HEADS = 2, 2
@@ -137,6 +137,7 @@ def test_bptt_gradients_equal_autograd_through_an_independent_step_loop(schedule
     _assert_same(ours, reference)
 
 
+@pytest.mark.slow
 def test_feedback_gradients_solve_the_linear_fixed_point_exactly():
     model, loss = _model(feedback=True, solver="broyden", solver_tol=1e-11, solver_max_iter=200), _probe(3)
     with torch.no_grad():

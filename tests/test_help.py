@@ -12,10 +12,10 @@ import pytest
 import download_glue_data
 import preprocess_training_data
 from apps import corpora, demo, finetune, predict
-from bench.__main__ import bench_parser
 from apps.convert_published import convert_parser
-from spikingbert import args as script_args
-from tests.student_utils import REPO_ROOT
+from bench.__main__ import bench_parser
+from spikingbert.cli import flags as script_args
+from tests.helpers.students import REPO_ROOT
 
 PARSERS = {
     "python spiking_bert_general_distill.py": script_args.general_parser,
@@ -59,7 +59,8 @@ def test_every_flag_has_help_showing_its_default(command):
             assert action.help and action.help.strip(), f"{command}: {name} has no help text"
             shown = _shown_help(parser, action)
             if action.option_strings and not action.required and action.dest not in ("debug",):
-                assert re.search(r"default|\(required\)", shown, re.I), f"{command}: {name} does not show its default: {shown!r}"
+                assert re.search(r"default|\(required\)", shown, re.I), \
+                    f"{command}: {name} does not show its default: {shown!r}"
         parser.format_help()                                       # formats (no bad % in a help text)
 
 
@@ -84,6 +85,8 @@ def test_demo_recipe_flags_document_their_choices():
     assert re.search(r"--t_conv N\s+simulation steps T of the student \(default: 16", text)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_help_runs_as_a_user_types_it():
     proc = subprocess.run([sys.executable, "-m", "apps.predict", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -91,6 +94,7 @@ def test_help_runs_as_a_user_types_it():
     assert "--adaptive_t TOL" in proc.stdout and "(default: 32)" in proc.stdout
 
 
+@pytest.mark.system
 def test_docs_refer_only_to_files_in_the_repository():
     """The behaviour contract is docs/DESIGN.md; nothing points to a specification outside the repository."""
     outside = ("SPEC" + ".md", "SPEC" + " §")
@@ -101,3 +105,29 @@ def test_docs_refer_only_to_files_in_the_repository():
             text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
             assert not any(o in text for o in outside), f"{name} refers to a file outside the repository"
     assert (REPO_ROOT / "docs" / "DESIGN.md").is_file()
+
+
+@pytest.mark.parametrize("command", [c for c in PARSERS if c != "python -m bench"])
+def test_every_number_or_choice_flag_takes_its_range_from_the_settings_table(command):
+    """One table (core.settings) declares each setting's type and range; every command's flags derive from it."""
+    from core.settings import SETTINGS
+
+    for parser in _parsers(PARSERS[command]()):
+        for action in parser._actions:
+            if action.type in (int, float) or (action.choices and not isinstance(action, argparse._SubParsersAction)):
+                name = getattr(action, "setting", None) or action.dest
+                assert name in SETTINGS, f"{command}: {action.option_strings} has no entry in core.settings.SETTINGS"
+                spec = SETTINGS[name]
+                assert action.choices is None or tuple(action.choices) == spec.choices, f"{command}: {name} choices"
+                assert action.type in (spec.kind, None) or action.choices, f"{command}: {name} type"
+
+
+def test_registries_offer_exactly_the_settings_table_choices():
+    from core.settings import SETTINGS
+    from modules.neuron import SURROGATES
+    from modules.solvers import SOLVERS
+    from transformer.activations import ACT2FN
+
+    assert sorted(SOLVERS) == sorted(SETTINGS["solver"].choices)
+    assert sorted(SURROGATES) == sorted(SETTINGS["surrogate"].choices)
+    assert sorted(ACT2FN) == sorted(SETTINGS["hidden_act"].choices)

@@ -1,13 +1,14 @@
-"""Implicit differentiation (docs/DESIGN.md, "Training by implicit differentiation"): the feedback fixed point's implicit backward against the unrolled
-iteration, the solver wiring, and the replace op. The gradients of the ann and snn IDE points and of BPTT
-are checked against networks written from the raw weights in test_gradients_independent.py."""
+"""Implicit differentiation (docs/DESIGN.md, "Training by implicit differentiation"): the feedback fixed point's
+implicit backward against the unrolled iteration, the solver wiring, and the replace op. The gradients of the ann
+and snn IDE points and of BPTT are checked against networks written from the raw weights in
+test_gradients_independent.py."""
 import pytest
 import torch
 
 from models.spiking_bert import SpikingBertForSequenceClassification
 from modules.implicit import implicit_reattach, replace
 from modules.solvers import SOLVERS
-from tests.student_utils import tiny_config, tiny_inputs
+from tests.helpers.students import tiny_config, tiny_inputs
 
 
 def _grads(model):
@@ -19,6 +20,7 @@ def _model(**kw):
     return SpikingBertForSequenceClassification(tiny_config(layers=2, fit_size=24, **kw)).double().eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_implicit_gradient_matches_unrolled_fixed_point(solver):
     torch.manual_seed(0)

@@ -23,19 +23,18 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert import glue
-from spikingbert.args import parse_general_args, parse_task_args
-from spikingbert.evaluation import LogitsOnly, predict_logits
-from spikingbert.objectives import PredictionDistillation
-from spikingbert.errors import UsageError
 from apps.finetune import parse_finetune_args
+from core.errors import UsageError
+from models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.cli.flags import parse_general_args, parse_task_args
+from spikingbert.data import glue
+from spikingbert.evaluation.dev import LogitsOnly, predict_logits
 from spikingbert.runtime import Runtime
-from spikingbert.sampling import MEGABATCH_BATCHES, ResumableSampler
-from tests.student_utils import tiny_config
-from tests.test_crash import SAVE_STEPS, _assert_same_run, _finish, _kill_at, _start, _task_argv
-from tests.test_finetune import run_finetune
-from tests.test_pipeline import build_world
+from spikingbert.training.objectives import PredictionDistillation
+from spikingbert.training.sampling import MEGABATCH_BATCHES, ResumableSampler
+from tests.helpers.crash import SAVE_STEPS, assert_same_run, finish_run, kill_at, start_run, task_argv
+from tests.helpers.students import tiny_config
+from tests.helpers.world import build_world, run_finetune
 from transformer.modeling import BertConfig, BertForSequenceClassification
 
 CPU = Runtime(device=torch.device("cpu"))
@@ -242,23 +241,27 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("length_world"))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_grouped_pred_distill_killed_and_resumed_equals_uninterrupted(world, tmp_path):
-    argv = lambda out, *more: _task_argv(world, out, "--group_by_length", *more)
+    argv = lambda out, *more: task_argv(world, out, "--group_by_length", *more)
     reference = tmp_path / "reference"
-    _finish("spiking_bert_task_distill", argv(reference), tmp_path / "reference.log")
+    finish_run("spiking_bert_task_distill", argv(reference), tmp_path / "reference.log")
     log = (reference / "train.log").read_text()
     assert "--group_by_length: batches of similar length" in log and "each trimmed to its longest" in log
 
     out = tmp_path / "killed"
-    process = _start("spiking_bert_task_distill", argv(out), tmp_path / "killed.log")
-    moment = _kill_at(f"after-{SAVE_STEPS}", process, out, random.Random(0))   # mid-epoch (5 steps per epoch)
+    process = start_run("spiking_bert_task_distill", argv(out), tmp_path / "killed.log")
+    moment = kill_at(f"after-{SAVE_STEPS}", process, out, random.Random(0))   # mid-epoch (5 steps per epoch)
     process.join(60)
     assert process.exitcode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
-    _finish("spiking_bert_task_distill", argv(out, "--continue_train"), tmp_path / "resumed.log")
+    finish_run("spiking_bert_task_distill", argv(out, "--continue_train"), tmp_path / "resumed.log")
     assert "resumed from" in (out / "train.log").read_text()
-    _assert_same_run(reference, out, f"grouped run killed {moment}")
+    assert_same_run(reference, out, f"grouped run killed {moment}")
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_finetune_takes_group_by_length(world, tmp_path):
     out = tmp_path / "teacher"
     proc = run_finetune("--task_name", "SST-2", "--data_dir", world.sst2, "--bert_model", world.teacher_general,

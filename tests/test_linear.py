@@ -1,12 +1,12 @@
-"""transformer.linear: the oneDNN float32 GEMM path equals F.linear (values and gradients), and
+"""core.linear: the oneDNN float32 GEMM path equals F.linear (values and gradients), and
 everything it does not cover falls back to F.linear unchanged."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer import linear as linear_mod
-from transformer.linear import Linear, linear, onednn_enabled
+from core import linear as linear_mod
+from core.linear import Linear, linear, onednn_enabled
 
 needs_onednn = pytest.mark.skipif(not onednn_enabled(), reason="this PyTorch build has no oneDNN linear")
 

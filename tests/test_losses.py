@@ -1,10 +1,12 @@
-"""KD losses (spikingbert/losses.py) against independent numpy computations of docs/DESIGN.md, "Knowledge distillation"."""
+"""KD losses (spikingbert/training/losses.py) against independent numpy computations of docs/DESIGN.md, "Knowledge
+distillation"."""
 import numpy as np
 import pytest
 import torch
 
-from spikingbert.errors import UsageError
-from spikingbert.losses import att_loss, layer_stride, rep_loss, soft_cross_entropy
+from core.errors import UsageError
+from spikingbert.run.model_dirs import layer_stride
+from spikingbert.training.losses import att_loss, rep_loss, soft_cross_entropy
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules.neuron import if_scan, if_scan_surrogate, leaky_rate_normaliser
+from modules.neuron import if_scan, if_scan_surrogate
 
 
 @settings(max_examples=200, deadline=None)
@@ -27,7 +27,6 @@ def test_leak_and_reset_by_subtraction():
     spikes, u = if_scan(torch.full((4, 1), 0.8, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 1.0, 0.5)
     assert spikes.flatten().tolist() == [0, 1, 0, 1]
     assert abs(u.item() - 0.125) < 1e-12
-    assert leaky_rate_normaliser(0.5, 3) == 1 + 0.5 + 0.25
 
 
 def test_surrogate_scan_same_spikes_and_has_gradient():

@@ -1,4 +1,4 @@
-"""The distillation objectives as the trainer uses them, against numpy float64 (tests/float64_reference.py).
+"""The distillation objectives as the trainer uses them, against numpy float64 (tests/helpers/float64_reference.py).
 
 In process: `IntermediateDistillation` and `PredictionDistillation` (soft cross-entropy at a temperature
 other than 1, gold labels, regression) are called as the trainer calls them; their loss and every logged
@@ -26,12 +26,22 @@ import pytest
 import torch
 
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
-from spikingbert.objectives import IntermediateDistillation, PredictionDistillation
-from tests import cli_runner
-from tests import float64_reference as ref
-from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode,
-                            encode_instances, first_record, numpy_intermediate_loss, numpy_student_logits,
-                            numpy_teacher_logits)
+from spikingbert.training.objectives import IntermediateDistillation, PredictionDistillation
+from tests.helpers import cli_runner
+from tests.helpers import float64_reference as ref
+from tests.helpers.kd_world import (
+    SEQ,
+    STRIDE,
+    VTH,
+    KDWorld,
+    build_kd_world,
+    encode,
+    encode_instances,
+    first_record,
+    numpy_intermediate_loss,
+    numpy_student_logits,
+    numpy_teacher_logits,
+)
 from transformer.modeling import BertForPreTraining
 
 REL = 1e-4
@@ -138,6 +148,8 @@ def _task_argv(data: Path, teacher: Path, student: Path, out: Path, *extra):
             "--max_steps", "1", "--logging_steps", "1", "--learning_rate", "1e-3", "--seed", "4", *extra]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_general_kd_cli_first_logged_loss_recomputed(kd, tmp_path):
     """--reduce_memory and --vth 0.9: the 10 instances of epoch_0.json in one batch."""
     out = tmp_path / "general"
@@ -154,6 +166,8 @@ def test_general_kd_cli_first_logged_loss_recomputed(kd, tmp_path):
     assert not list(tmp_path.glob("spikingbert-pregenerated-*"))      # the memory maps were removed
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_pred_distill_cli_temperature_leak_vth_first_logged_loss_recomputed(kd, tmp_path):
     out = tmp_path / "pred"
     cli_runner.run(cli_runner.TASK, _task_argv(kd.sst2, kd.base.teacher_sst2, kd.student_cls, out, "--pred_distill",
@@ -168,6 +182,8 @@ def test_pred_distill_cli_temperature_leak_vth_first_logged_loss_recomputed(kd, 
     assert abs(ref.soft_cross_entropy(student, teacher, 1.0) - expected) > 0.01 * expected   # tau matters here
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_train_true_labels_cli_skips_bad_rows_first_logged_loss_recomputed(kd, tmp_path):
     """--train_true_labels: cross-entropy to the gold labels, no teacher forward; --skip_bad_rows drops the
     three malformed rows (wrong column count, unknown label, empty text) and keeps every other row."""
@@ -189,6 +205,8 @@ def test_train_true_labels_cli_skips_bad_rows_first_logged_loss_recomputed(kd, t
     assert first_record(out)["loss"] == pytest.approx(expected, rel=REL)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_regression_pred_distill_cli_first_logged_loss_recomputed(kd, tmp_path):
     """STS-B (named in lower case) with the batch of 8 split into 2 accumulated micro-batches of 4: the
     step's loss is still the mean over all 8 examples."""
@@ -203,6 +221,8 @@ def test_regression_pred_distill_cli_first_logged_loss_recomputed(kd, tmp_path):
     assert first_record(out)["loss"] == pytest.approx(ref.mse(logits, [s for _, _, s in rows]), rel=REL)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_task_ikd_group_by_length_first_batch_is_one_length_group_untrimmed(kd, tmp_path):
     """Six 2-word and six 11-word sentences, batches of 6: grouped, the first batch holds one of the two
     length groups (a random batch of 6 from 12 almost never does), padded to --max_seq_length (task IKD

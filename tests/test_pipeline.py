@@ -2,155 +2,41 @@
 
 preprocess -> general KD -> task IKD -> --pred_distill -> --do_eval, each step reading the
 previous step's output dir as is, for SST-2 (classification) and STS-B (regression). The
-teachers are tiny random BERTs (H 32, 4 layers) built here with the vendored
+teachers are tiny random BERTs (H 32, 4 layers) built with the vendored
 `transformer.modeling`; the student has H 32, 2 layers, T = 4..8.
 
-The builders below (`build_world`, `run_script`, ...) are shared with test_resume.py and
-test_torchrun.py.
+The builders (`build_world`, `run_script`, ...) are in tests/helpers/world.py.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from scipy.stats import pearsonr
 
 from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert import glue
-from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
+from spikingbert.data import glue
+from tests.helpers.world import (
+    TEACHER,
+    World,
+    assert_student_dir,
+    build_world,
+    independent_dev_metrics,
+    max_weight_diff,
+    random_sentence,
+    read_jsonl,
+    run_script,
+    task_args,
+)
 from transformer.tokenization import BertTokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-WORDS = [f"w{i}" for i in range(120)] + ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TEACHER = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-               max_position_embeddings=128)
-# initializer_range 0.5: a random tiny student whose deeper layers spike (so predictions vary by input).
-STUDENT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-               max_position_embeddings=128, initializer_range=0.5, t_conv=4, vth=1.0)
-STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
-
-@dataclass
-class World:
-    root: Path
-    vocab: Path
-    teacher_general: Path
-    teacher_sst2: Path
-    teacher_stsb: Path
-    student_config: Path
-    corpus: Path
-    sst2: Path
-    stsb: Path
-
-
-def _sentence(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
-
-
-def build_world(root: Path, seed: int = 0, dev_size: int = 11) -> World:
-    """Tiny teachers, a student config, a corpus and SST-2 / STS-B TSVs under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS + [".", ","]) + "\n")
-    vocab_size = len(SPECIAL) + len(WORDS) + 2
-    torch.manual_seed(seed)
-    teachers = {}
-    for name, cls, labels in (("teacher_general", BertForPreTraining, 2), ("teacher_sst2", BertForSequenceClassification, 2),
-                              ("teacher_stsb", BertForSequenceClassification, 1)):
-        model = cls(BertConfig(vocab_size=vocab_size, num_labels=labels, **TEACHER))
-        model.save_pretrained(root / name)
-        (root / name / "vocab.txt").write_text(vocab.read_text())
-        teachers[name] = root / name
-    student = root / "student_config"
-    student.mkdir(exist_ok=True)
-    (student / "config.json").write_text(json.dumps(dict(vocab_size=vocab_size, **STUDENT)))
-
-    rng = random.Random(seed)
-    corpus = root / "corpus.txt"
-    docs = ["\n".join(_sentence(rng, 4, 9) + " ." for _ in range(rng.randint(3, 6))) for _ in range(16)]
-    corpus.write_text("\n\n".join(docs) + "\n")
-    sst2 = root / "SST-2"
-    sst2.mkdir(exist_ok=True)
-    stsb = root / "STS-B"
-    stsb.mkdir(exist_ok=True)
-    for split, n in (("train", 40), ("dev", dev_size)):
-        rows = "".join(f"{_sentence(rng, 3, 8)}\t{rng.randint(0, 1)}\n" for _ in range(n))
-        (sst2 / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
-        rows = "".join(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{_sentence(rng, 3, 7)}\t{_sentence(rng, 3, 7)}\t"
-                       f"{rng.uniform(0, 5):.3f}\n" for i in range(n))
-        (stsb / f"{split}.tsv").write_text(STSB_HEADER + rows)
-    rows = "".join(f"{_sentence(rng, 3, 8)}\t{rng.randint(0, 1)}\n" for _ in range(24))
-    (sst2 / "train_aug.tsv").write_text("sentence\tlabel\n" + rows)
-    return World(root, vocab, teachers["teacher_general"], teachers["teacher_sst2"], teachers["teacher_stsb"],
-                 student, corpus, sst2, stsb)
-
-
-def script_env() -> Dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def run_script(script: str, *args, expect_rc: int = 0, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run one of the repository's entry scripts; assert its exit status."""
-    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=script_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == expect_rc, f"{script} exited {proc.returncode}\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def task_args(world: World, task: str, student: Path, output: Path, *extra) -> List[str]:
-    data, teacher = (world.sst2, world.teacher_sst2) if task == "SST-2" else (world.stsb, world.teacher_stsb)
-    return ["--task_name", task, "--data_dir", data, "--teacher_model", teacher, "--spiking_student_model", student,
-            "--output_dir", output, "--do_lower_case", "--train_batch_size", "8", *extra]
-
-
-def weights(directory: Path) -> Dict[str, torch.Tensor]:
-    return load_file(str(directory / "model.safetensors"))
-
-
-def max_weight_diff(a: Path, b: Path) -> float:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
-
-
-def read_jsonl(path: Path) -> List[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def independent_dev_metrics(student_dir: Path, task: str, data_dir: Path, max_seq_length: int) -> Dict[str, float]:
-    """Dev metrics recomputed in this process from the saved student, with numpy/scipy."""
-    tokenizer = BertTokenizer.from_pretrained(student_dir, do_lower_case=True)
-    dataset, _, _ = glue.load_task_dataset(task, data_dir, "dev", tokenizer, max_seq_length)
-    input_ids, input_mask, segment_ids, labels, _ = dataset.tensors
-    num_labels = 1 if task == "STS-B" else 2
-    model = SpikingBertForSequenceClassification.from_pretrained(student_dir, num_labels=num_labels).eval()
-    with torch.no_grad():
-        logits = model(input_ids, token_type_ids=segment_ids, attention_mask=input_mask).logits.numpy()
-    if task == "STS-B":
-        return {"pearson": float(pearsonr(logits.reshape(-1), labels.numpy())[0])}
-    return {"acc": float((logits.argmax(1) == labels.numpy()).mean())}
-
-
-def assert_student_dir(directory: Path) -> None:
-    for name in ("config.json", "model.safetensors", "vocab.txt"):
-        assert (directory / name).is_file(), f"{directory} lacks {name}"
-
-
-# --------------------------------------------------------------------------------------------- tests
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
@@ -298,7 +184,7 @@ def test_mnli_eval_reports_matched_and_mismatched(world, tmp_path):
     header = "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label\n"
     labels = ("contradiction", "entailment", "neutral")
     for name, n in (("dev_matched.tsv", 7), ("dev_mismatched.tsv", 9)):
-        rows = "".join(f"{i}\t1\t1\tg\tx\tx\tx\tx\t{_sentence(rng, 3, 6)}\t{_sentence(rng, 3, 6)}\tl\t"
+        rows = "".join(f"{i}\t1\t1\tg\tx\tx\tx\tx\t{random_sentence(rng, 3, 6)}\t{random_sentence(rng, 3, 6)}\tl\t"
                        f"{rng.choice(labels)}\n" for i in range(n))
         (data / name).write_text(header + rows)
     student = tmp_path / "student"

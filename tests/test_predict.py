@@ -10,9 +10,10 @@ import torch
 import transformers
 
 from apps import predict as predict_app
+from core.errors import UsageError
 from models.spiking_bert import SpikingBertForSequenceClassification
-from spikingbert.errors import run_cli
-from tests.student_utils import REPO_ROOT, tiny_config
+from spikingbert.cli.edge import run_cli
+from tests.helpers.students import REPO_ROOT, tiny_config
 
 WORDS = ["a", "gorgeous", "witty", "film", "ugly", "and", "pointless", "movie", "the", "plot", "is", "dull",
          "bright", "cast", "very", ",", "."]
@@ -92,7 +93,7 @@ def test_api_refuses_bad_inputs_and_untrained_heads(student, tmp_path):
             clf.predict(texts, pairs)
     config_only = tmp_path / "new"
     tiny_config(vocab=len(VOCAB)).save_pretrained(config_only)
-    with pytest.raises(ValueError, match="no trained classifier"):
+    with pytest.raises(UsageError, match="no trained classifier"):
         SpikingBertForSequenceClassification.from_pretrained(config_only).predict(["a film"])
 
 
@@ -132,6 +133,8 @@ def _cli(*argv, stdin=None, rc=0):
     return proc
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_cli_prints_and_writes_what_the_api_gives(student, tmp_path):
     want = SpikingBertForSequenceClassification.from_pretrained(student).predict(TEXTS[:2])
     proc = _cli("--model", student, "--text", TEXTS[0], "--text", TEXTS[1], "--output", tmp_path / "out.jsonl")
@@ -158,6 +161,8 @@ def run_main(argv, rc=0, capsys=None):
         return errors[0]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_cli_errors_are_one_line(student, tmp_path, capsys):
     proc = _cli("--model", student, "--text", "", rc=2)
     assert proc.stderr.strip() == "error: --text is empty: give the text to classify"

@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from apps.corpora import build_bbc_corpus
-from spikingbert.errors import DataError
-from spikingbert.pregenerated import PregeneratedDataset, count_data_epochs
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+from core.errors import DataError
+from spikingbert.data.pregenerated import PregeneratedDataset, count_data_epochs
+from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from transformer.tokenization import BertTokenizer
 
 SEQ_LEN = 64

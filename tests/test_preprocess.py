@@ -10,10 +10,10 @@ from typing import Dict, List
 
 import pytest
 
-import spikingbert.pretraining_data as pretraining_data
+import spikingbert.data.pretraining as pretraining_data
 from apps.corpora import build_bbc_corpus
-from spikingbert.errors import DataError
-from spikingbert.pretraining_data import PretrainingConfig, generate_pretraining_data
+from core.errors import DataError
+from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from transformer.tokenization import BertTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +42,7 @@ def read_epoch(directory: Path, epoch: int) -> List[Dict]:
         return [json.loads(line) for line in f]
 
 
+# The tests that use it are marked system and slow: it runs the script four times.
 @pytest.fixture(scope="module")
 def generated(bbc_corpus, bert_vocab, tmp_path_factory) -> Dict[str, Path]:
     """The corpus preprocessed four ways that must give the same files."""
@@ -58,6 +59,8 @@ def generated(bbc_corpus, bert_vocab, tmp_path_factory) -> Dict[str, Path]:
     return out
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_outputs_identical_across_memory_modes_and_workers(generated):
     files = sorted(p.name for p in generated["plain"].iterdir())
     assert files == ["epoch_0.json", "epoch_0_metrics.json", "epoch_1.json", "epoch_1_metrics.json"]
@@ -69,6 +72,8 @@ def test_outputs_identical_across_memory_modes_and_workers(generated):
     assert (generated["plain"] / "epoch_0.json").read_bytes() != (generated["plain"] / "epoch_1.json").read_bytes()
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_instances_are_well_formed(generated, epoch):
     instances = read_epoch(generated["plain"], epoch)
@@ -90,6 +95,8 @@ def test_instances_are_well_formed(generated, epoch):
     assert 0.5 < sum(n == MAX_SEQ_LEN for n in lengths) / len(lengths) < 0.95
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_random_next_is_a_fair_coin(generated):
     """Over both epochs (~5000 instances, std ~0.007) the ratio is 0.5 within 0.03: a forced random next
     for one-sentence chunks, as in BERT's generator (~0.55 here), would fail this."""
@@ -98,6 +105,8 @@ def test_random_next_is_a_fair_coin(generated):
     assert abs(ratio - 0.5) < 0.03, ratio
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_segments_come_from_the_corpus(generated, bbc_corpus, tokenizer):
     """Untruncated actual-next pairs are consecutive text of one document; random nexts join two texts."""
     documents = bbc_corpus.read_text(encoding="utf-8").split("\n\n")
@@ -120,6 +129,8 @@ def test_segments_come_from_the_corpus(generated, bbc_corpus, tokenizer):
     assert random_but_consecutive <= 0.1 * checked[True]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_seed_changes_output(bbc_corpus, tokenizer, tmp_path, generated):
     config = PretrainingConfig(max_seq_len=MAX_SEQ_LEN, seed=7)
     counts = generate_pretraining_data(bbc_corpus, tmp_path / "same", tokenizer, config, 1)
@@ -190,6 +201,7 @@ def test_interrupted_epoch_leaves_no_partial_file(bbc_corpus, tokenizer, tmp_pat
     assert (out / "epoch_1.json").read_bytes() == old_epoch_1
 
 
+@pytest.mark.system
 def test_killed_run_leaves_only_complete_epoch_files(bbc_corpus, bert_vocab, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--train_corpus", str(bbc_corpus), "--output_dir", str(out),
@@ -229,6 +241,8 @@ def test_stale_epochs_from_earlier_run_removed(bbc_corpus, tokenizer, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["epoch_0.json", "epoch_0_metrics.json"]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_user_errors(bbc_corpus, bert_vocab, tmp_path):
     common = ["--output_dir", str(tmp_path / "out"), "--bert_model", str(bert_vocab.parent), "--do_lower_case"]
     missing = run_script("--train_corpus", str(tmp_path / "nope.txt"), *common)

@@ -24,25 +24,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from apps import convert_published
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
-from spikingbert.objectives import IntermediateDistillation, build_optimizer
-from spikingbert.errors import run_cli
+from spikingbert.cli.edge import run_cli
 from spikingbert.runtime import Runtime
-from spikingbert.trainer import Stage, Trainer, TrainerConfig
-from tests import cli_runner
-from tests import float64_reference as ref
-from tests.kd_world import (SEQ, STRIDE, VTH, KDWorld, build_kd_world, encode, first_record, numpy_student_logits,
-                            numpy_teacher_logits)
-from tests.student_utils import reference_forward, tiny_config, tiny_inputs
-from tests.test_convert import VOCAB, _write_config, published_state, raw_names
-from tests.test_glue_download import COLA_TRAIN, DEV_IDS, MSR_TRAIN_ROWS, SST_TRAIN, standard_files, task_zip
-from tests.test_pipeline import read_jsonl
+from spikingbert.training.objectives import IntermediateDistillation, build_optimizer
+from spikingbert.training.trainer import Stage, Trainer, TrainerConfig
+from tests.helpers import cli_runner
+from tests.helpers import float64_reference as ref
+from tests.helpers.glue_files import COLA_TRAIN, DEV_IDS, MSR_TRAIN_ROWS, SST_TRAIN, standard_files, task_zip
+from tests.helpers.kd_world import (
+    SEQ,
+    STRIDE,
+    VTH,
+    KDWorld,
+    build_kd_world,
+    encode,
+    first_record,
+    numpy_student_logits,
+    numpy_teacher_logits,
+)
+from tests.helpers.published import VOCAB, published_state, raw_names, write_config
+from tests.helpers.students import reference_forward, tiny_config, tiny_inputs
+from tests.helpers.world import read_jsonl
 from transformer.modeling import BertForSequenceClassification
 from transformer.optimization import BertAdam
 
@@ -82,6 +92,8 @@ def test_ide_training_memory_does_not_grow_with_t_conv():
 
 # ------------------------------------------------------------------------------------------ training modes
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--train_mode bptt", "--ide_point snn", "--feedback"])
 def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
     student = kd.student_cls
@@ -90,8 +102,7 @@ def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
         torch.manual_seed(5)
         config = SpikingBertConfig.from_pretrained(kd.student_cls, feedback=True, solver_tol=1e-8, solver_max_iter=60)
         model = SpikingBertForSequenceClassification(config)
-        model.load_checkpoint({k: v for k, v in load_file(str(kd.student_cls / "model.safetensors")).items()},
-                              "student_cls")
+        model.load_weights(load_file(str(kd.student_cls / "model.safetensors")), kd.student_cls)
         with torch.no_grad():
             model.bert.feedback.weight.mul_(0.05)
         model.save_pretrained(student, vocab_file=kd.base.vocab)
@@ -135,6 +146,8 @@ def test_training_mode_flags_reach_the_first_update(kd, tmp_path, flag):
     assert sum(int((trained[k] - v).abs().gt(1e-7).sum()) for k, v in default.items()) > 100
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path: bf16 autocast")
 def test_fp16_on_the_cpu_runs_the_forward_in_bf16(kd, tmp_path):
     """``--fp16`` on the CPU: the first logged loss is the float64 one up to bf16 rounding (~3 significant
@@ -190,8 +203,9 @@ def _train(out: Path, data, optimizer, micro_batch_size=None, **config):
     stage = Stage(student=model, objective=model, make_optimizer=lambda total: optimizer(model, total),
                   train_dataset=lambda e: sets[e], num_train_examples=lambda e: len(sets[e]), save_student=save)
     out.mkdir()
-    Trainer(TrainerConfig(output_dir=out, micro_batch_size=micro_batch_size or len(sets[0]), num_train_epochs=len(data),
-                          seed=7, **config), CPU, stage).train()
+    batch = (micro_batch_size or len(sets[0])) * config.get("gradient_accumulation_steps", 1)
+    Trainer(TrainerConfig(output_dir=out, train_batch_size=batch, num_train_epochs=len(data), seed=7, **config), CPU,
+            stage).train()
     return model, read_jsonl(out / "metrics.jsonl")
 
 
@@ -228,6 +242,7 @@ def _hand_bertadam(data, lr, warmup, total, skipped, advance_on_skip=False):
     return w, b, rates
 
 
+@pytest.mark.slow
 def test_a_skipped_step_does_not_advance_bertadams_schedule(tmp_path):
     lr, warmup, epochs = 0.1, 0.5, 6
     data = _epoch_data(epochs, poisoned={1})
@@ -244,6 +259,7 @@ def test_a_skipped_step_does_not_advance_bertadams_schedule(tmp_path):
     assert np.abs(other - w).max() > 1e-3                # the test tells the two apart
 
 
+@pytest.mark.slow
 def test_metrics_log_the_mean_loss_and_gradient_norm_of_each_logging_window(tmp_path):
     """One epoch of 36 examples in 6 steps of 6, logged every 3 steps. A zero learning rate keeps the weights,
     so each step's loss and gradient norm are known by hand, on the batches of epoch 0's order: a permutation
@@ -265,6 +281,8 @@ def test_metrics_log_the_mean_loss_and_gradient_norm_of_each_logging_window(tmp_
     assert records[0]["loss"] != pytest.approx(records[1]["loss"], rel=1e-3)     # two different windows
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_continue_train_refuses_a_state_of_an_incompatible_version(kd, tmp_path):
     out = tmp_path / "run"
     argv = ["--task_name", "SST-2", "--data_dir", kd.sst2, "--teacher_model", kd.base.teacher_sst2,
@@ -282,6 +300,8 @@ def test_continue_train_refuses_a_state_of_an_incompatible_version(kd, tmp_path)
 
 # ------------------------------------------------------------------------------------------ teacher warning
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_near_chance_teacher_is_warned_about(kd, tmp_path):
     """A teacher whose classifier bias puts half of the dev sentences on each side: with dev labels equal to
     its (numpy float64) predictions it scores 1.0, with the opposite labels 0.0 (below chance: warned)."""
@@ -321,7 +341,7 @@ def test_near_chance_teacher_is_warned_about(kd, tmp_path):
 def test_converter_leak_and_num_labels(tmp_path, capsys):
     sd = published_state(2)                                         # a task checkpoint with a 3-class head
     torch.save(sd, tmp_path / "task.bin")
-    config = _write_config(tmp_path / "cfg", 2)
+    config = write_config(tmp_path / "cfg", 2)
     assert convert_published.main(["--checkpoint", str(tmp_path / "task.bin"), "--config", str(config), "--output_dir",
                                    str(tmp_path / "leaky"), "--leak", "0.5", "--t_conv", "7", "--vth", "0.9"]) == 0
     saved = json.loads((tmp_path / "leaky" / "config.json").read_text())
@@ -352,6 +372,7 @@ def test_converter_leak_and_num_labels(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.system
 def test_download_all_tasks_from_a_local_mirror(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -362,7 +383,7 @@ def test_download_all_tasks_from_a_local_mirror(tmp_path):
     data = tmp_path / "glue"
     cli_runner.run(cli_runner.DOWNLOAD, ["--data_dir", data, "--tasks", "all", "--mirror", mirror])
     splits = ("train.tsv", "dev.tsv", "test.tsv")
-    expected = {**{task: splits for task in ("CoLA", "SST-2", "MRPC", "QQP", "STS-B", "QNLI", "RTE", "WNLI")},
+    expected = {**dict.fromkeys(("CoLA", "SST-2", "MRPC", "QQP", "STS-B", "QNLI", "RTE", "WNLI"), splits),
                 "MNLI": ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv", "test_matched.tsv",
                          "test_mismatched.tsv"),
                 "diagnostic": ("diagnostic.tsv",)}

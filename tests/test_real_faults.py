@@ -30,12 +30,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spikingbert.checkpoint import list_checkpoints
-from spikingbert.errors import user_error_status
-from transformer.file_utils import atomic_open, atomic_write, atomic_write_text, save_torch
-from tests import cli_runner
-from tests.kd_world import KDWorld, build_kd_world
-from tests.test_pipeline import max_weight_diff, read_jsonl
+from core.files import atomic_open, atomic_write, atomic_write_text, save_torch
+from spikingbert.cli.edge import user_error_status
+from spikingbert.training.checkpoint import list_checkpoints
+from tests.helpers import cli_runner
+from tests.helpers.kd_world import KDWorld, build_kd_world
+from tests.helpers.world import max_weight_diff, read_jsonl
+
+pytestmark = [pytest.mark.system]
 
 STEPS = 4
 
@@ -100,6 +102,7 @@ def _resume_finishes_like_the_reference(kd: KDWorld, reference: Path, out: Path,
     assert not _temporaries(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["model.safetensors", "training_state.pt"])
 def test_checkpoint_write_fails_for_real_then_resume_works(kd, reference, tmp_path, kind):
     """safetensors' writer (SafetensorError) and torch's zip writer (RuntimeError "unexpected pos") each fail
@@ -121,6 +124,7 @@ def test_checkpoint_write_fails_for_real_then_resume_works(kd, reference, tmp_pa
     _resume_finishes_like_the_reference(kd, reference, out)
 
 
+@pytest.mark.slow
 def test_metrics_write_fails_for_real_then_resume_works(kd, reference, tmp_path):
     """metrics.jsonl grows by one record a step; no checkpoint is due (--save_steps 1000) before it outgrows
     the limit (a little above args.json, the largest file written before training)."""
@@ -251,6 +255,7 @@ def test_ctrl_c_before_training_is_error_interrupted_130(kd, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_second_sigterm_stops_at_once(kd, tmp_path):
     """The first SIGTERM during training only asks for a stop after the current step; a second one, sent while
     that step runs, stops the run at once: the one-line interruption (143), no "stopped:" line, no checkpoint

@@ -23,11 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from spikingbert.glue.features import tokenize_prefix
-from tests import cli_runner
-from tests.kd_world import SEQ, KDWorld, build_kd_world
-from tests.test_pipeline import REPO, script_env
-from transformer.file_utils import as_write_error
+from core.files import as_write_error
+from spikingbert.data.glue.features import tokenize_prefix
+from tests.helpers import cli_runner
+from tests.helpers.kd_world import SEQ, KDWorld, build_kd_world, task_argv
+from tests.helpers.published import published_state, write_config
+from tests.helpers.world import REPO, script_env
 from transformer.tokenization import BertTokenizer
 
 CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.corpora"
@@ -36,12 +37,6 @@ CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.co
 @pytest.fixture(scope="module")
 def kd(tmp_path_factory) -> KDWorld:
     return build_kd_world(tmp_path_factory.mktemp("reliability_world"))
-
-
-def _task_argv(kd: KDWorld, out: Path, *extra, student=None, teacher=None):
-    return ["--task_name", "SST-2", "--data_dir", kd.sst2, "--teacher_model", teacher or kd.base.teacher_sst2,
-            "--spiking_student_model", student or kd.student_cls, "--output_dir", out, "--do_lower_case",
-            "--max_seq_length", SEQ, "--train_batch_size", "2", "--logging_steps", "1", "--seed", "3", *extra]
 
 
 def _general_argv(kd: KDWorld, out: Path, *extra, student=None, teacher=None, data=None):
@@ -82,22 +77,24 @@ CONFIG_CASES = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("name, which, changes, fragments", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
 def test_config_field_with_wrong_type_or_range_is_exit_2_naming_file_field_value(kd, tmp_path, name, which, changes,
                                                                                  fragments):
     src = kd.student_cls if which == "student" else kd.base.teacher_sst2
     edited = _edited_copy(src, tmp_path / which, **changes)
     out = tmp_path / "out"
-    argv = _task_argv(kd, out, student=edited) if which == "student" else _task_argv(kd, out, teacher=edited)
+    argv = task_argv(kd, out, student=edited) if which == "student" else task_argv(kd, out, teacher=edited)
     line = _fails(cli_runner.TASK, argv, 2, str(edited / "config.json"), "must be", *fragments)
     assert "must be an integer in [1, " in line, line                      # the allowed range
     assert not out.exists()
 
 
+@pytest.mark.system
 def test_config_that_is_not_an_object_and_converter_and_finetune_configs(kd, tmp_path):
     teacher = _edited_copy(kd.base.teacher_sst2, tmp_path / "teacher_list")
     (teacher / "config.json").write_text("[1, 2]")
-    _fails(cli_runner.TASK, _task_argv(kd, tmp_path / "o1", teacher=teacher), 2, "must hold a JSON object")
+    _fails(cli_runner.TASK, task_argv(kd, tmp_path / "o1", teacher=teacher), 2, "must hold a JSON object")
     config = tmp_path / "convert_config.json"
     config.write_text(json.dumps({**json.loads((kd.student_general / "config.json").read_text()),
                                   "num_hidden_layers": -1}))
@@ -120,23 +117,26 @@ FLAG_CASES = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("script, extra, expected", FLAG_CASES, ids=[" ".join(c[1][:2]) for c in FLAG_CASES])
 def test_non_finite_or_absurd_float_flag_is_exit_2_up_front(kd, tmp_path, script, extra, expected):
     out = tmp_path / "out"
-    argv = (_task_argv if script == cli_runner.TASK else _general_argv)(kd, out, *extra)
+    argv = (task_argv if script == cli_runner.TASK else _general_argv)(kd, out, *extra)
     assert _fails(script, argv, 2, expected) == f"error: {expected}"
     assert not out.exists()
 
 
+@pytest.mark.system
 def test_run_that_cannot_fit_in_memory_is_refused_before_allocation(kd, tmp_path):
     out = tmp_path / "out"
-    _fails(cli_runner.TASK, _task_argv(kd, out, "--train_mode", "bptt", "--t_conv", "1000000", "--train_batch_size",
+    _fails(cli_runner.TASK, task_argv(kd, out, "--train_mode", "bptt", "--t_conv", "1000000", "--train_batch_size",
                                        "4096"), 2, "needs at least", "GiB of memory", "--train_batch_size", "--t_conv")
     assert not out.exists()
 
 
 # --------------------------------------------------------------------- 3. vocabulary, settings on resume
 
+@pytest.mark.system
 def test_vocabulary_without_cls_is_exit_2_not_a_silent_shift(kd, tmp_path):
     student = _edited_copy(kd.student_cls, tmp_path / "student")
     vocab = student / "vocab.txt"
@@ -148,26 +148,30 @@ def test_vocabulary_without_cls_is_exit_2_not_a_silent_shift(kd, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_resume_with_changed_settings_is_refused_or_warned(kd, tmp_path):
     out = tmp_path / "out"
-    cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--t_conv", "4", "--max_steps", "1", "--save_steps", "1"))
+    cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--t_conv", "4", "--max_steps", "1", "--save_steps", "1"))
     before = _snapshot(out)
-    line = _fails(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "5", "--temperature", "2",
+    line = _fails(cli_runner.TASK, task_argv(kd, out, "--continue_train", "--t_conv", "5", "--temperature", "2",
                                               "--max_steps", "2"), 2,
                   "made with other settings", "t_conv 4 (now 5)", "temperature 1.0 (now 2.0)",
                   "--allow_changed_settings")
     assert "learning_rate" not in line
     assert _snapshot(out) == before
-    result = cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "4",
+    result = cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--continue_train", "--t_conv", "4",
                                                         "--learning_rate", "1e-4", "--max_steps", "2"))
     assert "learning_rate changed from 5e-05 to 0.0001" in result.output, result.output[-3000:]
     assert (out / "checkpoint-2").is_dir()
-    result = cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--continue_train", "--t_conv", "5",
+    result = cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--continue_train", "--t_conv", "5",
                                                         "--allow_changed_settings", "--max_steps", "3"))
     assert "resuming with changed model settings: t_conv 4 (now 5)" in result.output, result.output[-3000:]
     assert json.loads((out / "checkpoint-3" / "config.json").read_text())["t_conv"] == 5
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_finetune_resume_with_another_max_seq_length_is_refused(kd, tmp_path):
     out = tmp_path / "teacher"
     argv = ["--task_name", "SST-2", "--data_dir", kd.sst2, "--bert_model", kd.base.teacher_sst2, "--output_dir", out,
@@ -181,6 +185,8 @@ def test_finetune_resume_with_another_max_seq_length_is_refused(kd, tmp_path):
 
 # ------------------------------------------------------------------------------- 4. output dir in use
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_pid(kd, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -193,18 +199,19 @@ def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_pid(kd, tm
         "time.sleep(300)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = _fails(cli_runner.TASK, _task_argv(kd, out, "--max_steps", "1"), 2)
+        line = _fails(cli_runner.TASK, task_argv(kd, out, "--max_steps", "1"), 2)
         assert line.startswith(f"error: --output_dir {out} is in use by another run (pid {holder.pid});"), line
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     finally:
         holder.kill()                                          # the kernel releases a dead process's lock
         holder.wait()
-    cli_runner.run(cli_runner.TASK, _task_argv(kd, out, "--max_steps", "1", "--save_steps", "1"))
+    cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--max_steps", "1", "--save_steps", "1"))
     assert (out / "checkpoint-1").is_dir() and not (out / ".lock").exists()
 
 
 # ------------------------------------------------------------------------ 5. nothing written on failure
 
+@pytest.mark.system
 def test_bad_inputs_found_late_leave_nothing_behind(kd, tmp_path):
     data = _edited_copy(kd.pregenerated, tmp_path / "pregenerated")
     epoch = data / "epoch_0.json"
@@ -219,7 +226,7 @@ def test_bad_inputs_found_late_leave_nothing_behind(kd, tmp_path):
     teacher = _edited_copy(kd.base.teacher_general, tmp_path / "teacher_nan")
     state = load_file(str(teacher / "model.safetensors"))
     key = next(k for k in state if k.endswith("layer.0.attention.self.query.weight"))
-    state[key] = torch.full_like(state[key], float("nan"))
+    state[key] = torch.full_like(state[key], 3e38)       # overflows float32 (NaN weights are refused on load)
     save_file(state, str(teacher / "model.safetensors"))
     out = tmp_path / "nested" / "o3"                     # fails at step 1, after the output dir was created
     _fails(cli_runner.GENERAL, _general_argv(kd, out, "--max_steps", "2", teacher=teacher), 1, "not finite")
@@ -227,6 +234,7 @@ def test_bad_inputs_found_late_leave_nothing_behind(kd, tmp_path):
     assert not (tmp_path / "o1").exists()
 
 
+@pytest.mark.system
 def test_unsafe_mirror_archive_leaves_no_data_dir(tmp_path):
     import zipfile
 
@@ -243,12 +251,11 @@ def test_unsafe_mirror_archive_leaves_no_data_dir(tmp_path):
 
 # ----------------------------------------------------------------------------- 6. real write failure
 
+@pytest.mark.system
 def test_converter_write_failure_for_real_is_one_line_exit_1(kd, tmp_path):
-    from tests.test_convert import _write_config, published_state
-
     torch.save(published_state(2, task=False), tmp_path / "published.bin")
     out = tmp_path / "converted"
-    _fails(CONVERT, ["--checkpoint", tmp_path / "published.bin", "--config", _write_config(tmp_path / "cfg", 2),
+    _fails(CONVERT, ["--checkpoint", tmp_path / "published.bin", "--config", write_config(tmp_path / "cfg", 2),
                      "--output_dir", out], 1, "cannot write", "the disk (or the quota, or the file-size limit) is full",
            fsize=4096)
     assert not out.exists()
@@ -266,6 +273,7 @@ class SystemCall:
         return os.system, (self.command,)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("consumer", ["student", "teacher", "finetune", "converter"])
 def test_pickle_that_would_run_code_is_refused_and_named(kd, tmp_path, consumer):
     marker = tmp_path / "ran"
@@ -275,8 +283,8 @@ def test_pickle_that_would_run_code_is_refused_and_named(kd, tmp_path, consumer)
     bin_file = model / "pytorch_model.bin"
     torch.save({"weight": SystemCall(f"touch {marker}")}, bin_file)
     out = tmp_path / "out"
-    argv = {"student": lambda: _task_argv(kd, out, student=model),
-            "teacher": lambda: _task_argv(kd, out, teacher=model),
+    argv = {"student": lambda: task_argv(kd, out, student=model),
+            "teacher": lambda: task_argv(kd, out, teacher=model),
             "finetune": lambda: ["--task_name", "SST-2", "--data_dir", kd.sst2, "--bert_model", model,
                                  "--output_dir", out, "--max_seq_length", SEQ],
             "converter": lambda: ["--checkpoint", bin_file, "--config", kd.student_general, "--output_dir", out]}
@@ -295,6 +303,7 @@ def _wait_for(found, what: str, run, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.system
 def test_sigterm_during_preprocessing_leaves_no_temporaries(kd, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("\n".join(kd.base.corpus.read_text().split("\n")[:40]) + "\n\n") * 400)
@@ -309,6 +318,7 @@ def test_sigterm_during_preprocessing_leaves_no_temporaries(kd, tmp_path):
     assert not out.exists()                              # created by this run: removed with its temporaries
 
 
+@pytest.mark.system
 def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next(kd, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -340,6 +350,7 @@ def main(argv):
     return 0
 
 
+@pytest.mark.system
 def test_sigterm_to_the_demo_is_passed_to_its_stage(tmp_path):
     run = cli_runner.start("tests.test_reliability", [tmp_path])
     _wait_for(lambda: (tmp_path / "stage-ready").exists(), "the stage", run)
@@ -371,13 +382,14 @@ def test_an_interrupted_torch_writer_is_an_interruption_not_a_disk_error():
         as_write_error(caught.value, "checkpoint-2/training_state.pt")
 
 
+@pytest.mark.system
 def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):
     for script in ("spiking_bert_task_distill.py", "preprocess_training_data.py", "download_glue_data.py"):
         proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], cwd=REPO, env=script_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
-        while not _catches(proc.pid, signal.SIGTERM):           # run_cli took over: main() starts importing
+        while not cli_runner.catches_signal(proc.pid, signal.SIGTERM):      # run_cli took over: main() imports
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGINT)
@@ -387,15 +399,7 @@ def test_ctrl_c_while_an_entry_script_imports_is_one_line(tmp_path):
             assert proc.returncode == 130 and stderr.strip().splitlines() == ["error: interrupted"], stderr
 
 
-def _catches(pid: int, signum: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    line = next((l for l in status.splitlines() if l.startswith("SigCgt:")), "SigCgt: 0")
-    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-
-
+@pytest.mark.system
 def test_sigterm_during_a_glue_download_leaves_nothing(tmp_path):
     import socket
 
@@ -419,6 +423,7 @@ def test_sigterm_during_a_glue_download_leaves_nothing(tmp_path):
 
 # --------------------------------------------------------------------- 9. the right flag and path, long rows
 
+@pytest.mark.system
 def test_messages_name_the_right_flag(kd, tmp_path):
     student = _edited_copy(kd.student_general, tmp_path / "short_student", max_position_embeddings=8)
     line = _fails(cli_runner.GENERAL, _general_argv(kd, tmp_path / "o1", student=student), 2,

@@ -7,12 +7,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from core.errors import DataError
+from core.errors import UsageError as ReportError
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
-from spikingbert.errors import DataError
-from spikingbert.report.energy import BertSize, fan_outs, neuron_layers
-from spikingbert.report.measure import ReportError, adaptive_t_eval, collect_spike_stats
-from spikingbert.report.plots import REPORT_FILES, write_report
-from tests.student_utils import tiny_config, tiny_inputs
+from spikingbert.evaluation.adaptive import adaptive_t_eval
+from spikingbert.evaluation.energy import BertSize, fan_outs, neuron_layers
+from spikingbert.evaluation.measure import collect_spike_stats
+from spikingbert.evaluation.plots import REPORT_FILES, write_report
+from tests.helpers.students import tiny_config, tiny_inputs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +30,7 @@ def _data(batch=6, seq=9, num_labels=2, seed=0):
 
 
 def _loader(ids, types, mask, labels, batch_size):
-    """Batches in the layout of spikingbert.glue.load_task_dataset."""
+    """Batches in the layout of spikingbert.data.glue.load_task_dataset."""
     dataset = TensorDataset(ids, mask, types, labels, mask.sum(1))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
@@ -92,6 +94,7 @@ def test_spikes_sops_rates_and_macs_match_a_hand_count(layers):
     assert any(stats.asr_real_tokens[k] != stats.asr_all_positions[k] for k in spikes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, time_chunk, num_labels, task, pooler", [
     (torch.float64, None, 3, None, True),
     (torch.float64, 3, 2, "sst-2", False),
@@ -171,6 +174,7 @@ def test_adaptive_t_matches_fixed_runs_at_the_steps_it_used():
     assert 0 < early.sops_per_example < stats.total_sops_per_example
 
 
+@pytest.mark.slow
 def test_report_files_json_pngs_and_markdown(tmp_path):
     t_conv = 8
     model = _model(0, torch.float32, layers=2, t_conv=t_conv)
@@ -202,7 +206,8 @@ def test_report_files_json_pngs_and_markdown(tmp_path):
     assert report["metric"] == "acc" and curve["t"] == list(range(1, t_conv + 1))
     assert curve["acc"][-1] == report["metrics_at_T"]["acc"] and all(0 <= a <= 1 for a in curve["acc"])
     assert len(report["spikes_per_step"]) == t_conv
-    assert report["spikes_per_example"]["total"] == pytest.approx(sum(report["spikes_per_example"]["per_layer"].values()))
+    per_layer = report["spikes_per_example"]["per_layer"]
+    assert report["spikes_per_example"]["total"] == pytest.approx(sum(per_layer.values()))
     sops = report["sops_per_example"]
     assert sops["total"] > 0 and sops["fan_out"]["0.K"] == "S" and sops["fan_out"]["1.O2"] == "0"
     assert sops["fan_out"]["E"] == "96" and sops["fan_out"]["0.O1"] == "64"

@@ -1,6 +1,6 @@
 """Exact resume, gradient accumulation and NaN handling of the training loop.
 
-In-process tests drive `spikingbert.trainer.Trainer` with a tiny stand-in model (with
+In-process tests drive `spikingbert.training.trainer.Trainer` with a tiny stand-in model (with
 dropout, so RNG restoration matters); the CLI test kills a real prediction-KD run with
 SIGKILL after a checkpoint appears and resumes it with --continue_train.
 """
@@ -16,49 +16,26 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
-from torch.utils.data import TensorDataset
 
 from spikingbert.runtime import Runtime
-from spikingbert.sampling import ResumableSampler
-from spikingbert.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
-from tests.test_pipeline import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
+from spikingbert.training.sampling import ResumableSampler
+from spikingbert.training.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
+from tests.helpers.stand_in import StandInObjective, regression_data
+from tests.helpers.world import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
 from transformer.optimization import BertAdam
 
+pytestmark = [pytest.mark.slow]
+
 CPU = Runtime(device=torch.device("cpu"))
-
-
-class _Objective(nn.Module):
-    """Stand-in objective: an MLP with dropout regressing y from x; two loss parts."""
-
-    def __init__(self, dropout: float):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(dropout), nn.Tanh(), nn.Linear(8, 1))
-
-    def forward(self, batch, teacher_out):
-        x, y = batch
-        pred = self.net(x).squeeze(-1)
-        mse = ((pred - y) ** 2).mean()
-        l1 = (pred - y).abs().mean()
-        return {"loss": mse + 0.1 * l1, "mse": mse, "l1": l1}
-
-
-def _data(n: int, poison: int = -1) -> TensorDataset:
-    gen = torch.Generator().manual_seed(123)
-    x = torch.randn(n, 4, generator=gen)
-    y = x.sum(1) + 0.1 * torch.randn(n, generator=gen)
-    if poison >= 0:
-        x[poison] = float("nan")
-    return TensorDataset(x, y)
 
 
 def _run(out: Path, *, n=23, micro=2, accum=3, epochs=2.0, save_steps=2, resume_from=None, dropout=0.2,
          poison=-1, logging_steps=50, init_seed=0):
     torch.manual_seed(init_seed)
-    objective = _Objective(dropout)
+    objective = StandInObjective(dropout)
     if resume_from is not None:
         objective.load_state_dict(load_file(str(resume_from / "model.safetensors")))
-    data = _data(n, poison)
+    data = regression_data(n, poison)
 
     def save(directory: Path):
         (directory / "config.json").write_text("{}")
@@ -69,11 +46,10 @@ def _run(out: Path, *, n=23, micro=2, accum=3, epochs=2.0, save_steps=2, resume_
         make_optimizer=lambda total: BertAdam(objective.parameters(), lr=0.01, warmup=0.1, t_total=total),
         train_dataset=lambda epoch: data, num_train_examples=lambda epoch: len(data), save_student=save,
     )
-    config = TrainerConfig(output_dir=out, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                           num_train_epochs=epochs, save_steps=save_steps, logging_steps=logging_steps,
-                           resume_from=resume_from, seed=7)
+    config = TrainerConfig(output_dir=out, train_batch_size=micro * accum, gradient_accumulation_steps=accum,
+                           num_train_epochs=epochs, save_steps=save_steps, logging_steps=logging_steps, seed=7)
     out.mkdir(parents=True, exist_ok=True)
-    summary = Trainer(config, CPU, stage).train()
+    summary = Trainer(config, CPU, stage, resume_from).train()
     return objective, summary
 
 
@@ -106,7 +82,7 @@ def test_resume_without_rng_restore_would_differ(tmp_path, monkeypatch):
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(tmp_path / "full" / "checkpoint-2", resumed_dir / "checkpoint-2")
-    monkeypatch.setattr("spikingbert.trainer.set_rng_state", lambda state: None)
+    monkeypatch.setattr("spikingbert.training.trainer.set_rng_state", lambda state: None)
     _run(resumed_dir, resume_from=resumed_dir / "checkpoint-2", init_seed=99)
     assert max_weight_diff(tmp_path / "full", resumed_dir) > 1e-5
 
@@ -139,6 +115,7 @@ def test_nan_loss_stops_with_step_parts_and_last_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------------------ CLI
 
+@pytest.mark.system
 def test_sigkilled_run_resumed_with_continue_train_equals_uninterrupted(tmp_path):
     world = build_world(tmp_path / "world")
     extra = ["--pred_distill", "--num_train_epochs", "2", "--max_seq_length", "24", "--eval_step", "3",

@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-from tests.test_pipeline import REPO
+from tests.helpers.world import REPO
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 PROBE = """
 import ctypes, torch

@@ -9,7 +9,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer.file_utils import ModelLoadError
+from core.errors import ModelError
 from transformer.tokenization import BertTokenizer, load_vocab
 
 # Code point ranges the random text draws from: scripts, marks, CJK (and the edges of the CJK
@@ -92,6 +92,7 @@ def corpus() -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("do_lower_case", [True, False])
 def test_matches_reference_tokenizer(corpus, bert_vocab, do_lower_case):
     ours = BertTokenizer.from_pretrained(bert_vocab.parent, do_lower_case=do_lower_case)
@@ -155,7 +156,7 @@ def test_vocab_attributes_and_conversions(bert_vocab, tmp_path):
 
 
 def test_missing_vocab_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="vocab.txt"):
+    with pytest.raises(ModelError, match="vocab.txt"):
         BertTokenizer.from_pretrained(tmp_path)
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist"):
         BertTokenizer.from_pretrained(tmp_path / "nowhere")

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.test_pipeline import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
+from tests.helpers.world import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def _torchrun(*args, timeout=300):

@@ -21,7 +21,9 @@ from typing import Iterable, Sequence
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from .file_utils import ModelLoadError, atomic_write_text, cached_path
+from core.errors import ModelError, UsageError
+from core.files import atomic_write_text, read_capped
+from core.remote import cached_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +32,26 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: Special tokens every input of the pipeline is built with (``[CLS] a [SEP] b [SEP]``, unknown words).
 REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
 MAX_INPUT_CHARS_PER_WORD = 100
-
-
-class VocabularyError(ModelLoadError):
-    """A vocab.txt the pipeline cannot use (a special token missing, empty); exit status 2: a wrong input."""
-
-    exit_code = 2
+#: The largest vocab.txt read (bytes) and the most tokens it may hold (BERT's have 30k-120k).
+VOCAB_LIMIT, MAX_TOKENS = 32 << 20, 1 << 20
 
 
 def load_vocab(vocab_file: str | os.PathLike) -> "OrderedDict[str, int]":
-    """Read a vocab.txt (one token a line, id = line number) into an ordered token -> id dict."""
-    vocab: "OrderedDict[str, int]" = OrderedDict()
-    with open(vocab_file, encoding="utf-8") as reader:
-        for index, line in enumerate(reader):
-            vocab[line.rstrip("\n")] = index
-    return vocab
+    """Read a vocab.txt (one token a line, id = line number) into an ordered token -> id dict; a file larger than any
+    vocabulary (`VOCAB_LIMIT` bytes, `MAX_TOKENS` lines) is refused before it is read."""
+    text = read_capped(vocab_file, VOCAB_LIMIT, "vocabulary")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > MAX_TOKENS:
+        raise UsageError(f"vocabulary file {vocab_file} has {len(lines):,} lines, more than any vocabulary "
+                         f"({MAX_TOKENS:,}): use the model's vocab.txt")
+    return OrderedDict((line, index) for index, line in enumerate(lines))
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing to tokenize: only white space and control or format characters."""
+    return not any(not char.isspace() and not unicodedata.category(char).startswith("C") for char in text)
 
 
 def _is_whitespace(char: str) -> bool:
@@ -148,7 +155,8 @@ class BasicTokenizer:
         return pieces
 
 
-def pack_inputs(tokens_a: list[str], tokens_b: list[str] | None, max_seq_length: int) -> tuple[list[str], list[int], bool]:
+def pack_inputs(tokens_a: list[str], tokens_b: list[str] | None,
+                max_seq_length: int) -> tuple[list[str], list[int], bool]:
     """BERT's model input for one text (pair): ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``.
 
     Returns the tokens, their segment ids (0 up to and including the first [SEP], 1 after it) and whether
@@ -187,17 +195,17 @@ class BertTokenizer:
     def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True, unk_token: str = "[UNK]"):
         vocab_file = Path(vocab_file)
         if not vocab_file.is_file():
-            raise ModelLoadError(f"vocabulary file {vocab_file} not found: pass a model directory with a {VOCAB_NAME} "
+            raise ModelError(f"vocabulary file {vocab_file} not found: pass a model directory with a {VOCAB_NAME} "
                                  "or the path of a vocab.txt")
         self.vocab_file = vocab_file
         try:
             self.vocab = load_vocab(vocab_file)
         except UnicodeDecodeError as err:
-            raise VocabularyError(f"vocabulary file {vocab_file} is not UTF-8 text ({err.reason}): use a BERT "
+            raise UsageError(f"vocabulary file {vocab_file} is not UTF-8 text ({err.reason}): use a BERT "
                                   "vocab.txt") from None
         missing = [token for token in dict.fromkeys((*REQUIRED_TOKENS, unk_token)) if token not in self.vocab]
         if missing:
-            raise VocabularyError(f"vocabulary file {vocab_file} ({len(self.vocab)} tokens) has no "
+            raise UsageError(f"vocabulary file {vocab_file} ({len(self.vocab)} tokens) has no "
                                   f"{' or '.join(missing)} token: every input is built as [CLS] text [SEP] with "
                                   f"{unk_token} for unknown words; use the vocab.txt the model was trained with")
         self.ids_to_tokens = OrderedDict((idx, tok) for tok, idx in self.vocab.items())
@@ -225,11 +233,11 @@ class BertTokenizer:
     def from_pretrained(cls, dir_or_vocab_file_or_url: str | os.PathLike, do_lower_case: bool = True,
                         cache_dir: str | os.PathLike | None = None) -> "BertTokenizer":
         """Load from a model directory holding vocab.txt, a vocab.txt file, or a URL / s3:// path of either
-        (archives are extracted; see :func:`transformer.file_utils.cached_path`)."""
+        (archives are extracted; see :func:`core.remote.cached_path`)."""
         resolved = cached_path(dir_or_vocab_file_or_url, cache_dir=cache_dir)
         vocab_file = resolved / VOCAB_NAME if resolved.is_dir() else resolved
         if not vocab_file.is_file():
-            raise ModelLoadError(f"{dir_or_vocab_file_or_url} has no {VOCAB_NAME}: pass a BERT model directory "
+            raise ModelError(f"{dir_or_vocab_file_or_url} has no {VOCAB_NAME}: pass a BERT model directory "
                                  "or the path of a vocab.txt")
         return cls(vocab_file, do_lower_case=do_lower_case)
 

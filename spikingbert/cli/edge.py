@@ -1,0 +1,137 @@
+"""The command line's edge: parsing with the settings table's checks, help texts, and one-line errors.
+
+* `ArgumentParser`: syntax errors (unknown or missing flags, bad values) raise `UsageError`; after parsing,
+  every flag declared with `setting_flag` (and every other ``int``/``float`` flag, by its name) is checked
+  against its `core.settings.FieldSpec`: a finite number in its range.
+* `run_cli`: runs a command's ``main`` and turns what a user can fix into one line on stderr,
+  ``error: <message>``, and the exit status the error carries (`core.errors.UserError`; an `OSError`
+  such as a full disk: 1). Settings named in a message are shown as flags (`core.errors.render_settings`).
+  Ctrl-C exits with 130 (``error: interrupted``), SIGTERM with 143; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
+
+from core.errors import UsageError, UserError, one_line, render_settings
+from core.files import as_write_error, describe_os_error, is_disk_full
+from core.settings import SETTINGS
+
+__all__ = ["ArgumentParser", "HelpFormatter", "setting_flag", "short_metavars", "run_cli", "user_error_status",
+           "Interrupted"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM) arrived; raised where the program is, like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def handle_termination() -> None:
+    """SIGTERM raises `Interrupted` (Ctrl-C raises KeyboardInterrupt already), unless it is ignored."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with every flag's default: ``(default: X)`` after the help text, ``(default: off)`` for on/off flags;
+    a help text that already names its default (flags whose default is None say what happens) is left as is.
+    The description and epilog keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.required or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'off' if action.default is False else 'on'})"
+        if action.default is None or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def setting_flag(group: Any, *names: str, setting: Optional[str] = None, **kwargs: Any) -> argparse.Action:
+    """Add a flag whose type, choices and range come from the settings table: ``setting`` (default: the flag's
+    name) names its `core.settings.FieldSpec`; the parser checks the parsed value against it."""
+    name = setting or names[0].lstrip("-")
+    spec = SETTINGS[name]
+    if spec.kind in (int, float):
+        kwargs.setdefault("type", spec.kind)
+    elif spec.choices:
+        kwargs.setdefault("choices", spec.choices)
+    action = group.add_argument(*names, **kwargs)
+    action.setting = name
+    return action
+
+
+def short_metavars(parser: argparse.ArgumentParser) -> None:
+    """``N`` for integer flags and ``X`` for real-valued ones where no metavar was chosen (short usage lines)."""
+    for action in parser._actions:
+        if action.metavar is None and action.choices is None and action.type in (int, float):
+            action.metavar = "N" if action.type is int else "X"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose syntax errors raise `UsageError` (see `run_cli`) and whose numeric flags are
+    checked against the settings table after parsing (see the module docstring)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            name = getattr(action, "setting", None)
+            if name is None and action.type in (int, float) and action.dest in SETTINGS:
+                name = action.dest
+            problem = SETTINGS[name].flag_problem(getattr(parsed, action.dest, None)) if name else None
+            if problem is not None:
+                raise UsageError(f"{action.option_strings[-1] if action.option_strings else action.dest} {problem}")
+        return parsed, rest
+
+
+def user_error_status(err: BaseException) -> Optional[Tuple[str, int]]:
+    """``(message, exit status)`` when ``err`` is a mistake or condition the user can fix, else None."""
+    if isinstance(err, UserError):
+        return render_settings(one_line(err)), err.exit_code
+    os_err = as_write_error(err)
+    if os_err is not None and os_err.errno is not None:
+        hint = "; free some space (or write elsewhere) and run the command again" if is_disk_full(os_err) else ""
+        return one_line(describe_os_error(os_err) + hint), 1
+    return None
+
+
+def run_cli(main_fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
+            debug_flag: str = "--debug") -> None:
+    """Run ``main_fn(argv)`` and exit the process with its status (see the module docstring).
+
+    `main_fn` must accept (and ignore) `debug_flag` in its argument parser; it imports the heavy modules itself,
+    so that a signal during those imports is reported the same way.
+    """
+    handle_termination()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_flag in args
+    try:
+        status = main_fn(args)
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        signum = getattr(err, "signum", signal.SIGINT)
+        print("error: interrupted" + ("" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"),
+              file=sys.stderr)
+        sys.exit(128 + signum)
+    except Exception as err:
+        reported = user_error_status(err)
+        if reported is None or debug:
+            raise
+        message, exit_code = reported
+        print(f"{getattr(err, 'prefix', 'error')}: {message}", file=sys.stderr)
+        sys.exit(exit_code)
+    sys.exit(status or 0)

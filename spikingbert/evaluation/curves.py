@@ -1,0 +1,82 @@
+"""Training curves of a run from its ``metrics.jsonl``: the loss parts and the dev metrics against the optimizer step.
+
+Every training stage writes ``OUTPUT_DIR/training_curves.png`` when it ends (`write_training_curves`); the same
+function draws it from the ``metrics.jsonl`` of any earlier run. The file's records are described in
+docs/DESIGN.md, "Run directories".
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from spikingbert.evaluation.plots import figure, save_figure
+
+__all__ = ["TRAINING_CURVES_NAME", "read_metrics", "write_training_curves"]
+
+logger = logging.getLogger(__name__)
+
+TRAINING_CURVES_NAME = "training_curves.png"
+#: Record fields that are not loss parts.
+_NOT_LOSSES = {"step", "epoch", "lr", "grad_norm", "steps_per_sec", "skipped_steps", "eval"}
+
+
+def read_metrics(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """``(losses, dev)`` from a ``metrics.jsonl``: each a name -> ``[(step, value)]`` in file order.
+
+    A line that is not a JSON object (e.g. cut short by a crash) is skipped."""
+    losses: dict[str, list[tuple[int, float]]] = {}
+    dev: dict[str, list[tuple[int, float]]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
+        step = record["step"]
+        for name, value in (record.get("eval") or {}).items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                dev.setdefault(name, []).append((step, float(value)))
+        for name, value in record.items():
+            if name not in _NOT_LOSSES and isinstance(value, (int, float)) and math.isfinite(value):
+                losses.setdefault(name, []).append((step, float(value)))
+    return losses, dev
+
+
+def write_training_curves(run_dir: Path, title: Optional[str] = None, output: Optional[Path] = None) -> Optional[Path]:
+    """Draw ``run_dir/metrics.jsonl`` into ``output`` (default ``run_dir/training_curves.png``, written atomically):
+    the loss and its parts (log scale) and, when the run evaluated, every dev metric, against the optimizer step.
+    Returns the path, or None when the file holds no loss record yet."""
+    run_dir = Path(run_dir)
+    losses, dev = read_metrics(run_dir / "metrics.jsonl")
+    if not losses:
+        return None
+    output = Path(output) if output is not None else run_dir / TRAINING_CURVES_NAME
+    fig, axes = figure(11.0 if dev else 6.5, 4.0, panels=2 if dev else 1)
+    parts = [name for name in losses if name != "loss"]
+    if len(parts) == 1 and losses[parts[0]] == losses.get("loss"):     # the loss has one part: draw it once
+        losses = {parts[0]: losses[parts[0]]}
+    _plot_series(axes[0], losses, "training loss (mean over each logging window)")
+    values = [v for series in losses.values() for _, v in series]
+    if min(values) > 0 and max(values) > 20 * min(values):
+        axes[0].set_yscale("log")
+    if dev:
+        _plot_series(axes[1], dev, "dev metric", marker="o")
+    fig.suptitle(title or f"Training curves: {run_dir.name}")
+    save_figure(fig, output)
+    return output
+
+
+def _plot_series(ax: Any, series: dict[str, list[tuple[int, float]]], ylabel: str,
+                 marker: Optional[str] = None) -> None:
+    for name, points in series.items():                   # a single point is drawn as a marker, not a line
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker=marker or ("o" if len(points) == 1 else None),
+                linewidth=1.6 if name == "loss" else 1.1, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)

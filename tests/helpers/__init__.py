@@ -1,0 +1,1 @@
+"""Builders and runners shared by the test modules (the test modules import only from here and conftest)."""
