@@ -124,11 +124,15 @@ def add_checkpoint_flags(group: argparse._ArgumentGroup, save_steps: Optional[in
 
 
 def add_output_flags(group: argparse._ArgumentGroup, output_help: str) -> None:
-    """--output_dir, --overwrite_output_dir and --debug."""
+    """--output_dir, --overwrite_output_dir, --debug and --args_file."""
     group.add_argument("--output_dir", type=Path, required=True, metavar="DIR", help=output_help)
     group.add_argument("--overwrite_output_dir", action="store_true",
                        help="remove a previous run's files from --output_dir first")
     group.add_argument("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
+    group.add_argument("--args_file", type=Path, default=None, metavar="FILE",
+                       help="rerun with the settings of an earlier run: the flags its args.json records become the "
+                            "defaults (flags given here override them; --output_dir and the resume flags are not "
+                            "taken from it)")
 
 
 def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
