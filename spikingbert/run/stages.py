@@ -148,14 +148,15 @@ def _teacher_intermediate(runtime: Runtime, teacher: nn.Module):
 # ------------------------------------------------------------------------------------------ task KD / eval
 
 def run_task_distillation(args: argparse.Namespace) -> int:
-    """Task IKD (default), prediction KD (``--pred_distill`` / ``--train_true_labels``) or ``--do_eval``."""
+    """Task IKD (default), prediction KD (``--pred_distill`` / ``--train_true_labels``), or ``--do_eval`` /
+    ``--do_predict``."""
     plan = resolve_task(args)
     with session(plan.devices) as runtime:
         for flag in plan.ignored:
             logger.warning("%s is accepted for compatibility with the published scripts and has no effect", flag)
         if plan.stage == "evaluation":
             if args.pred_distill or args.train_true_labels:
-                logger.warning("--do_eval only evaluates: --pred_distill/--train_true_labels are ignored")
+                logger.warning("--do_eval/--do_predict only evaluate: --pred_distill/--train_true_labels are ignored")
             return run_evaluation(plan, runtime)
         with OutputDir(plan.output.path, plan.output.continue_train, plan.output.overwrite) as output:
             return run_task_training(plan, runtime, output)
