@@ -61,7 +61,7 @@ def plan(args) -> list[tuple[str, object]]:
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m bench", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few representative settings (about 3 min on 2 cores)")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {ALL_CASES}")

@@ -28,7 +28,7 @@ from transformer.tokenization import BertTokenizer
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, required=True)
     parser.add_argument("--data_dir", type=Path, required=True)
     parser.add_argument("--task_name", default="SST-2")

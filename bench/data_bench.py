@@ -77,7 +77,8 @@ def run(quick: bool) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     for result in run(parser.parse_args().quick):
         print(json.dumps(result))

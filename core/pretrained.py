@@ -180,8 +180,6 @@ class PreTrainedModel(nn.Module):
     weights_optional: ClassVar[bool] = False
     #: `init_weights` zeroes the padding token's embedding (BERT's initialisation).
     zero_padding_embedding: ClassVar[bool] = False
-    #: `from_pretrained` returns the model in eval mode (else in training mode, as constructed).
-    eval_after_load: ClassVar[bool] = False
     #: Parameters that are another one's tensor (not written by `save_pretrained`, never missing).
     tied_keys: ClassVar[Tuple[str, ...]] = ()
 
@@ -220,7 +218,7 @@ class PreTrainedModel(nn.Module):
                         **overrides: Any) -> "PreTrainedModel":
         """The model of a directory (or its URL, s3:// path or archive): its ``config.json`` with ``overrides``
         replacing fields (None: keep), or ``config`` when the caller read it already; the weights loaded by key
-        (`load_weights`)."""
+        (`load_weights`). The model is returned in eval mode, as Hugging Face's: call ``.train()`` to train it."""
         directory = model_directory(location)
         if config is None:
             config = cls.config_class.from_json_file(directory / CONFIG_NAME, **overrides)
@@ -237,7 +235,7 @@ class PreTrainedModel(nn.Module):
         else:
             model.load_weights(read_weights(weights), weights)
             model.weights_file = weights
-        return model.eval() if cls.eval_after_load else model
+        return model.eval()
 
     def map_key(self, key: str, own: Mapping[str, Tensor]) -> Optional[str]:
         """This model's key for a checkpoint ``key`` (None: it has none)."""

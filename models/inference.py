@@ -2,11 +2,13 @@
 
 `predict` (also ``SpikingBertForSequenceClassification.predict``) tokenizes with the student directory's own
 ``vocab.txt`` and the settings its config.json records (``do_lower_case``, ``max_seq_length``, ``id2label``),
-runs the inputs in batches of similar length and returns one `Prediction` per input, in input order::
+runs the inputs in batches of similar length and returns one `Prediction` per input, in input order (one string
+in, one `Prediction` out)::
 
     clf = SpikingBertForSequenceClassification.from_pretrained("runs/demo/pred")
     for p in clf.predict(["a gorgeous, witty film", "ugly and pointless"]):
         print(p.label, p.probabilities, p.steps)
+    clf.predict("a gorgeous, witty film").label
 
 A regression student (one output, e.g. STS-B) gives its output as ``score`` and no label.
 """
@@ -104,8 +106,8 @@ def check_student(model: nn.Module, pairs: bool) -> None:
 
 
 def _check_inputs(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequence[str]]) -> None:
-    if isinstance(texts, str) or (text_pairs is not None and isinstance(text_pairs, str)):
-        raise ValueError("texts and text_pairs must be lists of strings, not one string")
+    if isinstance(texts, str) or isinstance(text_pairs, str):
+        raise ValueError("give texts and text_pairs both as one string each or both as lists of strings")
     check_student(model, text_pairs is not None)
     if text_pairs is not None and len(text_pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs: give one pair per text")
@@ -141,10 +143,11 @@ def _batch(encoded: list[tuple[list[int], list[int]]], device: torch.device) -> 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None, *,
+def predict(model: nn.Module, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
             batch_size: int = 32, t_conv: Optional[int] = None, adaptive_tol: Optional[float] = None,
-            adaptive_window: int = 8, max_seq_length: Optional[int] = None) -> list[Prediction]:
-    """Classify ``texts`` (with ``text_pairs`` for a sentence-pair task) with a trained classification student.
+            adaptive_window: int = 8, max_seq_length: Optional[int] = None) -> Prediction | list[Prediction]:
+    """Classify ``texts`` (with ``text_pairs`` for a sentence-pair task) with a trained classification student:
+    one `Prediction` per text, or one `Prediction` when ``texts`` is a single string.
 
     Runs in eval mode (the training flag is restored) on the model's device, longest inputs first in batches of
     ``batch_size``. ``t_conv`` overrides the simulation steps; ``adaptive_tol`` stops a batch early once its
@@ -152,6 +155,10 @@ def predict(model: nn.Module, texts: Sequence[str], text_pairs: Optional[Sequenc
     overrides the directory's. Raises `UsageError` for a student without a trained classifier or
     vocabulary and ValueError for empty inputs.
     """
+    if isinstance(texts, str) and (text_pairs is None or isinstance(text_pairs, str)):
+        return predict(model, [texts], None if text_pairs is None else [text_pairs], batch_size=batch_size,
+                       t_conv=t_conv, adaptive_tol=adaptive_tol, adaptive_window=adaptive_window,
+                       max_seq_length=max_seq_length)[0]
     _check_inputs(model, texts, text_pairs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")

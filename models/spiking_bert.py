@@ -291,10 +291,11 @@ class SpikingBertForSequenceClassification(SpikingBertForDistillation):
         out.logits = self.head(out.rates[-1][:, 0])
         return out
 
-    def predict(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None, **kwargs) -> list[Prediction]:
-        """Label names and class probabilities of ``texts`` (and ``text_pairs``), tokenized with this student
-        directory's vocabulary and recorded settings; see :func:`models.inference.predict` for ``kwargs``
-        (``batch_size``, ``t_conv``, ``adaptive_tol``, ...)."""
+    def predict(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
+                **kwargs) -> Prediction | list[Prediction]:
+        """Label names and class probabilities of ``texts`` (and ``text_pairs``): a list of `Prediction`, or one for
+        one string; tokenized with this student directory's vocabulary and recorded settings; see
+        :func:`models.inference.predict` for ``kwargs`` (``batch_size``, ``t_conv``, ``adaptive_tol``, ...)."""
         return predict(self, texts, text_pairs, **kwargs)
 
     def head(self, cls_rate: Tensor) -> Tensor:

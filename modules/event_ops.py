@@ -133,7 +133,8 @@ def load() -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Build the CPU kernels of the event-driven engine.")
+    parser = argparse.ArgumentParser(description="Build the CPU kernels of the event-driven engine.",
+                                     allow_abbrev=False)
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
     args = parser.parse_args(argv)
     try:

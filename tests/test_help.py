@@ -131,3 +131,19 @@ def test_registries_offer_exactly_the_settings_table_choices():
     assert sorted(SOLVERS) == sorted(SETTINGS["solver"].choices)
     assert sorted(SURROGATES) == sorted(SETTINGS["surrogate"].choices)
     assert sorted(ACT2FN) == sorted(SETTINGS["hidden_act"].choices)
+
+
+
+@pytest.mark.parametrize("command", PARSERS)
+def test_abbreviated_flags_are_refused(command):
+    """``--t_con 4`` must not run as ``--t_conv 4``: every parser (and sub-command) wants its flags in full."""
+    for parser in _parsers(PARSERS[command]()):
+        assert parser.allow_abbrev is False, parser.prog
+        if parser._subparsers is not None:
+            continue                            # its sub-commands' parsers are tried
+        flag = max((s for a in parser._actions for s in a.option_strings if s.startswith("--")), key=len)
+        options = [arg for a in parser._actions if a.required and a.option_strings
+                   for arg in (a.option_strings[0], list(a.choices)[0] if a.choices else "1")]
+        positionals = ["1" for a in parser._actions if a.required and not a.option_strings]
+        _, rest = parser.parse_known_args(options + [flag[:-1]] + positionals)
+        assert flag[:-1] in rest, f"{parser.prog}: {flag[:-1]} was taken for {flag}"

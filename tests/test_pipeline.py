@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -79,6 +80,17 @@ def test_general_distillation_output(general_dir, world):
     assert {"loss", "att_loss", "rep_loss", "lr", "steps_per_sec"} <= records[-1].keys()
     assert all(math.isfinite(r["loss"]) for r in records)   # the values: tests/test_objectives_independent.py
     assert "train" in (general_dir / "train.log").read_text()
+    card = (general_dir / "README.md").read_text()
+    assert "(general)" in card and "classifier is untrained" in card and "t_conv 6 time steps" in card
+    assert f"--spiking_student_model {general_dir} --output_dir" in card      # the next stage's command
+
+
+def _card_loads_and_predicts(card: str) -> None:
+    """The model card's Python snippet runs as written and gives one prediction for one string."""
+    snippet = card.split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(snippet, scope)
+    assert not scope["model"].training and scope["model"].predict("a b").label in ("negative", "positive")
 
 
 @pytest.mark.parametrize("task", ["SST-2", "STS-B"])
@@ -123,6 +135,17 @@ def test_task_chain_ikd_pred_eval(general_dir, world, task):
         assert config["id2label"] == {"0": "negative", "1": "positive"}
         predictions = SpikingBertForSequenceClassification.from_pretrained(pred).predict(["a b", "c"])
         assert {p.label for p in predictions} <= {"negative", "positive"}
+    # The model card: what it is, from the directory's own files, and the command as typed.
+    card = (pred / "README.md").read_text()
+    assert f"| task | {task}" in card and "| stage | prediction |" in card
+    assert f"{metric} {best[metric]:.4f} (step {best['step']}" in card and "t_conv 8 time steps, vth 1.0, IF" in card
+    command = shlex.join(["python", "spiking_bert_task_distill.py", *map(str, task_args(
+        world, task, ikd, pred, "--pred_distill", "--num_train_epochs", "1", "--max_seq_length", "24", "--eval_step",
+        "2", "--t_conv", "8"))])
+    assert f"```\n{command}\n```" in card
+    if task == "SST-2":
+        assert "(labels: negative, positive)" in card
+        _card_loads_and_predicts(card)
 
     # --do_eval of the prediction-KD dir as is (no teacher, no --do_lower_case or --max_seq_length: the
     # directory records them); an independent recomputation agrees.

@@ -69,6 +69,19 @@ def test_api_gives_label_names_and_probabilities_of_a_by_hand_forward(student):
     assert {p.steps for p in clf.predict(TEXTS[:2], t_conv=3)} == {3}
 
 
+def test_loaded_in_eval_mode_and_one_string_gives_one_prediction(student):
+    """As Hugging Face's: `from_pretrained` returns eval mode (the same logits twice), `predict` takes one string."""
+    clf = SpikingBertForSequenceClassification.from_pretrained(student).double()
+    assert not clf.training and not any(m.training for m in clf.modules())
+    ids, types, mask = torch.tensor([[2, 5, 6, 3]]), torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4)
+    with torch.no_grad():
+        assert torch.equal(clf(ids, types, mask).logits, clf(ids, types, mask).logits)
+    one = clf.predict(TEXTS[0])
+    assert one == clf.predict([TEXTS[0]])[0] and one.text == TEXTS[0]
+    fresh = torch.softmax(_by_hand(clf, TEXTS[0]), 0)[1].item()
+    assert one.probabilities["fresh"] == pytest.approx(fresh, abs=1e-6)
+
+
 def test_sentence_pairs_and_regression(tmp_path):
     pairs = ["the plot is dull", "a witty film"]
     clf = SpikingBertForSequenceClassification.from_pretrained(
@@ -81,13 +94,15 @@ def test_sentence_pairs_and_regression(tmp_path):
     reg = SpikingBertForSequenceClassification.from_pretrained(
         _student(tmp_path / "sts", num_labels=1, do_lower_case=True, max_seq_length=12)).double()
     (p,) = reg.predict(["ugly movie"], ["a witty film"])
+    assert reg.predict("ugly movie", "a witty film") == p
     assert p.label is None and p.probabilities == {}
     assert p.score == pytest.approx(_by_hand(reg, "ugly movie", "a witty film")[0].item(), abs=1e-6)
 
 
 def test_api_refuses_bad_inputs_and_untrained_heads(student, tmp_path):
     clf = SpikingBertForSequenceClassification.from_pretrained(student)
-    for texts, pairs, message in ((["ok", " "], None, "input 2: the text is empty"), ("one string", None, "lists"),
+    for texts, pairs, message in ((["ok", " "], None, "input 2: the text is empty"),
+                                  ("one string", ["a", "b"], "both as one string"),
                                   (["a", "b"], ["c"], "2 texts but 1 text pairs")):
         with pytest.raises(ValueError, match=message):
             clf.predict(texts, pairs)

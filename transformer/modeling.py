@@ -243,7 +243,6 @@ class BertPreTrainedModel(PreTrainedModel):
     ignored_prefixes = ("embeddings.position_ids", "bert.embeddings.position_ids", "cls.")
     strict = False
     zero_padding_embedding = True
-    eval_after_load = True
 
     def map_key(self, key: str, own: Mapping[str, torch.Tensor]) -> Optional[str]:
         if key.endswith(".gamma"):

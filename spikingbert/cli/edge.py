@@ -11,16 +11,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
 import sys
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 from core.errors import UsageError, UserError, one_line, render_settings
-from core.files import as_write_error, describe_os_error, is_disk_full
+from core.files import as_write_error, describe_os_error, is_disk_full, read_json
 from core.settings import SETTINGS
 
 __all__ = ["ArgumentParser", "HelpFormatter", "setting_flag", "short_metavars", "run_cli", "user_error_status",
-           "Interrupted"]
+           "command_line", "Interrupted"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -78,15 +80,29 @@ def short_metavars(parser: argparse.ArgumentParser) -> None:
             action.metavar = "N" if action.type is int else "X"
 
 
+#: Flags ``--args_file`` does not take from the recorded run: where this run writes and how it starts.
+NOT_RECORDED = ("args_file", "output_dir", "overwrite_output_dir", "continue_train", "allow_changed_settings",
+                "local_rank", "debug", "help")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose syntax errors raise `UsageError` (see `run_cli`) and whose numeric flags are
-    checked against the settings table after parsing (see the module docstring)."""
+    checked against the settings table after parsing (see the module docstring). Flags must be spelled in full
+    (``allow_abbrev=False``): ``--t_con 4`` is an error, not ``--t_conv 4``. The parsed namespace records the
+    command as typed, ``command_line`` (``args.json`` and the model card show it)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
 
     def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        self._recorded_defaults(args)
         parsed, rest = super().parse_known_args(args, namespace)
+        parsed.command_line = command_line(self.prog, args)
         for action in self._actions:
             name = getattr(action, "setting", None)
             if name is None and action.type in (int, float) and action.dest in SETTINGS:
@@ -95,6 +111,48 @@ class ArgumentParser(argparse.ArgumentParser):
             if problem is not None:
                 raise UsageError(f"{action.option_strings[-1] if action.option_strings else action.dest} {problem}")
         return parsed, rest
+
+
+    def _recorded_defaults(self, args: Sequence[str]) -> None:
+        """``--args_file F``: the flags recorded in a run's ``args.json`` become this parser's defaults (the flags
+        given override them); run-control flags (`NOT_RECORDED`) are not taken from it."""
+        path = _option_value(args, "--args_file")
+        if path is None or "args_file" not in {a.dest for a in self._actions}:
+            return
+        try:
+            recorded = read_json(path, "args file")
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--args_file {path}: cannot read it ({one_line(err)}); pass the args.json of an "
+                             "earlier run") from None
+        if not isinstance(recorded, dict):
+            raise UsageError(f"--args_file {path} is not a run's args.json (a JSON object of flags)")
+        made_by = str(recorded.get("command_line", self.prog))
+        if not (made_by.startswith(self.prog) or self.prog.split()[-1] in made_by.split()[:4]):
+            raise UsageError(f"--args_file {path} records a run of `{made_by.split(' --')[0]}`, not of "
+                             f"`{self.prog}`; pass the args.json of a {self.prog} run")
+        for action in self._actions:
+            if action.option_strings and action.dest in recorded and action.dest not in NOT_RECORDED:
+                action.default, action.required = recorded[action.dest], False
+
+
+def _option_value(args: Sequence[str], flag: str) -> Optional[str]:
+    """The value given to ``flag`` (``flag V`` or ``flag=V``; the last one counts), None if absent."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value
+
+
+def command_line(prog: str, args: Sequence[str]) -> str:
+    """The command as a user types it again: ``prog`` and the arguments, quoted for a POSIX shell, behind
+    ``torchrun --nproc_per_node N`` in a process that torchrun started."""
+    command = shlex.join([*shlex.split(prog), *map(str, args)])
+    if "TORCHELASTIC_RUN_ID" in os.environ and command.startswith("python "):
+        command = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '1')} {command[len('python '):]}"
+    return command
 
 
 def user_error_status(err: BaseException) -> Optional[Tuple[str, int]]:

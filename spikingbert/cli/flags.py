@@ -124,11 +124,15 @@ def add_checkpoint_flags(group: argparse._ArgumentGroup, save_steps: Optional[in
 
 
 def add_output_flags(group: argparse._ArgumentGroup, output_help: str) -> None:
-    """--output_dir, --overwrite_output_dir and --debug."""
+    """--output_dir, --overwrite_output_dir, --debug and --args_file."""
     group.add_argument("--output_dir", type=Path, required=True, metavar="DIR", help=output_help)
     group.add_argument("--overwrite_output_dir", action="store_true",
                        help="remove a previous run's files from --output_dir first")
     group.add_argument("--debug", action="store_true", help="debug logging, and tracebacks instead of one-line errors")
+    group.add_argument("--args_file", type=Path, default=None, metavar="FILE",
+                       help="rerun with the settings of an earlier run: the flags its args.json records become the "
+                            "defaults (flags given here override them; --output_dir and the resume flags are not "
+                            "taken from it)")
 
 
 def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
@@ -177,6 +181,10 @@ def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
     p = g.add_argument
     p("--do_eval", action="store_true",
       help="evaluate --spiking_student_model on the dev set instead of training (writes eval_results.json)")
+    p("--do_predict", action="store_true",
+      help="label the task's GLUE test split(s) with --spiking_student_model instead of training and write the "
+           "submission files GLUE expects into --output_dir (SST-2.tsv, ..., MNLI: MNLI-m.tsv and MNLI-mm.tsv); "
+           "with --do_eval also the dev evaluation")
     p("--eval_batch_size", type=int, default=32, help="examples per evaluation batch (per process)")
     p("--eval_step", type=int, default=50,
       help="prediction KD: evaluate on dev every this many steps (and keep the best model); also sets "
@@ -263,8 +271,9 @@ def parse_general_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespa
 
 def parse_task_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = task_parser().parse_args(argv)
-    if args.teacher_model is None and not args.do_eval:
-        raise UsageError("--teacher_model is required for distillation (only --do_eval runs without a teacher)")
+    if args.teacher_model is None and not (args.do_eval or args.do_predict):
+        raise UsageError("--teacher_model is required for distillation (only --do_eval and --do_predict run without "
+                         "a teacher)")
     _check_common(args)
     if (args.report or args.adaptive_t is not None) and not args.do_eval:
         raise UsageError("--report and --adaptive_t only work with --do_eval")

@@ -143,7 +143,8 @@ def check_training_inputs(output_dir: Path, overwrite: bool, student: ModelDir, 
     check_fit_dense(shapes, student.config.hidden_size, teacher.config.hidden_size, find_weights(source) or source)
 
 
-def check_eval_inputs(student: ModelDir, task: str, data_dir: Path, skip_bad_rows: bool) -> None:
-    """--do_eval: a trained student with intact weights, and readable dev data."""
+def check_eval_inputs(student: ModelDir, task: str, data_dir: Path, skip_bad_rows: bool, dev: bool = True) -> None:
+    """--do_eval / --do_predict: a trained student with intact weights, and readable dev data (``dev``)."""
     check_student_weights(student.directory, student.flag, need_weights=True)
-    check_task_data(task, data_dir, dev_splits(task), skip_bad_rows)
+    if dev:
+        check_task_data(task, data_dir, dev_splits(task), skip_bad_rows)

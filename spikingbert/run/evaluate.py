@@ -1,5 +1,6 @@
 """``--do_eval``: the dev metrics of a trained student into ``eval_results.json``; with ``--report`` /
 ``--adaptive_t`` also the spike and energy report and the adaptive-T evaluation (`spikingbert.evaluation.report`).
+``--do_predict``: the task's test split(s) labelled into GLUE's submission files (`spikingbert.run.submission`).
 
 Tokenization follows the student's directory (``do_lower_case`` and ``max_seq_length`` in its config.json)
 unless the flags say otherwise (`spikingbert.run.plan.resolve_task`).
@@ -26,6 +27,7 @@ from .memory import check_run_memory
 from .model_dirs import check_seq_length
 from .output import TaskData
 from .plan import RunPlan
+from .submission import check_test_data, predict_test_splits, write_submissions
 
 __all__ = ["run_evaluation"]
 
@@ -33,38 +35,57 @@ logger = logging.getLogger(__name__)
 
 
 def run_evaluation(plan: RunPlan, runtime: Runtime) -> int:
-    """Evaluate ``plan.student`` on the task's dev sets; write ``eval_results.json`` (and the report) into the
+    """``--do_eval``: evaluate ``plan.student`` on the task's dev sets (``eval_results.json``, and the report);
+    ``--do_predict``: label the task's test split(s) (the GLUE submission files, `submission`). Both write into the
     output directory, which is created only now (and removed again if writing fails)."""
     processor = glue.get_processor(plan.task)
     tokenizer = _check(plan, runtime)
     student = plan.student.load(SpikingBertForSequenceClassification, num_labels=processor.num_labels, **plan.spiking)
     student.to(runtime.device).eval()
+    spec = plan.evaluation
+    dev = _dev_results(plan, runtime, student, tokenizer) if spec.dev else None
+    submissions = (predict_test_splits(runtime.wrap_frozen(LogitsOnly(student)), plan.task, plan.data_dir, tokenizer,
+                                       plan.max_seq_length, runtime, spec.batch_size) if spec.test else None)
+    if not runtime.is_main:
+        return 0
+    with claim_output_dir(plan.output.path, "--output_dir"):
+        if dev is not None:
+            results, dev_sets, metrics = dev
+            if spec.report or spec.adaptive_t is not None:
+                results.update(_evaluation_report(plan, runtime, student, dev_sets, metrics))
+            atomic_write_json(plan.output.path / "eval_results.json", results)
+            print_table(f"{plan.task} dev evaluation of {plan.student.location}", flatten(results))
+            logger.info("wrote %s", plan.output.path / "eval_results.json")
+        if submissions is not None:
+            counts = write_submissions(plan.output.path, submissions, processor.output_mode)
+            print_table(f"{plan.task} test predictions of {plan.student.location} (GLUE submission files)",
+                        {f"{name}: {label}": n for name, labels in counts.items() for label, n in labels.items()})
+    return 0
+
+
+def _dev_results(plan: RunPlan, runtime: Runtime, student: nn.Module, tokenizer):
+    """(eval_results.json's fields, the dev sets, the metrics) of ``student`` on the task's dev sets."""
     dev_sets = TaskData(plan.task, plan.data_dir, tokenizer, plan.max_seq_length, plan.cache_dir,
                         plan.skip_bad_rows).dev_sets()
     start = time.perf_counter()
-    metrics = evaluate_task(runtime.wrap_frozen(LogitsOnly(student)), plan.task, processor.output_mode, dev_sets,
-                            runtime, plan.evaluation.batch_size)
+    output_mode = glue.get_processor(plan.task).output_mode
+    metrics = evaluate_task(runtime.wrap_frozen(LogitsOnly(student)), plan.task, output_mode, dev_sets, runtime,
+                            plan.evaluation.batch_size)
     results = {
         "task": plan.task, "model": plan.student.location, **metrics,
         "t_conv": student.config.t_conv, "vth": student.config.vth, "leak": student.config.leak,
         "max_seq_length": plan.max_seq_length, "examples": sum(len(d) for d in dev_sets.values()),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    if not runtime.is_main:
-        return 0
-    with claim_output_dir(plan.output.path, "--output_dir"):
-        if plan.evaluation.report or plan.evaluation.adaptive_t is not None:
-            results.update(_evaluation_report(plan, runtime, student, dev_sets, metrics))
-        atomic_write_json(plan.output.path / "eval_results.json", results)
-        print_table(f"{plan.task} dev evaluation of {plan.student.location}", flatten(results))
-        logger.info("wrote %s", plan.output.path / "eval_results.json")
-    return 0
+    return results, dev_sets, metrics
 
 
 def _check(plan: RunPlan, runtime: Runtime):
     """``--do_eval``'s checks before the student is loaded: its weights, the dev data, the vocabulary, the sequence
     length, the output dir, the memory; returns the tokenizer."""
-    checks.check_eval_inputs(plan.student, plan.task, plan.data_dir, plan.skip_bad_rows)
+    checks.check_eval_inputs(plan.student, plan.task, plan.data_dir, plan.skip_bad_rows, plan.evaluation.dev)
+    if plan.evaluation.test:
+        check_test_data(plan.task, plan.data_dir)
     for note in plan.notes:
         logger.info(note)
     config = plan.student.config

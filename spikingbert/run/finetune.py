@@ -30,6 +30,7 @@ from spikingbert.training.trainer import Trainer
 
 from . import checks
 from .memory import check_memory, teacher_step_need
+from .model_card import write_model_card
 from .model_dirs import check_seq_length, describe_model
 from .output import OutputDir, TaskData, length_grouping, session, write_args_json
 from .plan import RunPlan, resolve_finetune
@@ -80,6 +81,7 @@ def run_finetuning(args: argparse.Namespace) -> int:
         Trainer(s.loop, runtime, stage, resume).train()
         if runtime.is_main:
             _write_results(plan, dev_sets["dev"], len(train_set), time.perf_counter() - start)
+            write_model_card(plan.output.path)
     return 0
 
 

@@ -68,12 +68,15 @@ class Schedule:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """Dev evaluation: batch size; for ``--do_eval`` the report and adaptive stopping."""
+    """Evaluation: batch size; for ``--do_eval`` (``dev``) the report and adaptive stopping; ``test``:
+    ``--do_predict``, the test split(s) labelled for a GLUE submission."""
 
     batch_size: int
     report: bool = False
     adaptive_t: Optional[float] = None
     adaptive_window: int = 8
+    dev: bool = True
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,11 +190,12 @@ def resolve_general(args: argparse.Namespace) -> RunPlan:
 
 def resolve_task(args: argparse.Namespace) -> RunPlan:
     """Task KD's plan: intermediate (default), prediction (``--pred_distill`` / ``--train_true_labels``) or, with
-    ``--do_eval``, the evaluation of a trained student (its recorded sequence length unless the flag is given)."""
+    ``--do_eval`` / ``--do_predict``, the evaluation of a trained student (its recorded sequence length unless the
+    flag is given)."""
     task = glue.canonical_task_name(args.task_name)
     student = read_model_dir(args.spiking_student_model, "--spiking_student_model", SpikingBertConfig)
     data = dict(task=task, data_dir=args.data_dir, cache_dir=args.cache_dir, skip_bad_rows=args.skip_bad_rows)
-    if args.do_eval:
+    if args.do_eval or args.do_predict:
         recorded = student.config.max_seq_length if args.max_seq_length is None else None
         length, _, notes = ((recorded, 0.0, [f"max_seq_length {recorded} (recorded in the student's config.json)"])
                             if recorded is not None else task_settings(task, args.max_seq_length, None, True, True))
@@ -201,7 +205,7 @@ def resolve_task(args: argparse.Namespace) -> RunPlan:
                        do_lower_case=lower_case_setting(args.do_lower_case, student),
                        max_seq_length=length, notes=tuple(notes),
                        evaluation=EvaluationSpec(args.eval_batch_size, args.report, args.adaptive_t,
-                                                 args.adaptive_window))
+                                                 args.adaptive_window, dev=args.do_eval, test=args.do_predict))
     prediction = args.pred_distill or args.train_true_labels
     teacher = read_model_dir(args.teacher_model, "--teacher_model", BertConfig)
     length, epochs, notes = task_settings(task, args.max_seq_length, args.num_train_epochs, False, prediction)

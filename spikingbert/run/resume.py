@@ -37,6 +37,7 @@ IGNORED_SETTINGS = (
     "local_rank", "cache_dir", "data_url", "do_eval", "report", "adaptive_t", "adaptive_window",
     "resumed_from", "world_size", "n_gpu", "device", "teacher_dev", "layer_stride", "init_from_teacher",
     "init_from_teacher_tensors", "max_seq_length", "num_train_epochs_used", "skip_bad_rows", "reduce_memory",
+    "command_line", "args_file",
 )
 
 _PATH_SETTINGS = ("teacher_model", "spiking_student_model", "bert_model", "data_dir", "pregenerated_data")

@@ -42,6 +42,7 @@ from spikingbert.training.trainer import Trainer
 from . import checks
 from .evaluate import run_evaluation
 from .memory import check_run_memory
+from .model_card import write_model_card
 from .model_dirs import check_compatibility, describe_model, init_from_teacher, read_model_dir
 from .output import OutputDir, TaskData, length_grouping, session, write_args_json
 from .plan import RunPlan, resolve_general, resolve_task
@@ -95,6 +96,8 @@ def run_general_distillation(args: argparse.Namespace) -> int:
                             do_lower_case_used=tokenizer.do_lower_case, layer_stride=stride,
                             resumed_from=str(resume) if resume else None, init_from_teacher_tensors=copied)
             Trainer(plan.training.loop, runtime, stage, resume).train()
+        if runtime.is_main:
+            write_model_card(plan.output.path)
     return 0
 
 
@@ -145,14 +148,15 @@ def _teacher_intermediate(runtime: Runtime, teacher: nn.Module):
 # ------------------------------------------------------------------------------------------ task KD / eval
 
 def run_task_distillation(args: argparse.Namespace) -> int:
-    """Task IKD (default), prediction KD (``--pred_distill`` / ``--train_true_labels``) or ``--do_eval``."""
+    """Task IKD (default), prediction KD (``--pred_distill`` / ``--train_true_labels``), or ``--do_eval`` /
+    ``--do_predict``."""
     plan = resolve_task(args)
     with session(plan.devices) as runtime:
         for flag in plan.ignored:
             logger.warning("%s is accepted for compatibility with the published scripts and has no effect", flag)
         if plan.stage == "evaluation":
             if args.pred_distill or args.train_true_labels:
-                logger.warning("--do_eval only evaluates: --pred_distill/--train_true_labels are ignored")
+                logger.warning("--do_eval/--do_predict only evaluate: --pred_distill/--train_true_labels are ignored")
             return run_evaluation(plan, runtime)
         with OutputDir(plan.output.path, plan.output.continue_train, plan.output.overwrite) as output:
             return run_task_training(plan, runtime, output)
@@ -188,6 +192,8 @@ def run_task_training(plan: RunPlan, runtime: Runtime, output: OutputDir) -> int
                     teacher_dev=teacher_results, resumed_from=str(resume) if resume else None,
                     init_from_teacher_tensors=copied)
     summary = Trainer(plan.training.loop, runtime, stage, resume).train()
+    if runtime.is_main:
+        write_model_card(plan.output.path)
     if plan.prediction and summary.best_step is not None:
         logger.info("best dev %s %.4f at step %d (teacher: %.4f); best student in %s", stage.main_metric,
                     summary.best_metric, summary.best_step, teacher_results.get(stage.main_metric, math.nan),

@@ -55,7 +55,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: Files a run writes into its output directory (what starting over removes).
 OUTPUT_ARTIFACTS = (
     "config.json", "model.safetensors", "vocab.txt", "args.json", "metrics.jsonl", "train.log",
-    "eval_results.json", "teacher_results.json", "best_results.json",
+    "eval_results.json", "teacher_results.json", "best_results.json", "README.md",
 )
 
 

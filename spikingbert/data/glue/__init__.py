@@ -14,6 +14,7 @@ from spikingbert.data.glue.features import (
     example_lengths,
     features_to_dataset,
     load_task_dataset,
+    load_test_dataset,
     trim_batch,
     vocab_fingerprint,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "features_to_dataset",
     "get_processor",
     "load_task_dataset",
+    "load_test_dataset",
     "main_metric",
     "task_info",
     "trim_batch",

@@ -233,6 +233,18 @@ def _save_cache(cache_path: Path, blob: Dict) -> None:
         torch.save(blob, f)
 
 
+def load_test_dataset(task_name: str, data_dir: Union[str, Path], split: str, tokenizer,
+                      max_seq_length: int) -> Tuple[TensorDataset, List[str]]:
+    """A task's test split (``test``; MNLI also ``test_mm``) as a TensorDataset in file order (its label column a
+    placeholder) and each row's id, for the GLUE submission (`GlueProcessor.read_test`)."""
+    processor = PROCESSORS[canonical_task_name(task_name)]()
+    if split not in processor.test_splits:
+        raise UsageError(f"task {processor.task_name} has no test split {split!r}: {', '.join(processor.test_splits)}")
+    examples = processor.read_test(data_dir, split)
+    features, _ = _convert(examples, processor.get_labels(), max_seq_length, tokenizer, processor.output_mode)
+    return features_to_dataset(features, processor.output_mode), [example.guid for example in examples]
+
+
 def load_task_dataset(
     task_name: str,
     data_dir: Union[str, Path],

@@ -20,6 +20,8 @@ from core.errors import DataError, UsageError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "dev_mm", "aug")
+#: The column of a test file that holds each row's id (QQP: ``id``), written back in the submission.
+TEST_ID_COLUMNS = ("index", "id")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,60 @@ class GlueProcessor:
             valid = ", ".join(self.split_files)
             raise UsageError(f"task {self.task_name} has no split {split!r}; valid splits: {valid}")
         return Path(data_dir) / self.split_files[split]
+
+    @property
+    def test_splits(self) -> Dict[str, Tuple[str, str]]:
+        """The unlabelled test split(s): split -> (its file, the file name of GLUE's submission for it)."""
+        return {"test": ("test.tsv", f"{self.display_name}.tsv")}
+
+    @property
+    def text_columns(self) -> Tuple[str, Optional[str]]:
+        """The header names of the text (and pair) columns, as the test files name them."""
+        return (self.header_names[0], self.header_names[1]) if self.header_names else ("sentence", None)
+
+    def read_test(self, data_dir: Union[str, Path], split: str = "test") -> List[InputExample]:
+        """Every row of a test split, in file order: ``guid`` is the row's id (`TEST_ID_COLUMNS`), the texts are read
+        by their header names, and ``label`` is a placeholder (the first label; nothing reads it). A submission
+        needs every row, so a row that cannot be read is a `DataError`, never skipped."""
+        file = Path(data_dir) / self.test_splits[split][0]
+        if not file.is_file():
+            raise DataError(f"{file} not found: `do_predict` labels the task's GLUE test split; download the task "
+                            "with download_glue_data.py (its files include the test split)")
+        examples: List[InputExample] = []
+        columns: Optional[Tuple[int, int, Optional[int]]] = None
+        width = 0
+        with open(file, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                fields = _split_line(raw, strip_bom=lineno == 1)
+                if fields == [""]:
+                    continue
+                if fields is None:
+                    raise DataError(f"{file}:{lineno}: the line is not valid UTF-8; fix that row")
+                if columns is None:
+                    columns, width = self._test_header(file, lineno, fields), len(fields)
+                    continue
+                if len(fields) != width:
+                    raise DataError(f"{file}:{lineno}: expected {width} tab-separated columns, found {len(fields)}; "
+                                    "every test row needs a prediction: fix that row")
+                index, a, b = columns
+                examples.append(InputExample(guid=fields[index].strip(), text_a=fields[a].strip(),
+                                             text_b=fields[b].strip() if b is not None else None,
+                                             label=self.labels[0] if self.output_mode == "classification" else "0"))
+        if not examples:
+            raise DataError(f"{file} holds no test rows; download the task again with download_glue_data.py")
+        return examples
+
+    def _test_header(self, file: Path, lineno: int, fields: List[str]) -> Tuple[int, int, Optional[int]]:
+        """(id column, text column, pair column or None) of a test file's header line."""
+        names = [name.strip().lower() for name in fields]
+        wanted = [name.lower() for name in self.text_columns if name is not None]
+        index = next((names.index(name) for name in TEST_ID_COLUMNS if name in names), None)
+        if index is None or not all(name in names for name in wanted):
+            found = "\t".join(fields)[:80]
+            raise DataError(f"{file}:{lineno}: missing or wrong header line: expected an `index` (or `id`) column and "
+                            f"{wanted} (the {self.display_name} test layout of GLUE), found {found!r}; use the files "
+                            "written by download_glue_data.py")
+        return index, names.index(wanted[0]), names.index(wanted[1]) if len(wanted) > 1 else None
 
     def read_split(
         self, data_dir: Union[str, Path], split: str, skip_bad_rows: bool = False
@@ -252,12 +308,20 @@ class MnliProcessor(GlueProcessor):
         "aug": "train_aug.tsv",
     }
 
+    @property
+    def test_splits(self) -> Dict[str, Tuple[str, str]]:
+        return {"test": ("test_matched.tsv", "MNLI-m.tsv"), "test_mm": ("test_mismatched.tsv", "MNLI-mm.tsv")}
+
 
 class MnliMismatchedProcessor(MnliProcessor):
     """MNLI evaluated on the mismatched dev set."""
 
     task_name, display_name = "mnli-mm", "MNLI-mm"
     split_files = {**MnliProcessor.split_files, "dev": "dev_mismatched.tsv"}
+
+    @property
+    def test_splits(self) -> Dict[str, Tuple[str, str]]:
+        return {"test": ("test_mismatched.tsv", "MNLI-mm.tsv")}
 
 
 class QnliProcessor(GlueProcessor):
