@@ -28,7 +28,9 @@ from core.files import atomic_open
 from models.configuration import SpikingBertConfig
 from models.inference import Prediction
 from models.spiking_bert import SpikingBertForSequenceClassification
+from models.stopping import StopRule
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
+from spikingbert.cli.flags import add_adaptive_flags
 from spikingbert.run.model_dirs import read_model_dir
 
 logger = logging.getLogger("apps.predict")
@@ -54,10 +56,7 @@ def predict_parser() -> argparse.ArgumentParser:
     spiking = parser.add_argument_group("spiking")
     spiking.add_argument("--t_conv", type=int, default=None,
                          help="simulation steps T. Default: the student's config.json")
-    spiking.add_argument("--adaptive_t", type=float, default=None, metavar="TOL",
-                         help="stop a batch early once the last layer's [CLS] rate moves by less than TOL over "
-                              "--adaptive_window steps. Default: off (always T steps)")
-    spiking.add_argument("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks")
+    add_adaptive_flags(spiking, evaluation=False)
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--batch_size", type=int, default=32, help="inputs per batch")
     evaluation.add_argument("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
@@ -166,8 +165,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     texts, pairs = (args.text, args.text_pair) if args.input is None else read_inputs(args.input)
     model = load_student(args)
     try:
-        predictions = model.predict(texts, pairs, batch_size=args.batch_size, t_conv=args.t_conv,
-                                    adaptive_tol=args.adaptive_t, adaptive_window=args.adaptive_window)
+        adaptive = None if args.adaptive_t is None else StopRule(args.adaptive_t, args.adaptive_window,
+                                                                 args.adaptive_min_steps)
+        predictions = model.predict(texts, pairs, batch_size=args.batch_size, t_conv=args.t_conv, adaptive=adaptive)
     except ValueError as err:
         raise DataError(f"{args.input or '--text'}: {err}") from err
     for p in predictions:

@@ -68,12 +68,20 @@ class Schedule:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """Dev evaluation: batch size; for ``--do_eval`` the report and adaptive stopping."""
+    """Dev evaluation: batch size; for ``--do_eval`` the report and adaptive T (`models.stopping`): a margin of the
+    user's (``adaptive_t``, with ``adaptive_window`` and ``adaptive_min_steps``) or one chosen on the dev set for an
+    accuracy budget in points (``adaptive_budget``)."""
 
     batch_size: int
     report: bool = False
     adaptive_t: Optional[float] = None
-    adaptive_window: int = 8
+    adaptive_budget: Optional[float] = None
+    adaptive_window: int = 1
+    adaptive_min_steps: int = 1
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adaptive_t is not None or self.adaptive_budget is not None
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,8 @@ def resolve_task(args: argparse.Namespace) -> RunPlan:
                        do_lower_case=lower_case_setting(args.do_lower_case, student),
                        max_seq_length=length, notes=tuple(notes),
                        evaluation=EvaluationSpec(args.eval_batch_size, args.report, args.adaptive_t,
-                                                 args.adaptive_window))
+                                                 args.adaptive_budget, args.adaptive_window,
+                                                 args.adaptive_min_steps))
     prediction = args.pred_distill or args.train_true_labels
     teacher = read_model_dir(args.teacher_model, "--teacher_model", BertConfig)
     length, epochs, notes = task_settings(task, args.max_seq_length, args.num_train_epochs, False, prediction)
