@@ -46,7 +46,8 @@ def finetune_parser() -> argparse.ArgumentParser:
     add_optimizer_flags(groups["training"], 3.0, "training epochs (may be fractional)")
     groups["training"].add_argument("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
     add_checkpoint_flags(groups["checkpoints"], 0, "write checkpoint-{step} every this many steps (0: at the end)", 1,
-                         "--bert_model, task, data, max_seq_length, ...")
+                         "--bert_model, task, data, max_seq_length, ...",
+                         "221 MB for all-MiniLM-L6-v2 (91 MB + 130 MB), up to 1.3 GB for BERT-base")
     groups["evaluation"].add_argument("--eval_batch_size", type=int, default=64,
                                       help="examples per evaluation batch (per process)")
     setting_flag(groups["evaluation"], "--eval_step", setting="eval_step_or_epoch_ends", default=0,

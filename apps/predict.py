@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence
 from core.errors import DataError, UsageError
 from core.files import atomic_open
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
+from spikingbert.cli.flags import add_adaptive_flags
 
 if TYPE_CHECKING:                     # imported in main: a Ctrl-C while torch loads is reported as any other
     from models.inference import Prediction
@@ -57,10 +58,7 @@ def predict_parser() -> argparse.ArgumentParser:
                       help="texts to classify: a JSONL or TSV file, or - for standard input. Default: none")
     spiking = parser.add_argument_group("spiking")
     setting_flag(spiking, "--t_conv", default=None, help="simulation steps T. Default: the student's config.json")
-    setting_flag(spiking, "--adaptive_t", default=None, metavar="TOL",
-                 help="stop a batch early once the last layer's [CLS] rate moves by less than TOL over "
-                      "--adaptive_window steps. Default: off (always T steps)")
-    setting_flag(spiking, "--adaptive_window", default=8, help="steps between adaptive-stopping checks")
+    add_adaptive_flags(spiking, evaluation=False)
     evaluation = parser.add_argument_group("evaluation")
     setting_flag(evaluation, "--batch_size", default=32, help="inputs per batch")
     evaluation.add_argument("--no_cuda", action="store_true", help="run on the CPU even when a GPU is available")
@@ -185,7 +183,10 @@ def classify(args: argparse.Namespace, model: SpikingBertForSequenceClassificati
     """Classify the inputs chunk by chunk; print each prediction and write its record to ``sink``."""
     from core.progress import progress
     from models.inference import check_student
+    from models.stopping import StopRule
 
+    adaptive = None if args.adaptive_t is None else StopRule(args.adaptive_t, args.adaptive_window,
+                                                             args.adaptive_min_steps)
     done = 0
     with progress(desc="classify", unit="texts", disable=not sys.stderr.isatty()) as bar:
         for chunk in _chunks(args):
@@ -193,8 +194,7 @@ def classify(args: argparse.Namespace, model: SpikingBertForSequenceClassificati
             check_student(model, pairs is not None)
             try:
                 predictions = model.predict([row.text for row in chunk], pairs, batch_size=args.batch_size,
-                                            t_conv=args.t_conv, adaptive_tol=args.adaptive_t,
-                                            adaptive_window=args.adaptive_window)
+                                            t_conv=args.t_conv, adaptive=adaptive)
             except ValueError as err:
                 raise DataError(f"{args.input or '--text'}: {err}") from err
             for p in predictions:

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from core.errors import UsageError
 from transformer.tokenization import BertTokenizer, is_blank, pack_inputs
 
+from .stopping import StopRule
+
 __all__ = ["Prediction", "predict", "model_tokenizer", "check_student", "DEFAULT_MAX_SEQ_LENGTH"]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class Prediction:
         label: name of the most probable class (None for a regression student).
         probabilities: class name -> softmax probability, in class order (empty for regression).
         score: the probability of ``label``, or the regression output.
-        steps: simulation steps that ran for the input's batch (``t_conv``, fewer with adaptive stopping).
+        steps: simulation steps the input used (``t_conv``; with adaptive stopping, its own stop step).
     """
 
     text: str
@@ -144,21 +146,20 @@ def _batch(encoded: list[tuple[list[int], list[int]]], device: torch.device) -> 
 
 @torch.no_grad()
 def predict(model: nn.Module, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
-            batch_size: int = 32, t_conv: Optional[int] = None, adaptive_tol: Optional[float] = None,
-            adaptive_window: int = 8, max_seq_length: Optional[int] = None) -> Prediction | list[Prediction]:
+            batch_size: int = 32, t_conv: Optional[int] = None, adaptive: Optional[StopRule] = None,
+            max_seq_length: Optional[int] = None) -> Prediction | list[Prediction]:
     """Classify ``texts`` (with ``text_pairs`` for a sentence-pair task) with a trained classification student:
     one `Prediction` per text, or one `Prediction` when ``texts`` is a single string.
 
     Runs in eval mode (the training flag is restored) on the model's device, longest inputs first in batches of
-    ``batch_size``. ``t_conv`` overrides the simulation steps; ``adaptive_tol`` stops a batch early once its
-    [CLS] rate settles (see ``SpikingBertModel.forward``), so ``steps`` is per batch. ``max_seq_length``
+    ``batch_size``. ``t_conv`` overrides the simulation steps; ``adaptive`` (a `models.stopping.StopRule`) stops
+    each input once its prediction settles, and ``steps`` says when. ``max_seq_length``
     overrides the directory's. Raises `UsageError` for a student without a trained classifier or
     vocabulary and ValueError for empty inputs.
     """
     if isinstance(texts, str) and (text_pairs is None or isinstance(text_pairs, str)):
         return predict(model, [texts], None if text_pairs is None else [text_pairs], batch_size=batch_size,
-                       t_conv=t_conv, adaptive_tol=adaptive_tol, adaptive_window=adaptive_window,
-                       max_seq_length=max_seq_length)[0]
+                       t_conv=t_conv, adaptive=adaptive, max_seq_length=max_seq_length)[0]
     _check_inputs(model, texts, text_pairs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -174,10 +175,10 @@ def predict(model: nn.Module, texts: str | Sequence[str], text_pairs: str | Sequ
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             ids, types, mask = _batch([encoded[i] for i in rows], device)
-            out = model(ids, types, mask, t_conv=t_conv, adaptive_tol=adaptive_tol, adaptive_window=adaptive_window)
-            for row, logits in zip(rows, out.logits.float().cpu()):
+            out = model(ids, types, mask, t_conv=t_conv, adaptive=adaptive)
+            for row, logits, steps in zip(rows, out.logits.float().cpu(), out.example_steps.tolist()):
                 results[row] = _prediction(config, logits, texts[row],
-                                           text_pairs[row] if text_pairs is not None else None, out.steps)
+                                           text_pairs[row] if text_pairs is not None else None, steps)
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]

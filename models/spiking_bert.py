@@ -38,6 +38,7 @@ from modules.solvers import SolverInfo
 
 from .configuration import SpikingBertConfig
 from .inference import Prediction, predict
+from .stopping import StopRule, StopTracker
 
 #: Elements of the largest per-chunk current tensor the fast schedule aims for (bounds eval memory).
 _CHUNK_BUDGET = 1 << 22
@@ -57,7 +58,9 @@ class SpikingBertModelOutput:
         layer_rates: rates of every neuron layer keyed ``"E"``, ``"{k}.K"`` … ``"{k}.O2"``
             (``(B, S, width)``), when ``output_layer_rates``.
         solver_info: filled during backward with one :class:`SolverInfo` per implicit solve (feedback only).
-        steps: simulation steps that ran (``t_conv`` unless adaptive stopping ended early).
+        steps: simulation steps that ran (``t_conv`` unless adaptive stopping ended every example early).
+        example_steps: ``(B,)`` the steps each example used: its stop step with adaptive stopping (its
+            ``logits`` are those of that step), else ``steps``; None for the distillation student.
     """
 
     rates: tuple[Tensor, ...]
@@ -67,6 +70,7 @@ class SpikingBertModelOutput:
     layer_rates: Optional[dict[str, Tensor]] = None
     solver_info: list[SolverInfo] = field(default_factory=list)
     steps: int = 0
+    example_steps: Optional[Tensor] = None
 
 
 class SpikingBertModel(nn.Module):
@@ -90,17 +94,15 @@ class SpikingBertModel(nn.Module):
         output_attentions: bool = False,
         output_layer_rates: bool = False,
         recorder: Optional[Callable[[str, int, Tensor], None]] = None,
-        adaptive_tol: Optional[float] = None,
-        adaptive_window: int = 8,
+        stop: Optional[Callable[[int, Tensor], bool]] = None,
     ) -> SpikingBertModelOutput:
         """``input_ids`` ``(B, S)`` -> rates of E and each O2 (see :class:`SpikingBertModelOutput`).
 
         ``t_conv``/``vth``/``leak`` override the config for this call. ``recorder(key, t0, spikes)``
         is called with every chunk of spikes ``(Tc, B, S, width)`` starting at step ``t0``.
-        ``adaptive_tol``: stop before ``t_conv`` once the last layer's [CLS] rate (what the classifier
-        reads) moved by less than this over the last ``adaptive_window`` steps, as the mean absolute
-        change over the batch and the hidden units, and that layer has fired (evaluation only; checked
-        every ``adaptive_window`` steps, one host sync each); ``out.steps`` tells how many steps ran.
+        ``stop(t0, cls_spikes)`` (evaluation only) is called with the last layer's [CLS] spikes ``(Tc, B, H)`` of
+        every chunk starting at step ``t0``; the simulation ends before ``t_conv`` once it returns True (adaptive
+        stopping, `models.stopping.StopTracker`); ``out.steps`` tells how many steps ran.
         """
         cfg = self.config
         t_conv = cfg.t_conv if t_conv is None else int(t_conv)
@@ -122,11 +124,9 @@ class SpikingBertModel(nn.Module):
         with torch.set_grad_enabled(bptt):
             neurons = NeuronLayers(vth, leak, count=lambda key: track_all or key == "E" or key.endswith(".O2"),
                                    recorder=recorder, surrogate=(cfg.surrogate, cfg.surrogate_alpha) if bptt else None)
-            adaptive = None if (adaptive_tol is None or torch.is_grad_enabled()) else _AdaptiveStop(
-                adaptive_tol, adaptive_window, f"{cfg.num_hidden_layers - 1}.O2")
             sim_scores, steps = self._simulate(x if bptt else x.detach(), mask, t_conv, neurons,
                                                keep_scores=(output_attentions or bptt) and not implicit,
-                                               adaptive=adaptive)
+                                               stop=None if torch.is_grad_enabled() else stop)
             sim_rates = neurons.rates(steps)
         keys = ["E"] + [f"{k}.O2" for k in range(cfg.num_hidden_layers)]
         out = SpikingBertModelOutput(rates=tuple(sim_rates[key] for key in keys), attention_scores=tuple(sim_scores),
@@ -149,14 +149,10 @@ class SpikingBertModel(nn.Module):
         return max(1, min(t_conv, _CHUNK_BUDGET // per_step))
 
     def _simulate(self, x: Tensor, mask: Tensor, t_conv: int, neurons: NeuronLayers, *, keep_scores: bool,
-                  adaptive: Optional["_AdaptiveStop"]) -> tuple[list[Tensor], int]:
+                  stop: Optional[Callable[[int, Tensor], bool]]) -> tuple[list[Tensor], int]:
         """Run up to ``t_conv`` steps through ``neurons``; returns the time-averaged scores (if kept) and the
-        number of steps run (``t_conv`` unless ``adaptive`` stopped it early)."""
+        number of steps run (``t_conv`` unless ``stop`` ended it early)."""
         chunk = self.time_chunk(t_conv, x.shape[0], x.shape[1])
-        if adaptive is not None:                       # chunks that end on every window boundary
-            chunk = min(chunk, adaptive.window)
-            while adaptive.window % chunk:
-                chunk -= 1
         scans = [lambda name, c, k=k: neurons.scan(f"{k}.{name}", c) for k in range(len(self.encoder.layer))]
         score_sums: list[Optional[Tensor]] = [None] * len(self.encoder.layer)
         s_last = torch.zeros_like(x)
@@ -174,7 +170,7 @@ class SpikingBertModel(nn.Module):
                     score_sums[k] = scores if score_sums[k] is None else score_sums[k] + scores
             s_last = s[-1]
             steps = t0 + tc
-            if adaptive is not None and adaptive.settled(neurons.counts, steps):
+            if stop is not None and stop(t0, s[:, :, 0]):
                 break
         return ([s / steps for s in score_sums] if keep_scores else []), steps
 
@@ -218,22 +214,6 @@ class SpikingBertModel(nn.Module):
             z = implicit_reattach(f, sim_rates[keys[-1]], cfg.solver, cfg.solver_max_iter, cfg.solver_tol, solver_info)
         rates, scores = self.equivalent(x, mask, vth, snn, z_feedback=z)
         return tuple(replace(sim_rates[key], r) for key, r in zip(keys, rates)), tuple(scores)
-
-
-class _AdaptiveStop:
-    """Adaptive stopping: settled once the [CLS] rate of layer ``key`` moved by less than ``tol`` (mean absolute
-    change over the batch and the hidden units) since the last window boundary, and that layer has fired."""
-
-    def __init__(self, tol: float, window: int, key: str):
-        self.tol, self.window, self.key = tol, window, key
-        self.previous: Optional[Tensor] = None
-
-    def settled(self, counts: dict[str, Tensor], steps: int) -> bool:
-        if steps % self.window:
-            return False
-        cls_rate = counts[self.key][:, 0] / steps                                   # (B, H)
-        previous, self.previous = self.previous, cls_rate
-        return previous is not None and bool(((cls_rate - previous).abs().mean() < self.tol) & (previous.sum() > 0))
 
 
 # ---- model directories and heads -------------------------------------------------------------------
@@ -286,16 +266,29 @@ class SpikingBertForSequenceClassification(SpikingBertForDistillation):
         self.classifier = Linear(config.hidden_size, config.num_labels)
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
-                attention_mask: Optional[Tensor] = None, **kwargs) -> SpikingBertModelOutput:
+                attention_mask: Optional[Tensor] = None, adaptive: Optional[StopRule] = None,
+                **kwargs) -> SpikingBertModelOutput:
+        """The distillation student's outputs and the ``logits``. ``adaptive`` (evaluation only): each example
+        stops once its prediction settles (`models.stopping`); its ``logits`` are those of its stop step, and
+        ``example_steps`` tells which step that was."""
+        tracker = None
+        if adaptive is not None and not torch.is_grad_enabled():
+            t_conv = kwargs.get("t_conv") or self.config.t_conv
+            tracker = StopTracker(adaptive, self.head, int(t_conv))
+            kwargs["stop"] = tracker.update
         out = super().forward(input_ids, token_type_ids, attention_mask, **kwargs)
-        out.logits = self.head(out.rates[-1][:, 0])
+        if tracker is not None:
+            out.logits, out.example_steps = tracker.logits, tracker.steps
+        else:
+            out.logits = self.head(out.rates[-1][:, 0])
+            out.example_steps = torch.full((input_ids.shape[0],), out.steps, dtype=torch.long, device=input_ids.device)
         return out
 
     def predict(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                 **kwargs) -> Prediction | list[Prediction]:
         """Label names and class probabilities of ``texts`` (and ``text_pairs``): a list of `Prediction`, or one for
         one string; tokenized with this student directory's vocabulary and recorded settings; see
-        :func:`models.inference.predict` for ``kwargs`` (``batch_size``, ``t_conv``, ``adaptive_tol``, ...)."""
+        :func:`models.inference.predict` for ``kwargs`` (``batch_size``, ``t_conv``, ``adaptive``, ...)."""
         return predict(self, texts, text_pairs, **kwargs)
 
     def head(self, cls_rate: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -181,7 +182,7 @@ def test_init_from_teacher_through_the_cli(world, tmp_path):
     assert json.loads((task_out / "args.json").read_text())["init_from_teacher_tensors"] is None
 
 
-# ------------------------------------------------------------------------------------ --report, --adaptive_t
+# ------------------------------------------------------------------ --report, --adaptive_budget, --adaptive_t
 
 
 @pytest.mark.system
@@ -195,7 +196,7 @@ def test_do_eval_report_and_adaptive_t(world, tmp_path):
     proc = run_script("spiking_bert_task_distill.py", "--do_eval", "--task_name", "SST-2", "--data_dir", world.sst2,
                       "--spiking_student_model", student_dir, "--teacher_model", world.teacher_sst2,
                       "--output_dir", out, "--do_lower_case", "--max_seq_length", "16", "--eval_batch_size", "4",
-                      "--no_cuda", "--report", "--adaptive_t", "0.2", "--adaptive_window", "3")
+                      "--no_cuda", "--report", "--adaptive_budget", "2", "--adaptive_window", "2")
     results = json.loads((out / "eval_results.json").read_text())
     files = results["report"]
     assert Path(files["dir"]) == out / "report"
@@ -208,27 +209,36 @@ def test_do_eval_report_and_adaptive_t(world, tmp_path):
     assert report["metrics_at_T"]["acc"] == pytest.approx(expected, abs=1e-12)
     assert report["energy"]["ann"]["teacher"]["num_layers"] == TEACHER["num_hidden_layers"]
     assert results["spikes_per_example"] == pytest.approx(report["spikes_per_example"]["total"])
-    assert report["adaptive_t"]["tol"] == 0.2
 
     adaptive = results["adaptive_t"]
-    assert (adaptive["tol"], adaptive["window"], adaptive["t_conv"]) == (0.2, 3, 12)
+    assert (adaptive["budget_pt"], adaptive["window"], adaptive["t_conv"]) == (2.0, 2, 12)
+    assert report["adaptive_t"]["calibration"]["margin"] == adaptive["margin"]
+    assert report["adaptive_t"]["offline_agreement"] == 1.0
     assert adaptive["acc_fixed_T"] == pytest.approx(expected, abs=1e-12)
-    assert adaptive["min_steps"] <= adaptive["mean_steps"] <= adaptive["max_steps"] <= 12
-    assert adaptive["min_steps"] % 3 == 0 or adaptive["min_steps"] == 12       # stops only at window ends
+    assert adaptive["acc"] >= adaptive["acc_fixed_T"] - 0.02 - 1e-12                   # within the budget
+    assert adaptive["min_steps_used"] <= adaptive["mean_steps"] <= adaptive["max_steps_used"] <= 12
     assert adaptive["step_reduction"] == pytest.approx(1 - adaptive["mean_steps"] / 12)
     assert adaptive["acc_change"] == pytest.approx(adaptive["acc"] - adaptive["acc_fixed_T"])
+    curve = report["metric_vs_t"]
+    assert adaptive["acc_fixed_T_at_mean_steps"] == pytest.approx(np.interp(adaptive["mean_steps"], curve["t"],
+                                                                            curve["acc"]))
     assert "adaptive_t.mean_steps" in proc.stdout and "report.markdown" in proc.stdout
 
-    # Without --report: the adaptive evaluation alone (its own fixed-T reference), no report directory.
+    # The rule it chose, given by hand and without --report (its own fixed-T pass): the same stops and accuracy.
     out2 = tmp_path / "eval2"
     run_script("spiking_bert_task_distill.py", "--do_eval", "--task_name", "SST-2", "--data_dir", world.sst2,
                "--spiking_student_model", student_dir, "--output_dir", out2, "--do_lower_case",
-               "--max_seq_length", "16", "--eval_batch_size", "4", "--no_cuda", "--adaptive_t", "0.2",
-               "--adaptive_window", "3")
+               "--max_seq_length", "16", "--eval_batch_size", "4", "--no_cuda", "--adaptive_t", str(adaptive["margin"]),
+               "--adaptive_min_steps", str(adaptive["min_steps"]), "--adaptive_window", "2")
     again = json.loads((out2 / "eval_results.json").read_text())
-    assert again["adaptive_t"] == pytest.approx(adaptive) and "report" not in again
-    assert not (out2 / "report").exists()
+    assert again["adaptive_t"]["budget_pt"] is None and "report" not in again and not (out2 / "report").exists()
+    for key in ("mean_steps", "acc", "acc_fixed_T", "acc_fixed_T_at_mean_steps", "sops_per_example"):
+        assert again["adaptive_t"][key] == pytest.approx(adaptive[key]), key
 
+    proc = run_script("spiking_bert_task_distill.py", "--do_eval", "--task_name", "SST-2", "--data_dir", world.sst2,
+                      "--spiking_student_model", student_dir, "--output_dir", tmp_path / "y", "--adaptive_t", "0.1",
+                      "--adaptive_budget", "1", expect_rc=2)
+    assert "not both" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_script("spiking_bert_task_distill.py", "--task_name", "SST-2", "--data_dir", world.sst2,
                       "--spiking_student_model", student_dir, "--teacher_model", world.teacher_sst2,
                       "--output_dir", tmp_path / "x", "--report", expect_rc=2)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from apps import demo, demo_stages
+from apps import demo, demo_stages, demo_table
 from apps.demo_stages import parse_progress
 from core.progress import LineProgress
 from tests.helpers.students import REPO_ROOT
@@ -64,14 +64,61 @@ def test_line_progress_counts_and_eta():
     assert (line.n, line.total, line.percent, line.eta) == ("1", "4", 25, "00:09")
 
 
-def test_final_table_gap_is_student_minus_teacher_and_energy_has_both_ratios():
-    summary = {"task": "Rotten Tomatoes", "dev_examples": 1275, "teacher_dev_acc": 0.8047, "student_dev_acc": 0.7733,
-               "gap_to_teacher": 0.7733 - 0.8047, "majority_baseline_acc": 0.5867, "spikes_per_example": 407253.4,
-               "student_layers": 2, "student_t_conv": 16, "teacher_layers": 6,
-               "energy_uj_per_example": {"snn": 178.54, "ann_student_size": 436.88, "ann_teacher": 1310.65},
-               "ann_student_size_over_snn": 436.88 / 178.54, "ann_teacher_over_snn": 1310.65 / 178.54,
-               "adaptive_t": None, "stages": [], "wall_seconds_all_stages": 10.0, "wall_seconds_this_run": 10.0}
-    table = demo.format_summary(summary)
-    assert "0.7733  (-3.1 pt vs the teacher)" in table
-    assert "436.9 µJ  (2.45x the SNN)" in table and "1,310.7 µJ  (7.34x the SNN)" in table
-    assert "LayerNorm, softmax, GELU" in table
+def _summary(student_acc: float, smoke: bool = False) -> dict:
+    adaptive = {"budget_pt": 0.5, "margin": 0.04, "min_steps": 4, "window": 1, "t_conv": 16, "mean_steps": 5.32,
+                "step_reduction": 1 - 5.32 / 16, "acc": student_acc - 0.004, "acc_fixed_T": student_acc,
+                "acc_fixed_T_at_mean_steps": 0.7568, "cross_validated": {"metric": 0.771, "mean_steps": 5.3}}
+    return {"task": "Rotten Tomatoes", "dev_examples": 1275, "teacher_dev_acc": 0.8047, "student_dev_acc": student_acc,
+            "gap_to_teacher": student_acc - 0.8047, "majority_baseline_acc": 0.5867, "spikes_per_example": 407253.4,
+            "student_layers": 2, "student_t_conv": 16, "teacher_layers": 6,
+            "student_learned": student_acc > 0.5867 + 0.01,
+            "purpose": demo_table.SMOKE_PURPOSE if smoke else demo_table.FULL_PURPOSE,
+            "energy_uj_per_example": {"snn": 178.54, "ann_student_size": 436.88, "ann_teacher": 1310.65},
+            "adaptive_t": adaptive, "stages": [], "wall_seconds_all_stages": 10.0, "wall_seconds_this_run": 10.0}
+
+
+def test_final_table_gap_is_student_minus_teacher_and_energy_ratios_stand_beside_accuracies():
+    table = demo.format_summary(_summary(0.7733))
+    assert "0.7733  (-3.1 pt vs the teacher)" in table and "NOT LEARNED" not in table
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    teacher = next(line for key, line in rows.items() if key.startswith("energy per example: ANN teacher"))
+    assert "acc 0.8047" in teacher and f"1,310.7 µJ  ({1310.65 / 178.54:.2f}x the SNN student's)" in teacher
+    same_size = next(line for key, line in rows.items() if "student's size" in key)
+    assert "acc not measured" in same_size and f"({436.88 / 178.54:.2f}x the SNN student's)" in same_size
+    snn = next(line for key, line in rows.items() if key.startswith("energy per example: SNN"))
+    assert "acc 0.7733" in snn
+    assert "5.3 of 16 steps (67% fewer), acc 0.7693 vs 0.7733 at T=16 and 0.7568 at a fixed 5.3 steps" in table
+    assert "LayerNorm, softmax, GELU" in table and demo_table.FULL_PURPOSE in table
+
+
+def test_final_table_says_when_the_student_has_not_learned():
+    for acc in (0.5867, 0.5900, 0.5500):                             # at, within 1 pt of, and below the majority
+        table = demo.format_summary(_summary(acc, smoke=True))
+        assert "HAS NOT LEARNED" in table and demo_table.SMOKE_PURPOSE in table
+        assert "x the SNN" not in table and "no saving claimed" in table
+        assert "no result claimed" in table and "fewer" not in table
+
+
+@pytest.mark.parametrize("student_acc, learned", [(0.7733, True), (0.5967, False), (0.5968, True), (0.55, False)])
+def test_summary_says_whether_the_student_learned_and_what_the_run_is(tmp_path, monkeypatch, student_acc, learned):
+    """summary.json's verdict against the 1-point rule (0.5867 + 0.01 = 0.5967 is not above it), and the purpose."""
+    import json
+
+    root = tmp_path / "demo"
+    (root / "teacher").mkdir(parents=True)
+    (root / "report").mkdir()
+    (root / "teacher" / "eval_results.json").write_text(json.dumps(
+        {"acc": 0.8047, "chance_acc": 0.5867, "train_examples": 100}))
+    (root / "eval_results.json").write_text(json.dumps({"acc": student_acc, "t_conv": 16, "examples": 75}))
+    energy = {"snn_uj_per_example": 10.0, "ann": {"student": {"uj_per_example": 20.0, "ann_over_snn": 2.0}}}
+    (root / "report" / "report.json").write_text(json.dumps(
+        {"energy": energy, "spikes_per_example": {"total": 5.0}, "sops_per_example": {"total": 9.0}}))
+    for smoke in (False, True):
+        summary = demo.summarize(demo.FULL, root, [], 1.0, smoke)
+        assert summary["student_learned"] is learned and summary["smoke_run"] is smoke
+        assert summary["purpose"] == (demo_table.SMOKE_PURPOSE if smoke else demo_table.FULL_PURPOSE)
+    parser = demo.demo_parser()
+    monkeypatch.setenv("DEMO_FAST", "1")
+    assert demo.smoke_run(parser.parse_args([]))
+    monkeypatch.setenv("DEMO_FAST", "0")
+    assert not demo.smoke_run(parser.parse_args([])) and demo.smoke_run(parser.parse_args(["--fast"]))

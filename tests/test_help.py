@@ -91,7 +91,7 @@ def test_help_runs_as_a_user_types_it():
     proc = subprocess.run([sys.executable, "-m", "apps.predict", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m apps.predict")
-    assert "--adaptive_t TOL" in proc.stdout and "(default: 32)" in proc.stdout
+    assert "--adaptive_t MARGIN" in proc.stdout and "(default: 32)" in proc.stdout
 
 
 @pytest.mark.system

@@ -128,7 +128,11 @@ def test_task_chain_ikd_pred_eval(general_dir, world, task):
     scores = [r["eval"][metric] for r in evals]
     assert best[metric] == max(s for s in scores if s == s)
     assert best["step"] == next(r["step"] for r in evals if r["eval"][metric] == best[metric])
-    assert max_weight_diff(pred, pred / f"checkpoint-{best['step']}") == 0.0   # output_dir holds the best model
+    # The default --save_total_limit 1 keeps the last checkpoint only; output_dir holds the best model (its dev
+    # score is --do_eval's, below).
+    assert [p.name for p in pred.glob("checkpoint-*")] == ["checkpoint-5"]
+    if best["step"] == 5:
+        assert max_weight_diff(pred, pred / "checkpoint-5") == 0.0
     config = json.loads((pred / "config.json").read_text())
     assert (config["t_conv"], config["do_lower_case"], config["max_seq_length"]) == (8, True, 24)
     if task == "SST-2":
@@ -166,6 +170,21 @@ def test_task_chain_ikd_pred_eval(general_dir, world, task):
     # CPU: a GPU's different float rounding can flip spikes at the threshold).
     if not torch.cuda.is_available():
         assert best[metric] == pytest.approx(results[metric], abs=1e-6)
+
+
+def test_save_total_limit_0_writes_the_model_only(world, tmp_path):
+    """--save_total_limit 0: the published code's single model, no checkpoint (and nothing to resume from)."""
+    out = tmp_path / "pred"
+    proc = run_script("spiking_bert_task_distill.py", *task_args(world, "SST-2", world.student_config, out,
+                      "--pred_distill", "--max_steps", "3", "--eval_step", "1", "--save_steps", "1",
+                      "--save_total_limit", "0", "--max_seq_length", "24", "--t_conv", "4"))
+    assert_student_dir(out)
+    assert not list(out.glob("checkpoint-*")) and (out / "best_results.json").is_file()
+    assert f"saved {out}/checkpoint-" not in proc.stderr
+    proc = run_script("spiking_bert_task_distill.py", *task_args(world, "SST-2", world.student_config, out,
+                      "--pred_distill", "--max_steps", "3", "--eval_step", "1", "--save_total_limit", "0",
+                      "--max_seq_length", "24", "--t_conv", "4", "--continue_train"))
+    assert "no complete checkpoint" in proc.stderr
 
 
 def _single_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -12,6 +12,7 @@ import transformers
 from apps import predict as predict_app
 from core.errors import UsageError
 from models.spiking_bert import SpikingBertForSequenceClassification
+from models.stopping import StopRule, class_margins, stop_steps
 from spikingbert.cli.edge import run_cli
 from tests.helpers.students import REPO_ROOT, tiny_config
 
@@ -38,7 +39,7 @@ def student(tmp_path_factory):
                     do_lower_case=True, max_seq_length=12)
 
 
-def _by_hand(model, text, pair=None, max_len=12):
+def _by_hand(model, text, pair=None, max_len=12, t_conv=None):
     """Logits of one input, tokenized by hand (every word is in the vocabulary), run alone without padding."""
     a = [VOCAB.index(w) for w in text.lower().split()]
     b = [VOCAB.index(w) for w in pair.lower().split()] if pair is not None else None
@@ -49,7 +50,8 @@ def _by_hand(model, text, pair=None, max_len=12):
             (a if len(a) > len(b) else b).pop()
         ids, types = [2] + a + [3] + b + [3], [0] * (len(a) + 2) + [1] * (len(b) + 1)
     with torch.no_grad():
-        out = model(torch.tensor([ids]), torch.tensor([types]), torch.ones(1, len(ids), dtype=torch.long))
+        out = model(torch.tensor([ids]), torch.tensor([types]), torch.ones(1, len(ids), dtype=torch.long),
+                    t_conv=t_conv)
     return out.logits[0].double()
 
 
@@ -80,6 +82,28 @@ def test_loaded_in_eval_mode_and_one_string_gives_one_prediction(student):
     assert one == clf.predict([TEXTS[0]])[0] and one.text == TEXTS[0]
     fresh = torch.softmax(_by_hand(clf, TEXTS[0]), 0)[1].item()
     assert one.probabilities["fresh"] == pytest.approx(fresh, abs=1e-6)
+
+
+def test_adaptive_t_stops_each_text_at_its_own_step(student, capsys):
+    """With a stopping rule each text stops where the rule puts it on by-hand runs at t = 1..6, in input order
+    (the texts run longest first, in batches), with the probabilities of that step."""
+    clf = SpikingBertForSequenceClassification.from_pretrained(student).double().eval()
+    by_step = {text: torch.stack([_by_hand(clf, text, t_conv=t) for t in range(1, 7)]) for text in TEXTS}
+    classes, margins = class_margins(torch.stack(list(by_step.values())))                 # (texts, 6)
+    values = sorted(set(margins[:, 1:].flatten().tolist()))
+    rule = StopRule(margin=(values[len(values) // 2] + values[len(values) // 2 + 1]) / 2, window=2, min_steps=2)
+    expected = stop_steps(classes, margins, rule).tolist()
+    assert len(set(expected)) > 1                                   # texts stop at different steps
+    predictions = clf.predict(TEXTS, batch_size=2, adaptive=rule)
+    assert [p.text for p in predictions] == TEXTS and [p.steps for p in predictions] == expected
+    for p, stop in zip(predictions, expected):
+        probs = torch.softmax(by_step[p.text][stop - 1], 0).tolist()
+        assert list(p.probabilities.values()) == pytest.approx(probs, abs=1e-6)
+    capsys.readouterr()
+    run_main(["--model", str(student), "--adaptive_t", repr(rule.margin), "--adaptive_window", "2",
+              "--adaptive_min_steps", "2", "--batch_size", "2", *[a for t in TEXTS for a in ("--text", t)]])
+    shown = capsys.readouterr().out.splitlines()
+    assert [int(line.split("  steps ")[1].split()[0]) for line in shown] == expected
 
 
 def test_sentence_pairs_and_regression(tmp_path):

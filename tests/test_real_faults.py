@@ -55,9 +55,10 @@ def _general_argv(kd: KDWorld, out: Path, *extra):
 
 @pytest.fixture(scope="module")
 def reference(kd, tmp_path_factory) -> Path:
-    """An uninterrupted run: STEPS steps, a checkpoint after each."""
+    """An uninterrupted run: STEPS steps, a checkpoint after each (all kept)."""
     out = tmp_path_factory.mktemp("faults") / "reference"
-    cli_runner.run(cli_runner.GENERAL, _general_argv(kd, out, "--max_steps", STEPS, "--save_steps", "1"))
+    cli_runner.run(cli_runner.GENERAL, _general_argv(kd, out, "--max_steps", STEPS, "--save_steps", "1",
+                                                     "--save_total_limit", STEPS))
     return out
 
 

@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from core.errors import DataError
 from core.errors import UsageError as ReportError
 from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
+from models.stopping import StopRule, stop_steps
 from spikingbert.evaluation.adaptive import adaptive_t_eval
-from spikingbert.evaluation.energy import BertSize, fan_outs, neuron_layers
+from spikingbert.evaluation.energy import BertSize, fan_outs, neuron_layers, uncounted_ops
 from spikingbert.evaluation.measure import collect_spike_stats
 from spikingbert.evaluation.plots import REPORT_FILES, write_report
 from tests.helpers.students import tiny_config, tiny_inputs
@@ -153,25 +154,56 @@ def test_asr_convergence_and_spikes_per_step_match_stored_spike_trains():
 
 
 def test_adaptive_t_matches_fixed_runs_at_the_steps_it_used():
-    t_conv, window = 32, 4
+    t_conv, k = 16, 5
     model = _model(2, layers=2, t_conv=t_conv)
     ids, types, mask, labels = _data(batch=6, seed=4)
     loader = _loader(ids, types, mask, labels, 3)
-    stats = collect_spike_stats(model, loader, t_values=[2 * window, t_conv], task="sst-2")
+    stats = collect_spike_stats(model, loader, task="sst-2")
+    assert stats.t_values == list(range(1, t_conv + 1)) and stats.step_margins.shape == (6, t_conv)
 
-    never = adaptive_t_eval(model, loader, tol=0.0, window=window, task="sst-2")
+    never = adaptive_t_eval(model, loader, StopRule(0.0, 1, t_conv), "sst-2")          # its own fixed-T pass
     assert never.mean_steps == t_conv and (never.steps_per_example == t_conv).all()
     assert np.array_equal(never.predictions, stats.predictions) and never.agreement == 1.0
-    assert never.metrics == never.metrics_fixed == stats.metrics
+    assert never.metrics == never.metrics_fixed == stats.metrics and never.offline_agreement == 1.0
     assert never.sops_per_example == pytest.approx(stats.total_sops_per_example, rel=1e-12)
 
-    # A huge tolerance stops at the first check after the first window: 2 windows of steps.
-    early = adaptive_t_eval(model, loader, tol=1e9, window=window, task="sst-2", reference=stats)
-    assert (early.steps_per_example == 2 * window).all()
-    assert np.array_equal(early.predictions, stats.predictions_at_t[2 * window])
-    assert early.agreement == float(np.mean(stats.predictions_at_t[2 * window] == stats.predictions))
-    assert early.sops_per_example_fixed == stats.total_sops_per_example
-    assert 0 < early.sops_per_example < stats.total_sops_per_example
+    # Margin 0 from step k: every example stops at k, with the prediction and the spikes of its first k steps.
+    early = adaptive_t_eval(model, loader, StopRule(0.0, 1, k), "sst-2", reference=stats)
+    assert (early.steps_per_example == k).all() and early.offline_agreement == 1.0
+    assert np.array_equal(early.predictions, stats.predictions_at_t[k])
+    assert early.agreement == float(np.mean(stats.predictions_at_t[k] == stats.predictions))
+    assert early.curve_at_mean_steps == stats.metrics_at_t[k]["acc"]
+    fans = fan_outs(model.config)
+    sops = 0.0
+    for b_ids, b_types, b_mask in _batches(ids, types, mask, 3):
+        seen = {}
+        with torch.no_grad():
+            model(b_ids, b_types, b_mask, recorder=lambda key, t0, s: seen.setdefault(key, []).append(s.clone()))
+        lengths = b_mask.sum(1).double()
+        for key, chunks in seen.items():
+            counts = (torch.cat(chunks)[:k].sum((0, 3)).double() * b_mask).sum(1)       # first k steps, real tokens
+            sops += float((counts * fans[key](lengths)).sum())
+    assert early.sops_per_example == pytest.approx(sops / 6, rel=1e-12)
+    assert early.sops_per_example_fixed == stats.total_sops_per_example > early.sops_per_example
+
+
+def test_adaptive_t_for_a_budget_reports_the_rule_it_chose():
+    t_conv = 12
+    model = _model(3, layers=2, t_conv=t_conv)
+    ids, types, mask, labels = _data(batch=8, seed=5)
+    loader = _loader(ids, types, mask, labels, 4)
+    stats = collect_spike_stats(model, loader, task="sst-2")
+    result = adaptive_t_eval(model, loader, None, "sst-2", budget=0.0, window=2, reference=stats)
+    chosen = result.calibration
+    assert chosen is not None and result.rule == chosen.rule and chosen.rule.window == 2
+    expected = stop_steps(torch.from_numpy(stats.step_classes), torch.from_numpy(stats.step_margins), chosen.rule)
+    assert np.array_equal(result.steps_per_example, expected.numpy()) and result.offline_agreement == 1.0
+    assert result.metrics["acc"] >= stats.metrics["acc"] - 1e-12 and result.mean_steps == chosen.mean_steps
+    curve = [stats.metrics_at_t[t]["acc"] for t in range(1, t_conv + 1)]
+    assert result.curve_at_mean_steps == pytest.approx(np.interp(result.mean_steps, range(1, t_conv + 1), curve))
+    fields = result.eval_fields()
+    assert fields["budget_pt"] == 0.0 and fields["margin"] == chosen.rule.margin
+    assert fields["beats_fixed_T_curve"] == (fields["acc"] >= fields["acc_fixed_T_at_mean_steps"])
 
 
 @pytest.mark.slow
@@ -183,7 +215,7 @@ def test_report_files_json_pngs_and_markdown(tmp_path):
     loader = _loader(ids, types, mask, labels, 4)
     teacher = SpikingBertConfig(num_hidden_layers=4, hidden_size=64, num_attention_heads=2, intermediate_size=256)
     stats = collect_spike_stats(model, loader, task="SST-2", teacher_config=teacher)
-    adaptive = adaptive_t_eval(model, loader, tol=0.05, window=4, task="SST-2", reference=stats)
+    adaptive = adaptive_t_eval(model, loader, StopRule(0.05, 2, 4), "SST-2", reference=stats)
     assert model.training and all(m.training for m in model.modules())      # mode restored
     out_dir = tmp_path / "report"
     info = {"model": "tiny", "teacher_acc": 0.75, "nan": float("nan")}
@@ -219,7 +251,7 @@ def test_report_files_json_pngs_and_markdown(tmp_path):
     assert energy["ann"]["teacher"]["uj_per_example"] == pytest.approx(teacher_macs * 4.6e-6)
     assert energy["ann"]["student"]["ann_over_snn"] == pytest.approx(
         energy["ann"]["student"]["uj_per_example"] / energy["snn_uj_per_example"])
-    assert report["adaptive_t"]["window"] == 4 and 8 <= report["adaptive_t"]["mean_steps"] <= t_conv
+    assert report["adaptive_t"]["window"] == 2 and 4 <= report["adaptive_t"]["mean_steps"] <= t_conv
     assert set(report["plots"].values()) == {n for n in REPORT_FILES.values() if n.endswith(".png")}
 
     for name in report["plots"].values():
@@ -245,12 +277,12 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         collect_spike_stats(SpikingBertForDistillation(tiny_config(layers=1)), loader)
     with pytest.raises(DataError, match="no batches"):
         collect_spike_stats(model, [])
-    with pytest.raises(ReportError, match="tolerance"):
-        adaptive_t_eval(model, loader, tol=-1.0, window=4)
+    with pytest.raises(ReportError, match="either a rule"):
+        adaptive_t_eval(model, loader, StopRule(0.5), budget=1.0)
     stats = collect_spike_stats(model, loader, t_values=[4], convergence=False)
     assert stats.convergence == {}
     with pytest.raises(ReportError, match="12 examples but the loader gave 2"):
-        adaptive_t_eval(model, loader, tol=0.1, window=2, reference=collect_spike_stats(
+        adaptive_t_eval(model, loader, StopRule(0.1), reference=collect_spike_stats(
             model, _loader(*_data(batch=12), 4), t_values=[4], convergence=False))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ReportError, match="not a directory"):
@@ -267,3 +299,52 @@ def test_fan_outs_mirror_the_ann_macs(layers, seq_len):
     assert all_firing == float(BertSize.of(config).macs(s))
     assert float(BertSize.of(config).macs(s)) == layers * (4 * 48 * 48 * seq_len + 2 * 48 * 80 * seq_len
                                                             + 2 * 48 * seq_len ** 2)
+
+
+def _count_elementwise(model, bert, inputs) -> dict[str, float]:
+    """LayerNorm, softmax and GELU elements one forward pass of ``model`` processes, counted at the calls (the
+    softmax's at the attention dropout it feeds)."""
+    counts = {"layernorm_elements": 0, "softmax_elements": 0, "gelu_elements": 0}
+
+    def counter(name):
+        return lambda module, args, out: counts.__setitem__(name, counts[name] + out.numel())
+
+    hooks = [m.register_forward_hook(counter("layernorm_elements"))
+             for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    hooks += [layer.attention.self.dropout.register_forward_hook(counter("softmax_elements"))
+              for layer in bert.encoder.layer]
+    acts = [layer.intermediate.intermediate_act_fn for layer in bert.encoder.layer]
+    for layer, act in zip(bert.encoder.layer, acts):
+        layer.intermediate.intermediate_act_fn = lambda x, act=act: counts.__setitem__(
+            "gelu_elements", counts["gelu_elements"] + x.numel()) or act(x)
+    with torch.no_grad():
+        model(*inputs)
+    for hook in hooks:
+        hook.remove()
+    for layer, act in zip(bert.encoder.layer, acts):
+        layer.intermediate.intermediate_act_fn = act
+    return counts
+
+
+def test_uncounted_operations_match_the_calls_of_a_forward_pass():
+    """Membrane updates, LayerNorm, softmax and GELU elements of one example without padding: the SNN's counted at
+    the simulation's own calls (T steps), the ANN's at a same-size BERT's (once)."""
+    from transformer.configuration import BertConfig
+    from transformer.modeling import BertForSequenceClassification
+
+    t_conv, seq = 3, 7
+    config = tiny_config(layers=2, hidden=32, heads=4, inter=64, t_conv=t_conv, time_chunk=2)
+    student = SpikingBertForSequenceClassification(config).eval()
+    ids, types, mask = tiny_inputs(batch=1, seq=seq)
+    snn = _count_elementwise(student, student.bert, (ids, types, mask))
+    updates = []
+    with torch.no_grad():
+        student(ids, types, mask, recorder=lambda key, t0, spikes: updates.append(spikes.numel()))
+    snn["membrane_updates"] = sum(updates)
+    teacher = BertForSequenceClassification(BertConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64)).eval()
+    ann = _count_elementwise(teacher, teacher.bert, (ids, types, mask))
+    expected = uncounted_ops(config, torch.tensor([float(seq)]), t_conv)
+    assert {k: float(v) for k, v in expected["snn"].items()} == snn
+    assert {k: float(v) for k, v in expected["ann"].items()} == {**ann, "membrane_updates": 0.0}

@@ -10,6 +10,7 @@ from models.spiking_bert import (
     SpikingBertForDistillation,
     SpikingBertForSequenceClassification,
 )
+from models.stopping import StopRule, class_margins, stop_steps
 from tests.helpers.students import our_names, reference_forward, tiny_config, tiny_inputs
 
 
@@ -161,20 +162,29 @@ def test_reference_student_config_loads():
 
 
 @pytest.mark.slow
-def test_adaptive_t_stops_early_and_matches_fixed_t_at_that_step():
+def test_adaptive_t_stops_each_example_where_separate_fixed_runs_say():
+    """Each example's logits are those of a separate run with t_conv = its stop step, and its stop step is the one
+    the rule gives on the logits of separate runs at every t = 1..T (float64: bit-identical)."""
     torch.manual_seed(0)
-    model = SpikingBertForSequenceClassification(tiny_config(layers=2, t_conv=64)).double().eval()
-    inputs = tiny_inputs()
+    t_conv = 24
+    model = SpikingBertForSequenceClassification(tiny_config(layers=2, t_conv=t_conv)).double().eval()
+    inputs = tiny_inputs(batch=6)
     with torch.no_grad():
-        early = model(*inputs, adaptive_tol=0.05, adaptive_window=4)
-        assert 8 <= early.steps < 64 and early.steps % 4 == 0
-        fixed = model(*inputs, t_conv=early.steps)
-        never = model(*inputs, adaptive_tol=0.0, adaptive_window=4)
-    assert torch.equal(early.logits, fixed.logits) and fixed.steps == early.steps
-    assert never.steps == 64
-    # The check runs on window boundaries whatever the time chunk (1 and 3 do not make 4-step chunks).
-    for chunk in (1, 3):
+        per_step = torch.stack([model(*inputs, t_conv=t).logits for t in range(1, t_conv + 1)], 1)   # (B, T, C)
+    classes, margins = class_margins(per_step)
+    rule = StopRule(margin=float(margins[:, 4:].median()), window=2, min_steps=3)
+    expected = stop_steps(classes, margins, rule)
+    assert expected.min() < t_conv and len(set(expected.tolist())) > 1        # a mix of early and late stops
+    for chunk in (None, 1, 5):
         model.config.time_chunk = chunk
         with torch.no_grad():
-            again = model(*inputs, adaptive_tol=0.05, adaptive_window=4)
-        assert again.steps == early.steps and torch.equal(again.logits, early.logits)
+            out = model(*inputs, adaptive=rule)
+        assert torch.equal(out.example_steps, expected), chunk
+        assert expected.max() <= out.steps <= t_conv and (chunk != 1 or out.steps == expected.max())
+        assert torch.equal(out.logits, per_step[torch.arange(6), expected - 1]), chunk
+    model.config.time_chunk = 5
+    with torch.no_grad():
+        everyone_at_once = model(*inputs, adaptive=StopRule(0.0, 1, 1))
+        fixed = model(*inputs)
+    assert everyone_at_once.steps == 5 and (everyone_at_once.example_steps == 1).all()    # one chunk ran
+    assert torch.equal(fixed.example_steps, torch.full((6,), t_conv)) and fixed.steps == t_conv

@@ -36,7 +36,7 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path):
     (world.student_config / "config.json").write_text(json.dumps(
         {**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
     extra = ["--pred_distill", "--num_train_epochs", "1", "--max_seq_length", "24", "--eval_step", "2",
-             "--eval_batch_size", "4", "--no_cuda", "--learning_rate", "1e-3"]
+             "--eval_batch_size", "4", "--no_cuda", "--learning_rate", "1e-3", "--save_total_limit", "5"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     proc = _torchrun(*task_args(world, "STS-B", world.student_config, ddp, *extra))
     assert "4 per micro-batch x 1 accumulation x 2 processes" in proc.stderr

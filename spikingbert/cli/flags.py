@@ -23,7 +23,7 @@ from .edge import ArgumentParser, HelpFormatter, setting_flag, short_metavars
 
 __all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "ignored_flags", "UNUSED_FLAGS",
            "add_spiking_flags", "add_device_flags", "add_task_data_flags", "add_optimizer_flags",
-           "add_checkpoint_flags",
+           "add_checkpoint_flags", "add_adaptive_flags",
            "add_output_flags", "GROUP_BY_LENGTH_HELP", "LOWER_CASE_HELP"]
 
 GROUP_BY_LENGTH_HELP = (
@@ -35,6 +35,13 @@ GROUP_BY_LENGTH_HELP = (
 LOWER_CASE_HELP = ("lower-case the input before WordPiece (uncased vocabularies). Default: what the student's "
                    "(else the teacher's) config.json records, else off")
 
+CHECKPOINT_COST_HELP = (
+    "keep only the newest this many checkpoint-{step} directories (the best prediction-KD or fine-tuned model stays "
+    "in --output_dir itself); 0: write none, only the model, as the published code did (nothing to --continue_train "
+    "from). A checkpoint is the model (4 bytes a parameter) and its training state (Adam's two moments, 8 bytes a "
+    "trained parameter, leaving out embedding rows the data never used): {example}; the log says each one's size")
+STUDENT_CHECKPOINT = ("127 MB for the demo's 2-layer H 384 student (62 MB + 64 MB), about 0.2 GB + up to 0.4 GB for "
+                      "a 4-layer H 768 one")
 
 #: Flags of the published scripts that a script accepts, unlisted, and warns about (they have no effect there).
 UNUSED_FLAGS = {"general": ("do_eval", "eval_batch_size"), "task": ("data_url",)}
@@ -110,12 +117,14 @@ def add_optimizer_flags(group: argparse._ArgumentGroup, epochs: Optional[float],
 
 
 def add_checkpoint_flags(group: argparse._ArgumentGroup, save_steps: Optional[int], save_steps_help: str,
-                         save_total_limit: Optional[int], changed_examples: str) -> None:
-    """--save_steps, --save_total_limit, --continue_train and --allow_changed_settings."""
+                         save_total_limit: Optional[int], changed_examples: str,
+                         checkpoint_size: str = STUDENT_CHECKPOINT) -> None:
+    """--save_steps, --save_total_limit (``checkpoint_size``: what a checkpoint costs, for its help), --continue_train
+    and --allow_changed_settings."""
     p = group.add_argument
     p("--save_steps", type=int, default=save_steps, help=save_steps_help)
     p("--save_total_limit", type=int, default=save_total_limit,
-      help="keep only the newest this many checkpoints" + ("" if save_total_limit else ". Default: all"))
+      help=CHECKPOINT_COST_HELP.replace("{example}", checkpoint_size))
     p("--continue_train", action="store_true",
       help="resume from the latest complete checkpoint in --output_dir (weights, optimizer, data order, RNG)")
     p("--allow_changed_settings", action="store_true",
@@ -174,7 +183,7 @@ def _checkpoint_flags(g: argparse._ArgumentGroup, task: bool) -> None:
                        help="write a checkpoint every this many steps unless --save_steps is given (the published "
                             "flag)")
     add_checkpoint_flags(g, None, "write checkpoint-{step} every this many steps; 0: only at the end. Default: "
-                                  "--eval_step", None, "t_conv, vth, teacher, task, max_seq_length, temperature, ...")
+                                  "--eval_step", 1, "t_conv, vth, teacher, task, max_seq_length, temperature, ...")
 
 
 def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
@@ -191,11 +200,31 @@ def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
            "--save_steps when that is not given")
     p("--report", action="store_true",
       help="--do_eval: also write the spike and energy report (report.json, report.md, PNGs) into OUTPUT_DIR/report/")
-    p("--adaptive_t", type=float, default=None, metavar="TOL",
-      help="--do_eval: also evaluate with adaptive stopping (stop once the last layer's [CLS] rate moves by less "
-           "than TOL over --adaptive_window steps, mean absolute change over the batch) and compare with the fixed "
-           "T. Default: off")
-    p("--adaptive_window", type=int, default=8, help="steps between adaptive-stopping checks (--adaptive_t)")
+    add_adaptive_flags(g, evaluation=True)
+
+
+def add_adaptive_flags(group: argparse._ArgumentGroup, evaluation: bool) -> None:
+    """Adaptive T (`models.stopping`): --adaptive_t, --adaptive_min_steps, --adaptive_window and, for an evaluation,
+    --adaptive_budget."""
+    rule = ("each example stops at the first step t >= --adaptive_min_steps at which the two most probable "
+            "classes have differed by at least MARGIN in probability, with the same class, for --adaptive_window "
+            "steps; its prediction is the one at that step")
+    if evaluation:
+        setting_flag(group, "--adaptive_budget", default=None, metavar="PT",
+                     help="--do_eval: also evaluate with adaptive T, choosing MARGIN and --adaptive_min_steps on the "
+                          "dev set: the fewest mean steps whose dev metric is at most PT points below the fixed T's "
+                          "(0.5 = half a percentage point of accuracy); the values chosen are reported. Default: off")
+        setting_flag(group, "--adaptive_t", default=None, metavar="MARGIN",
+                     help=f"--do_eval: also evaluate with adaptive T at this MARGIN in [0, 1]: {rule}. Default: off")
+    else:
+        setting_flag(group, "--adaptive_t", default=None, metavar="MARGIN",
+                     help=f"adaptive T: {rule}. Take MARGIN and the other two from the adaptive_t of the student's "
+                          "--do_eval --adaptive_budget results. Default: off (always T steps)")
+    setting_flag(group, "--adaptive_min_steps", default=1,
+                 help="adaptive T: no example stops before this step" + (" (--adaptive_t only; --adaptive_budget "
+                                                                         "chooses it)" if evaluation else ""))
+    setting_flag(group, "--adaptive_window", default=1,
+                 help="adaptive T: steps the margin and the class must hold before an example stops")
 
 
 def _add_script_flags(parser: argparse.ArgumentParser, g: Dict[str, argparse._ArgumentGroup],
@@ -275,8 +304,12 @@ def parse_task_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         raise UsageError("--teacher_model is required for distillation (only --do_eval and --do_predict run without "
                          "a teacher)")
     _check_common(args)
-    if (args.report or args.adaptive_t is not None) and not args.do_eval:
-        raise UsageError("--report and --adaptive_t only work with --do_eval")
+    adaptive = args.adaptive_t is not None or args.adaptive_budget is not None
+    if (args.report or adaptive) and not args.do_eval:
+        raise UsageError("--report, --adaptive_t and --adaptive_budget only work with --do_eval")
+    if args.adaptive_t is not None and args.adaptive_budget is not None:
+        raise UsageError("give either --adaptive_t MARGIN (a margin of your choice) or --adaptive_budget PT (the "
+                         "margin chosen on the dev set), not both")
     _require_dir(args.data_dir, "--data_dir", "download the task with download_glue_data.py")
     return args
 

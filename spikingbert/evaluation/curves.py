@@ -12,9 +12,16 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from spikingbert.evaluation.plots import figure, save_figure
+from spikingbert.evaluation.figures import (
+    figure,
+    integer_steps,
+    metric_label,
+    reference_lines,
+    save_figure,
+    series_marker,
+)
 
-__all__ = ["TRAINING_CURVES_NAME", "read_metrics", "write_training_curves"]
+__all__ = ["TRAINING_CURVES_NAME", "read_metrics", "write_training_curves", "training_curves_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +53,28 @@ def read_metrics(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
     return losses, dev
 
 
-def write_training_curves(run_dir: Path, title: Optional[str] = None, output: Optional[Path] = None) -> Optional[Path]:
-    """Draw ``run_dir/metrics.jsonl`` into ``output`` (default ``run_dir/training_curves.png``, written atomically):
-    the loss and its parts (log scale) and, when the run evaluated, every dev metric, against the optimizer step.
-    Returns the path, or None when the file holds no loss record yet."""
+def write_training_curves(run_dir: Path, title: Optional[str] = None, output: Optional[Path] = None,
+                          references: Optional[dict[str, float]] = None) -> Optional[Path]:
+    """Draw ``run_dir/metrics.jsonl`` (`training_curves_figure`) into ``output`` (default
+    ``run_dir/training_curves.png``, written atomically). Returns the path, or None when the file holds no loss
+    record yet."""
     run_dir = Path(run_dir)
-    losses, dev = read_metrics(run_dir / "metrics.jsonl")
-    if not losses:
+    fig = training_curves_figure(run_dir / "metrics.jsonl", title, references)
+    if fig is None:
         return None
     output = Path(output) if output is not None else run_dir / TRAINING_CURVES_NAME
+    save_figure(fig, output)
+    return output
+
+
+def training_curves_figure(metrics_file: Path, title: Optional[str] = None,
+                           references: Optional[dict[str, float]] = None) -> Any:
+    """The loss and its parts (log scale when they span a factor of 20) and, when the run evaluated, every dev
+    metric, against the optimizer step, both panels over the run's steps, with ``references`` (dev scores such
+    as the teacher's and the majority class's) as lines on the dev axis; None without a loss record."""
+    losses, dev = read_metrics(metrics_file)
+    if not losses:
+        return None
     fig, axes = figure(11.0 if dev else 6.5, 4.0, panels=2 if dev else 1)
     parts = [name for name in losses if name != "loss"]
     if len(parts) == 1 and losses[parts[0]] == losses.get("loss"):     # the loss has one part: draw it once
@@ -64,19 +84,24 @@ def write_training_curves(run_dir: Path, title: Optional[str] = None, output: Op
     if min(values) > 0 and max(values) > 20 * min(values):
         axes[0].set_yscale("log")
     if dev:
-        _plot_series(axes[1], dev, "dev metric", marker="o")
-    fig.suptitle(title or f"Training curves: {run_dir.name}")
-    save_figure(fig, output)
-    return output
+        reference_lines(axes[1], references)
+        _plot_series(axes[1], dev, "dev " + (metric_label(next(iter(dev))) if len(dev) == 1 else "metrics"))
+    steps = [step for series in (*losses.values(), *dev.values()) for step, _ in series]
+    for ax in axes:                                       # both panels over the same steps, the run's whole length
+        ax.set_xlim(0, max(steps) * 1.03)
+    fig.suptitle(title or "Training curves")
+    return fig
 
 
-def _plot_series(ax: Any, series: dict[str, list[tuple[int, float]]], ylabel: str,
-                 marker: Optional[str] = None) -> None:
-    for name, points in series.items():                   # a single point is drawn as a marker, not a line
+def _plot_series(ax: Any, series: dict[str, list[tuple[int, float]]], ylabel: str) -> None:
+    """Each series against the optimizer step; a short one with a marker on every logged point."""
+    for name, points in series.items():
         steps, values = zip(*points)
-        ax.plot(steps, values, marker=marker or ("o" if len(points) == 1 else None),
-                linewidth=1.6 if name == "loss" else 1.1, label=name)
+        ax.plot(steps, values, marker=series_marker(len(points)), markersize=4,
+                linewidth=1.6 if name == "loss" else 1.1,
+                label=f"{name} ({len(points)} point{'s' if len(points) > 1 else ''})" if len(points) <= 3 else name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
+    integer_steps(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=8)

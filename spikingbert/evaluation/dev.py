@@ -27,6 +27,9 @@ __all__ = [
     "dev_splits",
     "labels_of",
     "chance_level",
+    "chance_name",
+    "LEARNED_MARGIN",
+    "has_learned",
     "print_table",
     "flatten",
 ]
@@ -126,6 +129,20 @@ def chance_level(metric: str, labels: np.ndarray) -> float:
     if metric == "acc" and labels.size:
         return float(np.bincount(labels.astype(np.int64)).max() / labels.size)
     return 0.0
+
+
+def chance_name(metric: str) -> str:
+    """What `chance_level` is called beside a score: the majority class for accuracy, else a constant prediction."""
+    return "majority class" if metric == "acc" else "constant prediction"
+
+
+#: A student whose dev score is not this far above `chance_level` (one point) has not learned the task.
+LEARNED_MARGIN = 0.01
+
+
+def has_learned(score: float, chance: float) -> bool:
+    """Whether a dev ``score`` is clearly (`LEARNED_MARGIN`) above the ``chance`` score of a constant predictor."""
+    return score > chance + LEARNED_MARGIN
 
 
 def print_table(title: str, rows: Dict[str, Any]) -> None:

@@ -13,11 +13,14 @@ from torch import Tensor
 from modules.blocks import NEURON_LAYERS
 
 __all__ = ["PJ_PER_SOP", "PJ_PER_MAC", "neuron_layers", "layer_width", "FanOut", "fan_outs", "BertSize",
-           "snn_uj", "ann_uj", "OperationCounter"]
+           "snn_uj", "ann_uj", "uncounted_ops", "UNCOUNTED", "OperationCounter"]
 
-#: Energy of one synaptic (accumulate) operation and of one multiply-accumulate, 45 nm CMOS, picojoules.
+#: Energy of one synaptic operation (a 32-bit float add) and of one multiply-accumulate (a 32-bit float multiply,
+#: 3.7 pJ, plus an add), 45 nm CMOS at 0.9 V, arithmetic only, no memory access (Horowitz, ISSCC 2014), picojoules.
 PJ_PER_SOP = 0.9
 PJ_PER_MAC = 4.6
+#: The operations the energy estimate leaves out, per example (`uncounted_ops`).
+UNCOUNTED = ("membrane_updates", "layernorm_elements", "softmax_elements", "gelu_elements")
 
 
 def neuron_layers(config) -> list[str]:
@@ -81,6 +84,22 @@ class BertSize:
                 "intermediate_size": self.intermediate_size}
 
 
+def uncounted_ops(config, seq_len: Tensor, steps: int) -> dict[str, dict[str, Tensor]]:
+    """What neither energy figure charges, per example of ``seq_len`` real tokens ``(B,)``, for the SNN (simulated
+    for ``steps`` steps) and for a BERT of the same size: membrane updates (one per neuron and step), and the
+    elements LayerNorm, softmax and GELU process. The SNN recomputes the last three at every step (the currents of
+    O1, O2, A and I), the ANN once; the embeddings' LayerNorm runs once in both."""
+    h, inner, layers, heads = (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                               config.num_attention_heads)
+    s = seq_len.to(torch.float64)
+    neurons = h + layers * (5 * h + inner)                                # E, then K, V, A, O1, O2 and I per layer
+    once = {"layernorm_elements": s * h * (1 + 2 * layers), "softmax_elements": layers * heads * s * s,
+            "gelu_elements": layers * s * inner}
+    snn = {"membrane_updates": steps * s * neurons, "layernorm_elements": s * h * (1 + 2 * layers * steps),
+           "softmax_elements": steps * once["softmax_elements"], "gelu_elements": steps * once["gelu_elements"]}
+    return {"snn": snn, "ann": {"membrane_updates": torch.zeros_like(s), **once}}
+
+
 def snn_uj(sops: float) -> float:
     """``E_SNN`` in microjoules of ``sops`` synaptic operations."""
     return sops * PJ_PER_SOP * 1e-6
@@ -103,6 +122,8 @@ class OperationCounter:
         self.spikes = {key: zero() for key in self.layers}
         self.sops = {key: zero() for key in self.layers}
         self.macs = {name: zero() for name in sizes}
+        self.config = config
+        self.uncounted = {side: {name: zero() for name in UNCOUNTED} for side in ("snn", "ann")}
 
     def add(self, counts: dict[str, Tensor], seq_len: Tensor) -> None:
         """One batch: ``counts[key]`` spikes of each example ``(B,)`` at real tokens, ``seq_len`` ``(B,)`` float64."""
@@ -111,6 +132,9 @@ class OperationCounter:
             self.sops[key] += (counts[key] * self.fans[key](seq_len)).sum()
         for name, size in self.sizes.items():
             self.macs[name] += size.macs(seq_len).sum()
+        for side, ops in uncounted_ops(self.config, seq_len, int(self.config.t_conv)).items():
+            for name, values in ops.items():
+                self.uncounted[side][name] += values.sum()
 
     def per_example(self, totals: dict[str, Tensor], examples: int, keys: Sequence[str] | None = None
                     ) -> dict[str, float]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from core.errors import DataError, UsageError
 from core.progress import progress
+from models.stopping import class_margins
 from modules.event_engine import engine
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import eval_mode
@@ -31,17 +32,23 @@ from spikingbert.evaluation.energy import (
     snn_uj,
 )
 
-__all__ = ["FORMAT_VERSION", "SpikeStats", "BatchRecorder", "default_t_values", "collect_spike_stats",
-           "classification_model", "report_batches", "predictions_of", "metric_name", "task_metrics"]
+__all__ = ["FORMAT_VERSION", "SpikeStats", "BatchRecorder", "default_t_values", "milestone_steps",
+           "collect_spike_stats", "classification_model", "report_batches", "predictions_of", "metric_name",
+           "task_metrics"]
 
 logger = logging.getLogger(__name__)
 
-#: ``format_version`` of report.json.
-FORMAT_VERSION = 1
+#: ``format_version`` of report.json (2: the metric-vs-T curve at every step, per-example adaptive T).
+FORMAT_VERSION = 2
 
 
 def default_t_values(t_conv: int) -> list[int]:
-    """Time steps of the metric-vs-T curve: powers of two below ``T`` and the tenths of ``T`` (``T`` included)."""
+    """Time steps of the metric-vs-T curve: every step ``1..T``."""
+    return list(range(1, max(1, t_conv) + 1))
+
+
+def milestone_steps(t_conv: int) -> list[int]:
+    """Steps a table lists: powers of two below ``T`` and the tenths of ``T`` (``T`` included)."""
     powers = [2 ** i for i in range(max(1, t_conv).bit_length()) if 2 ** i < t_conv]
     tenths = [max(1, round(t_conv * k / 10)) for k in range(1, 11)]
     return sorted(set(powers + tenths + [t_conv]))
@@ -66,6 +73,9 @@ class SpikeStats:
         ann_sizes / ann_macs_per_example: BERT sizes (``"student"``, optionally ``"teacher"``) and their MACs.
         t_values / metrics_at_t / predictions_at_t: the metric-vs-T curve and its predictions ``(N,)``.
         metrics / predictions / labels: the model's own output at ``T``, and the gold labels ``(N,)``.
+        uncounted: ``{"snn", "ann"}`` -> per-example counts of what the energy leaves out (`energy.uncounted_ops`).
+        step_classes / step_margins: ``(N, T)`` the predicted class and its probability margin over the runner-up
+            after every step (`models.stopping.class_margins`; None for one output): what adaptive T decides on.
     """
 
     task: Optional[str]
@@ -97,6 +107,9 @@ class SpikeStats:
     seconds: float = 0.0
     running_asr: dict[str, list[float]] = field(default_factory=dict)
     task_name: Optional[str] = None
+    uncounted: dict[str, dict[str, float]] = field(default_factory=dict)
+    step_classes: Optional[np.ndarray] = field(default=None, repr=False)
+    step_margins: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def total_spikes_per_example(self) -> float:
@@ -148,6 +161,7 @@ class SpikeStats:
                                "uj_per_example": self.energy_ann_uj(name),
                                "ann_over_snn": self.energy_ann_uj(name) / snn if snn > 0 else None}
                         for name, size in self.ann_sizes.items()},
+                "uncounted_per_example": self.uncounted,
             },
             "seconds": round(self.seconds, 3),
         }
@@ -155,7 +169,7 @@ class SpikeStats:
 
 # ---- recording ----------------------------------------------------------------------------------------
 class BatchRecorder:
-    """``recorder(key, t0, spikes)`` for one batch: spike counts, [CLS] logits at chosen steps, spike trains.
+    """``recorder(key, t0, spikes)`` for one batch: spike counts, [CLS] logits after every step, spike trains.
 
     ``mask`` ``(B, S)`` marks real tokens. Spikes arrive as ``(Tc, B, S, width)`` chunks starting at step
     ``t0``. Each call launches only a handful of kernels and never synchronises the device; the totals
@@ -176,7 +190,7 @@ class BatchRecorder:
         self.step_all: dict[str, Tensor] = {}          # (T, B)
         self.trains: dict[str, Tensor] = {}            # (ceil(T/8), N, width) uint8, bit t%8 of byte t//8
         self.cls_count: Optional[Tensor] = None        # (B, H)
-        self.logits_at_t: dict[int, Tensor] = {}
+        self.step_logits: list[Tensor] = []            # (B, C) after steps 1, 2, ...
 
     def __call__(self, key: str, t0: int, spikes: Tensor) -> None:
         tc, b = spikes.shape[:2]
@@ -203,15 +217,23 @@ class BatchRecorder:
             bits[t >> 3].add_(spikes[j], alpha=1 << (t & 7))
 
     def _record_cls(self, t0: int, cls_spikes: Tensor) -> None:
-        """Logits from the [CLS] count of the last O2 layer after each step in ``t_values``."""
+        """Logits from the [CLS] count of the last O2 layer after each step (as `models.stopping.StopTracker`)."""
         cumulative = torch.cumsum(cls_spikes, 0)                                    # (Tc, B, H)
         if self.cls_count is not None:
             cumulative = cumulative + self.cls_count
         for j in range(cls_spikes.shape[0]):
-            t = t0 + j + 1
-            if t in self.t_values:
-                self.logits_at_t[t] = self.model.head(cumulative[j] / t)
+            self.step_logits.append(self.model.head(cumulative[j] / int(t0 + j + 1)))
         self.cls_count = cumulative[-1]
+
+    @property
+    def logits_at_t(self) -> dict[int, Tensor]:
+        """Logits ``(B, C)`` after each step of ``t_values`` that ran."""
+        return {t: self.step_logits[t - 1] for t in sorted(self.t_values) if t <= len(self.step_logits)}
+
+    def counts_until(self, key: str, steps: Tensor) -> Tensor:
+        """Spikes of layer ``key`` per example at real tokens over its first ``steps`` ``(B,)`` steps (float64)."""
+        ran = torch.arange(1, self.t_conv + 1, device=steps.device).unsqueeze(1) <= steps.unsqueeze(0)   # (T, B)
+        return (self.step_real[key] * ran).sum(0, dtype=torch.float64)
 
     def counts(self, key: str) -> tuple[Tensor, Tensor]:
         """Spikes of layer ``key`` per example at real tokens ``(B,)`` and at all positions ``()`` (float64)."""
@@ -369,6 +391,7 @@ class _ReportTotals:
         self.layer_steps = {key: torch.zeros(self.t_conv, dtype=torch.float64, device=device) for key in self.layers}
         self.device = device
         self.preds, self.labels, self.preds_at_t = [], [], {t: [] for t in t_values}
+        self.classes, self.margins = [], []
         self.examples = self.batches = self.real_tokens = self.padded_tokens = 0
 
     def add(self, batch: Sequence[Tensor]) -> None:
@@ -388,8 +411,12 @@ class _ReportTotals:
         for key in self.layers:
             self.layer_steps[key] += recorder.step_real[key].sum(1, dtype=torch.float64)
         self.preds.append(predictions_of(out.logits))
-        for t in self.t_values:
-            self.preds_at_t[t].append(predictions_of(recorder.logits_at_t[t]))
+        for t, logits in recorder.logits_at_t.items():
+            self.preds_at_t[t].append(predictions_of(logits))
+        if out.logits.shape[1] > 1:
+            classes, margins = class_margins(torch.stack(recorder.step_logits, 1))              # (B, T)
+            self.classes.append(classes.cpu().numpy())
+            self.margins.append(margins.cpu().numpy())
         self.labels.append(batch[3].cpu().numpy())
         self.examples += input_ids.shape[0]
         self.batches += 1
@@ -424,4 +451,7 @@ class _ReportTotals:
             metrics_at_t={t: task_metrics(task, p, labels_np) for t, p in preds_at_t_np.items()},
             predictions=preds_np, predictions_at_t=preds_at_t_np, labels=labels_np,
             seconds=seconds,
+            uncounted={side: self.ops.per_example(ops, examples) for side, ops in self.ops.uncounted.items()},
+            step_classes=np.concatenate(self.classes) if self.classes else None,
+            step_margins=np.concatenate(self.margins) if self.margins else None,
         )

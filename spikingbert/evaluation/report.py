@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
+from models.stopping import StopRule
 from spikingbert.evaluation.adaptive import adaptive_t_eval
 from spikingbert.evaluation.curves import write_training_curves
 from spikingbert.evaluation.measure import collect_spike_stats
@@ -28,12 +29,14 @@ __all__ = ["evaluation_report", "write_training_curves"]
 
 
 def evaluation_report(model: nn.Module, dataloader: Iterable, task: Optional[str], device: torch.device, *,
-                      report_dir: Optional[Path], adaptive_tol: Optional[float], adaptive_window: int,
+                      report_dir: Optional[Path], adaptive: Optional[StopRule] = None,
+                      adaptive_budget: Optional[float] = None, adaptive_window: int = 1,
                       teacher_config: Any = None, info: Optional[dict[str, Any]] = None,
                       task_name: Optional[str] = None, references: Optional[dict[str, float]] = None) -> dict[str, Any]:
-    """``--do_eval``'s report (into ``report_dir`` when given) and adaptive-T evaluation (when ``adaptive_tol``
-    is given); returns the fields they add to ``eval_results.json``: ``adaptive_t`` (mean steps used, the
-    metric with adaptive stopping and at the fixed T, their difference), ``report`` (the written paths),
+    """``--do_eval``'s report (into ``report_dir`` when given) and adaptive-T evaluation (with the rule ``adaptive``,
+    or the one chosen for ``adaptive_budget`` points at ``adaptive_window``); returns the fields they add to
+    ``eval_results.json``: ``adaptive_t`` (the rule, the mean steps used, the metric with adaptive stopping, at
+    the fixed T and on the fixed-T curve at the same mean steps), ``report`` (the written paths),
     ``spikes_per_example`` and ``energy_uj_per_example``. ``info`` goes into the report and ``references`` (dev scores
     such as the teacher's and the majority class's) onto its metric-vs-T plot (see `write_report`); ``task_name``
     titles the plots."""
@@ -42,13 +45,13 @@ def evaluation_report(model: nn.Module, dataloader: Iterable, task: Optional[str
     if report_dir is not None:
         stats = collect_spike_stats(model, dataloader, device=device, task=task, teacher_config=teacher_config)
         stats.task_name = task_name
-    adaptive = None
-    if adaptive_tol is not None:
-        adaptive = adaptive_t_eval(model, dataloader, adaptive_tol, adaptive_window, task, device=device,
-                                   reference=stats)
-        added["adaptive_t"] = adaptive.eval_fields()
+    result = None
+    if adaptive is not None or adaptive_budget is not None:
+        result = adaptive_t_eval(model, dataloader, adaptive, task, budget=adaptive_budget, window=adaptive_window,
+                                 device=device, reference=stats)
+        added["adaptive_t"] = result.eval_fields()
     if stats is not None:
-        paths = write_report(stats, report_dir, info, adaptive=adaptive, references=references)
+        paths = write_report(stats, report_dir, info, adaptive=result, references=references)
         added["report"] = {"dir": str(report_dir), **{k: str(v) for k, v in paths.items()}}
         added["spikes_per_example"] = stats.total_spikes_per_example
         added["energy_uj_per_example"] = {"snn": stats.energy_snn_uj,

@@ -1,6 +1,7 @@
-"""``--do_eval``: the dev metrics of a trained student into ``eval_results.json``; with ``--report`` /
-``--adaptive_t`` also the spike and energy report and the adaptive-T evaluation (`spikingbert.evaluation.report`).
-``--do_predict``: the task's test split(s) labelled into GLUE's submission files (`spikingbert.run.submission`).
+"""``--do_eval``: the dev metrics of a trained student into ``eval_results.json``; with ``--report``,
+``--adaptive_t`` or ``--adaptive_budget`` also the spike and energy report and the adaptive-T evaluation
+(`spikingbert.evaluation.report`). ``--do_predict``: the task's test split(s) labelled into GLUE's submission files
+(`spikingbert.run.submission`).
 
 Tokenization follows the student's directory (``do_lower_case`` and ``max_seq_length`` in its config.json)
 unless the flags say otherwise (`spikingbert.run.plan.resolve_task`).
@@ -18,8 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 from core.files import atomic_write_json, read_json
 from core.output_dir import check_output_location, claim_output_dir
 from models.spiking_bert import SpikingBertForSequenceClassification
+from models.stopping import StopRule
 from spikingbert.data import glue
-from spikingbert.evaluation.dev import LogitsOnly, chance_level, evaluate_task, flatten, labels_of, print_table
+from spikingbert.evaluation.dev import (
+    LogitsOnly,
+    chance_level,
+    chance_name,
+    evaluate_task,
+    flatten,
+    labels_of,
+    print_table,
+)
 from spikingbert.runtime import Runtime
 
 from . import checks
@@ -51,7 +61,7 @@ def run_evaluation(plan: RunPlan, runtime: Runtime) -> int:
     with claim_output_dir(plan.output.path, "--output_dir"):
         if dev is not None:
             results, dev_sets, metrics = dev
-            if spec.report or spec.adaptive_t is not None:
+            if spec.report or spec.adaptive:
                 results.update(_evaluation_report(plan, runtime, student, dev_sets, metrics))
             atomic_write_json(plan.output.path / "eval_results.json", results)
             print_table(f"{plan.task} dev evaluation of {plan.student.location}", flatten(results))
@@ -111,15 +121,17 @@ def _evaluation_report(plan: RunPlan, runtime: Runtime, student: nn.Module, dev_
     teacher = plan.flags.get("teacher_model")
     info = glue.task_info(plan.task, plan.data_dir)
     metric = glue.main_metric(plan.task)
-    references = {"majority class" if metric == "acc" else "constant prediction":
-                  chance_level(metric, labels_of(dev_sets["dev"]))}
+    references = {chance_name(metric): chance_level(metric, labels_of(dev_sets["dev"]))}
     teacher_score = _teacher_reference(plan, runtime, dev_sets) if spec.report else None
     if teacher_score is not None:
         references = {"teacher": teacher_score, **references}
     return report.evaluation_report(
         student, DataLoader(dev_sets["dev"], batch_size=spec.batch_size, shuffle=False), plan.task, runtime.device,
-        report_dir=plan.output.path / "report" if spec.report else None, adaptive_tol=spec.adaptive_t,
-        adaptive_window=spec.adaptive_window, teacher_config=plan.teacher.config if plan.teacher else None,
+        report_dir=plan.output.path / "report" if spec.report else None,
+        adaptive=StopRule(spec.adaptive_t, spec.adaptive_window, spec.adaptive_min_steps)
+        if spec.adaptive_t is not None else None,
+        adaptive_budget=spec.adaptive_budget, adaptive_window=spec.adaptive_window,
+        teacher_config=plan.teacher.config if plan.teacher else None,
         task_name=info.display_name, references=references,
         info={"task": plan.task, "task_name": info.display_name, "model": plan.student.location, **metrics,
               "teacher_model": teacher, **{f"{name} {metric}": value for name, value in references.items()}})

@@ -22,7 +22,15 @@ from torch.utils.data import Dataset
 
 from core.files import atomic_write_json
 from spikingbert.data import glue
-from spikingbert.evaluation.dev import LogitsOnly, chance_level, dev_splits, evaluate_task, labels_of, print_table
+from spikingbert.evaluation.dev import (
+    LogitsOnly,
+    chance_level,
+    chance_name,
+    dev_splits,
+    evaluate_task,
+    labels_of,
+    print_table,
+)
 from spikingbert.runtime import Runtime, set_seed
 from spikingbert.training.objectives import ClassificationObjective, build_optimizer
 from spikingbert.training.stage import Stage
@@ -72,7 +80,9 @@ def run_finetuning(args: argparse.Namespace) -> int:
             save_student=lambda directory: model.save_pretrained(directory, vocab_file=tokenizer.vocab_file),
             evaluate=_evaluation(plan, runtime, LogitsOnly(model), processor.output_mode, dev_sets),
             main_metric=glue.main_metric(plan.task), describe={"stage": "finetune", "task": plan.task},
-            title=f"teacher fine-tuning, {info.display_name}", example_lengths=example_lengths, collate=collate)
+            title=f"teacher fine-tuning, {info.display_name}", example_lengths=example_lengths, collate=collate,
+            references={chance_name(glue.main_metric(plan.task)): chance_level(glue.main_metric(plan.task),
+                                                                               labels_of(dev_sets["dev"]))})
         logger.info("fine-tuning %s on %s: %d training examples, max_seq_length %d", plan.teacher.location, plan.task,
                     len(train_set), plan.max_seq_length)
         write_args_json(plan.output.path, runtime, plan.flags, stage="finetune", task=plan.task,

@@ -68,15 +68,23 @@ class Schedule:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """Evaluation: batch size; for ``--do_eval`` (``dev``) the report and adaptive stopping; ``test``:
-    ``--do_predict``, the test split(s) labelled for a GLUE submission."""
+    """Evaluation: batch size; for ``--do_eval`` (``dev``) the report and adaptive T (`models.stopping`): a margin
+    of the user's (``adaptive_t``, with ``adaptive_window`` and ``adaptive_min_steps``) or one chosen on the dev set
+    for an accuracy budget in points (``adaptive_budget``); ``test``: ``--do_predict``, the test split(s) labelled
+    for a GLUE submission."""
 
     batch_size: int
     report: bool = False
     adaptive_t: Optional[float] = None
-    adaptive_window: int = 8
+    adaptive_budget: Optional[float] = None
+    adaptive_window: int = 1
+    adaptive_min_steps: int = 1
     dev: bool = True
     test: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adaptive_t is not None or self.adaptive_budget is not None
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,8 @@ def resolve_task(args: argparse.Namespace) -> RunPlan:
                        do_lower_case=lower_case_setting(args.do_lower_case, student),
                        max_seq_length=length, notes=tuple(notes),
                        evaluation=EvaluationSpec(args.eval_batch_size, args.report, args.adaptive_t,
-                                                 args.adaptive_window, dev=args.do_eval, test=args.do_predict))
+                                                 args.adaptive_budget, args.adaptive_window,
+                                                 args.adaptive_min_steps, dev=args.do_eval, test=args.do_predict))
     prediction = args.pred_distill or args.train_true_labels
     teacher = read_model_dir(args.teacher_model, "--teacher_model", BertConfig)
     length, epochs, notes = task_settings(task, args.max_seq_length, args.num_train_epochs, False, prediction)

@@ -34,7 +34,8 @@ MODEL_SETTINGS = SPIKING_SETTINGS + (
 #: Flags that say nothing about the run's result (where it runs, how it logs, resume itself).
 IGNORED_SETTINGS = (
     "output_dir", "continue_train", "overwrite_output_dir", "allow_changed_settings", "debug", "no_cuda",
-    "local_rank", "cache_dir", "data_url", "do_eval", "report", "adaptive_t", "adaptive_window",
+    "local_rank", "cache_dir", "data_url", "do_eval", "report", "adaptive_t", "adaptive_budget", "adaptive_window",
+    "adaptive_min_steps",
     "resumed_from", "world_size", "n_gpu", "device", "teacher_dev", "layer_stride", "init_from_teacher",
     "init_from_teacher_tensors", "max_seq_length", "num_train_epochs_used", "skip_bad_rows", "reduce_memory",
     "command_line", "args_file",

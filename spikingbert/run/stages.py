@@ -26,7 +26,14 @@ from models.configuration import SpikingBertConfig
 from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from spikingbert.data import glue
 from spikingbert.data.pregenerated import PregeneratedEpochs
-from spikingbert.evaluation.dev import LogitsOnly, chance_level, dev_splits, evaluate_task, labels_of
+from spikingbert.evaluation.dev import (
+    LogitsOnly,
+    chance_level,
+    chance_name,
+    dev_splits,
+    evaluate_task,
+    labels_of,
+)
 from spikingbert.runtime import Runtime, set_seed
 from spikingbert.training.checkpoint import load_training_state
 from spikingbert.training.objectives import (
@@ -186,6 +193,9 @@ def run_task_training(plan: RunPlan, runtime: Runtime, output: OutputDir) -> int
     teacher_results = _teacher_dev_score(plan, runtime, processor.output_mode, teacher, dev_sets)
     stage = _task_stage(plan, runtime, processor.output_mode, student, teacher, stride, train_set, dev_sets,
                         tokenizer.vocab_file, info)
+    metric = glue.main_metric(plan.task)
+    stage.references = {name: teacher_results[key] for name, key in
+                        (("teacher", metric), (chance_name(metric), f"chance_{metric}")) if key in teacher_results}
     write_args_json(plan.output.path, runtime, plan.flags, stage=plan.stage, task=plan.task,
                     do_lower_case_used=tokenizer.do_lower_case, max_seq_length_used=plan.max_seq_length,
                     num_train_epochs_used=plan.training.loop.num_train_epochs, layer_stride=stride,

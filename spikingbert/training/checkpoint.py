@@ -41,10 +41,13 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "save_checkpoint",
+    "checkpoint_size",
     "install_model_files",
     "load_training_state",
     "optimizer_state_to_save",
     "load_optimizer_state",
+    "pack_rows",
+    "unpack_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ def save_checkpoint(
     training_state: Dict[str, Any],
     save_total_limit: Optional[int] = None,
 ) -> Path:
-    """Write ``output_dir/checkpoint-{step}/`` atomically and keep the last ``save_total_limit``.
+    """Write ``output_dir/checkpoint-{step}/`` atomically and keep the last ``save_total_limit`` (None: all).
 
     Args:
         write_model: writes the complete student dir (config.json, model.safetensors, vocab.txt)
@@ -117,6 +120,13 @@ def save_checkpoint(
             _remove_dir(old)
             logger.info("removed old checkpoint %s (save_total_limit %d)", old.name, save_total_limit)
     return final
+
+
+def checkpoint_size(checkpoint_dir: Path) -> Tuple[int, int]:
+    """Bytes of a checkpoint's student files and of its ``training_state.pt``."""
+    files = [path for path in Path(checkpoint_dir).iterdir() if path.is_file()]
+    state = sum(path.stat().st_size for path in files if path.name == TRAINING_STATE_NAME)
+    return sum(path.stat().st_size for path in files) - state, state
 
 
 def install_model_files(output_dir: Path, write_model: Callable[[Path], None]) -> None:
@@ -148,14 +158,17 @@ def load_training_state(checkpoint_dir: Path, mmap: bool = False) -> Dict[str, A
 
 
 def optimizer_state_to_save(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """The optimizer's state dict with only plain values in its param groups.
+    """The optimizer's state dict with only plain values in its param groups, and its tensors row-sparse.
 
     Some optimizers keep objects (e.g. a schedule) in their param groups; those are
-    rebuilt from the constructor arguments and restored by `load_optimizer_state`.
+    rebuilt from the constructor arguments and restored by `load_optimizer_state`. A state tensor
+    whose rows are mostly zero (Adam's moments of the embedding rows of tokens the data never
+    showed) keeps only its other rows (`pack_rows`); the zero rows are rebuilt bit for bit.
     """
     state = optimizer.state_dict()
     groups = [{k: v for k, v in group.items() if _is_plain(v)} for group in state["param_groups"]]
-    return {"state": state["state"], "param_groups": groups}
+    packed = {key: {name: pack_rows(value) for name, value in values.items()} for key, values in state["state"].items()}
+    return {"state": packed, "param_groups": groups}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
@@ -167,7 +180,30 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]
         raise UserError("the checkpoint's optimizer has a different number of parameter groups")
     groups = [{**sav, **{k: v for k, v in cur.items() if k != "params"}} for cur, sav in
               zip(current, saved["param_groups"])]
-    optimizer.load_state_dict({"state": saved["state"], "param_groups": groups})
+    state = {key: {name: unpack_rows(value) for name, value in values.items()}
+             for key, values in saved["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def pack_rows(value: Any) -> Any:
+    """A tensor of two or more dimensions whose rows are more than half zero (bit for bit: -0.0 and NaN count as
+    non-zero) as ``{"packed_rows": shape, "rows": indices, "values": those rows}``; anything else as it is."""
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] < 2 or value.is_complex():
+        return value
+    rows = value.reshape(value.shape[0], -1)
+    kept = ((rows != 0) | torch.signbit(rows)).any(1).nonzero().squeeze(1)
+    if 2 * kept.numel() >= value.shape[0]:
+        return value
+    return {"packed_rows": list(value.shape), "rows": kept, "values": value.index_select(0, kept)}
+
+
+def unpack_rows(value: Any) -> Any:
+    """The tensor `pack_rows` packed (anything else as it is)."""
+    if not (isinstance(value, dict) and "packed_rows" in value):
+        return value
+    full = value["values"].new_zeros(value["packed_rows"])
+    full.index_copy_(0, value["rows"], value["values"])
+    return full
 
 
 def _is_plain(value: Any) -> bool:

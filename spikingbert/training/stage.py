@@ -26,7 +26,8 @@ class TrainerConfig:
         num_train_epochs: epochs (may be fractional); ignored when ``max_steps`` > 0.
         max_steps: optimizer steps to run; 0 = derive from the epochs.
         save_steps: write ``checkpoint-{step}`` every this many steps (0 = only at the end).
-        save_total_limit: keep only the newest this many checkpoints (None = all).
+        save_total_limit: keep only the newest this many checkpoints (None = all; 0 = write none: only the model,
+            and no resume).
         eval_steps: evaluate every this many steps and at every epoch end (0 = never).
         logging_steps: log averaged losses every this many steps (the only host syncs of the loop).
         skip_nan_batches: skip (no update) up to this many optimizer steps with a NaN/inf loss or gradient
@@ -79,6 +80,8 @@ class Stage:
         collate: the DataLoader's ``collate_fn`` for training batches (None: torch's default), e.g.
             `spikingbert.data.glue.collate_trimmed` where the loss reads the logits only.
         title: what the run is, in words, for its ``training_curves.png`` (default: the ``describe`` values).
+        references: dev scores drawn as lines on the curves' dev-metric axis (e.g. the teacher's, the majority
+            class's).
     """
 
     student: nn.Module
@@ -94,3 +97,4 @@ class Stage:
     example_lengths: Optional[Callable[[int], Sequence[int]]] = None
     collate: Optional[Callable[[List[Any]], Any]] = None
     title: Optional[str] = None
+    references: Dict[str, float] = field(default_factory=dict)

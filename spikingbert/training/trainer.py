@@ -39,6 +39,7 @@ from core.files import as_write_error, atomic_write_json, describe_os_error, is_
 from core.progress import progress as progress_bar
 from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.checkpoint import (
+    checkpoint_size,
     install_model_files,
     load_optimizer_state,
     load_training_state,
@@ -158,7 +159,7 @@ class Trainer:
 
         title = self.stage.title or " ".join(str(v) for v in self.stage.describe.values()) or "training"
         try:
-            path = write_training_curves(self.output_dir, title=f"{title}: {self.output_dir}")
+            path = write_training_curves(self.output_dir, title=title, references=self.stage.references)
         except Exception as err:                     # the model is saved: a plot must not fail the run
             logger.warning("could not draw the training curves of %s (%s)", self.output_dir, err)
             return
@@ -252,7 +253,7 @@ class Trainer:
         do_log = step % cfg.logging_steps == 0 or epoch_end or final
         do_eval = self.stage.evaluate is not None and (
             (cfg.eval_steps > 0 and step % cfg.eval_steps == 0) or epoch_end or final)
-        do_save = (cfg.save_steps > 0 and step % cfg.save_steps == 0) or final
+        do_save = cfg.save_total_limit != 0 and ((cfg.save_steps > 0 and step % cfg.save_steps == 0) or final)
         if do_log or do_eval or do_save:
             self._check_finite()
         if do_log:
@@ -354,6 +355,10 @@ class Trainer:
             return
         step = progress.global_step
         path = self.output_dir / f"checkpoint-{step}"
+        if self.config.save_total_limit == 0:
+            raise TrainingInterrupted(signum, f"{signal.Signals(signum).name} received: training stopped after "
+                                              f"optimizer step {step} of {total_steps}; no checkpoint was saved "
+                                              "(`save_total_limit` 0), so the run cannot be resumed")
         if self.last_checkpoint != path:
             self._check_finite()
             self._save(progress, total_steps)
@@ -398,7 +403,9 @@ class Trainer:
             with self._writing(f"checkpoint-{step}"):
                 path = save_checkpoint(self.output_dir, step, self.stage.save_student, state,
                                        self.config.save_total_limit)
-            logger.info("saved %s", path)
+            model_bytes, state_bytes = checkpoint_size(path)
+            logger.info("saved %s (%.0f MB: student %.0f MB, training state %.0f MB)", path,
+                        (model_bytes + state_bytes) / 1e6, model_bytes / 1e6, state_bytes / 1e6)
         self.last_checkpoint = self.output_dir / f"checkpoint-{step}"
         rt.barrier()
 
