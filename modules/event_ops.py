@@ -1,6 +1,6 @@
 """Compiled CPU kernels of the event-driven simulation engine: build and load.
 
-``modules/csrc/event_ops.cpp`` and ``modules/csrc/spike_attention.cpp`` register ``torch.ops.spikingbert``:
+The sources in ``modules/csrc/`` register ``torch.ops.spikingbert``:
 
 * ``pack_weight(W)`` — a dense weight ``(N, K)`` as tiles of ``W^T`` for :func:`spike_linear`;
 * ``spike_linear(spikes, packed, bias, N, max_density, isa)`` — binary spikes ``(M, K)`` times ``W^T``
@@ -8,6 +8,8 @@
 * ``if_scan(currents, u, vth, leak)`` — the integrate-and-fire update of a chunk of steps;
 * ``spike_attention(q, k, v, mask, heads)`` — the attention context from spiking keys and values
   (AVX-512 only), additions in place of the products by 0/1;
+* ``vector_peak(kind, iterations)`` — register-only vector adds (0) or FMAs (1): the core's peak rate, timed by
+  ``bench/limit.py``;
 * ``event_isa()`` — 2 with AVX-512, 1 with AVX2 + FMA, 0 without either (no ``spike_linear``).
 
 ``make install`` builds the library once (``python -m modules.event_ops``) with PyTorch's C++
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 #: The library's sources; the header they share is part of what names a build.
-SOURCES = (CSRC / "event_ops.cpp", CSRC / "spike_attention.cpp")
+SOURCES = (CSRC / "event_ops.cpp", CSRC / "spike_attention.cpp", CSRC / "vector_peak.cpp")
 HEADERS = (CSRC / "event_common.h",)
 BUILD_ROOT = CSRC / "build"
 # -fopenmp: at::parallel_for runs on OpenMP threads (the libgomp torch already loaded), so the kernels
