@@ -202,9 +202,10 @@ def spike_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, heads: int) -
     """The attention context ``softmax(q k^T / sqrt(dh) + mask) v`` per head for 0/1 keys and values, from
     additions only (``torch.ops.spikingbert.spike_attention``), or ``None`` where it does not apply (then use the
     dense path): ``q``, ``k``, ``v`` ``(N, S, H)``, ``mask`` additive ``(B, 1, 1, S)`` with ``N`` a multiple of
-    ``B``; CPU float32 without autograd on the event engine with AVX-512."""
+    ``B``; CPU float32 without autograd on the event engine with AVX-512, heads of at most 64 dimensions."""
     if (_event_isa(q, [k, v]) != 2 or k.dtype != torch.float32 or v.dtype != torch.float32
-            or mask.dtype != torch.float32 or mask.device.type != "cpu" or q.stride(-1) != 1):
+            or mask.dtype != torch.float32 or mask.device.type != "cpu" or q.stride(-1) != 1
+            or q.shape[-1] > 64 * heads):
         return None
     b, s = mask.shape[0], mask.shape[-1]
     return torch.ops.spikingbert.spike_attention(q, k, v, mask.reshape(b, s).contiguous(), heads)

@@ -94,6 +94,8 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.nd
     (6, 2, 7, 16, 2),       # S below one vector, dh 8
     (4, 4, 64, 96, 3),      # dh 32, as the demo's heads
     (2, 1, 130, 48, 2),     # S over several vector blocks, dh 24 (not a multiple of 16)
+    (2, 2, 20, 200, 4),     # dh 50: a head's bits across two 64-bit words
+    (1, 1, 17, 128, 2),     # dh 64
 ])
 def test_spike_attention_equals_the_float64_attention(n, b, s, h, heads):
     g = torch.Generator().manual_seed(n * s + h)
@@ -130,6 +132,8 @@ def test_attention_wrapper_declines_autograd_and_the_dense_engine(use_engine):
     assert event_engine.spike_attention(q, k, v, mask, 2) is None                       # gradients wanted
     with torch.no_grad():
         assert (event_engine.spike_attention(q, k, v, mask, 2) is not None) == (BEST_ISA == 2)
+        assert event_engine.spike_attention(torch.randn(2, 3, 130), (torch.rand(2, 3, 130) < 0.5).float(),
+                                            (torch.rand(2, 3, 130) < 0.5).float(), mask, 2) is None   # dh 65
         use_engine("dense")
         assert event_engine.spike_attention(q, k, v, mask, 2) is None
 

@@ -1,14 +1,15 @@
 // spike_attention: the input current of neuron layer A from the spikes of layers K and V, accumulate-only.
 //
-// For one sequence and one head (dh dimensions, S positions), with binary keys k and values v:
+// For one sequence and one head (dh <= 64 dimensions, S positions), with binary keys k and values v:
 //   scores[i, j] = (sum of q[i, d] over the dimensions d in which key j fired) / sqrt(dh) + mask[j]
 //   context[i, d] = sum of softmax_j(scores[i, :])[j] over the positions j whose value fired in dimension d
 // i.e. q k^T / sqrt(dh) + mask, softmax, probs v: the attention of the dense path with every product by a 0/1
-// operand an addition. The vectors run over the query positions i: q is transposed once per head, each key j
-// adds the q columns of its active dimensions (a column of scores), the softmax over j is elementwise across those
-// columns, and each value dimension d adds the probability columns of the positions where it fired. Sums run in
-// ascending order of d (scores) and of j (context); the dense GEMMs add the same terms in their own order.
-// Everything of a head stays in the core's L1/L2 cache; nothing of size S x S is written to memory.
+// operand an addition. The vectors run over the query positions i: each key j adds the (transposed) q columns of
+// its active dimensions (a column of scores), the softmax over j is elementwise across those columns, and each
+// value dimension d adds the probability columns of the positions where it fired. Sums run in ascending order of d
+// (scores) and of j (context); the dense GEMMs add the same terms in their own order. A sequence's q, k and v rows
+// are read once, in order (q transposed, the spikes as bits), its heads computed from the cache, its context rows
+// written once; nothing of size S x S leaves the core's caches.
 #include "event_common.h"
 
 #include <ATen/ops/empty.h>
@@ -41,19 +42,38 @@ EVENT_AVX512 inline __m512 exp_avx512(__m512 x) {
   return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), _mm512_scalef_ps(y, n));
 }
 
-// Offsets d * lanes of the nonzero entries of row[0:dh] into out (room for dh + 16); returns their count.
-EVENT_AVX512 inline int64_t active_dims(const float* row, int64_t dh, int64_t lanes, int32_t* out) {
+// Bit j of word w: x[64 w + j] != 0, for x[0:width] (words = ceil(width / 64)).
+EVENT_AVX512 inline void nonzero_bits(const float* x, int64_t width, uint64_t* words) {
+  for (int64_t w = 0; w * 64 < width; ++w) {
+    uint64_t bits = 0;
+    for (int64_t c = 0; c < 4 && w * 64 + c * 16 < width; ++c) {
+      const int64_t i = w * 64 + c * 16, left = width - i;
+      const __m512 v = left >= 16 ? _mm512_loadu_ps(x + i)
+                                  : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), x + i);
+      bits |= uint64_t{_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ)} << (16 * c);
+    }
+    words[w] = bits;
+  }
+}
+
+// Bits first .. first + count - 1 (count <= 64) of a row of words, as the low bits of one word.
+inline uint64_t bit_range(const uint64_t* words, int64_t first, int64_t count) {
+  const int64_t w = first / 64, shift = first % 64;
+  uint64_t bits = words[w] >> shift;
+  if (shift != 0 && shift + count > 64) bits |= words[w + 1] << (64 - shift);
+  return count == 64 ? bits : bits & ((uint64_t{1} << count) - 1);
+}
+
+// Offsets d * lanes of the set bits d of m (d < dh <= 64) into out (room for dh + 16), in order; returns the count.
+EVENT_AVX512 inline int64_t bit_offsets(uint64_t m, int64_t dh, int64_t lanes, int32_t* out) {
   int64_t c = 0;
+  const __m512i step = _mm512_set1_epi32(static_cast<int32_t>(16 * lanes));
   __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                     _mm512_set1_epi32(static_cast<int32_t>(lanes)));
-  const __m512i step = _mm512_set1_epi32(static_cast<int32_t>(16 * lanes));
-  for (int64_t d = 0; d < dh; d += 16) {
-    const __m512 x = dh - d >= 16 ? _mm512_loadu_ps(row + d)
-                                  : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (dh - d)) - 1), row + d);
-    const __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, offs));
-    c += __builtin_popcount(m);
-    offs = _mm512_add_epi32(offs, step);
+  for (int64_t d = 0; d < dh; d += 16, m >>= 16, offs = _mm512_add_epi32(offs, step)) {
+    const __mmask16 k = static_cast<__mmask16>(m & 0xFFFF);
+    _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(k, offs));
+    c += __builtin_popcount(k);
   }
   return c;
 }
@@ -113,46 +133,60 @@ EVENT_AVX512 inline void sum_blocks(const float* base, const int32_t* offsets, i
   }
 }
 
-// Prefetch rows r0..r1 (row stride `row`, `width` floats each) into L2, for reading or (Write) for writing.
-template <int Write>
-inline void prefetch_rows(const float* base, int64_t row, int64_t r0, int64_t r1, int64_t width) {
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < width; c += 16) __builtin_prefetch(base + r * row + c, Write, 2);
-}
-
-struct Head {
-  const float* q;      // (S, dh), row stride q_row
-  const float* k;      // (S, dh) spikes, row stride kv_row
+// One sequence: q (S, H) row stride q_row, k and v spikes (S, H) row stride kv_row, mask (S,), out (S, H).
+struct Sequence {
+  const float* q;
+  const float* k;
   const float* v;
-  const float* mask;   // (S,) additive
-  float* out;          // (S, dh), row stride out_row
+  const float* mask;
+  float* out;
 };
 
+struct Shape {
+  int64_t s, hid, dh, lanes, words, q_row, kv_row;
+  float sqrt_dh;
+};
+
+// A thread's working memory for one sequence (all heads): q and the context transposed, one head's scores, the
+// spikes of k and v as bits.
 struct Buffers {
-  std::vector<float> qt, probs, ctx;       // (dh, lanes), (S, lanes), (dh, lanes)
-  std::vector<int32_t> act, cols, ncols;   // (dh + 16,), (dh, S), (dh,)
-  Buffers(int64_t s, int64_t dh, int64_t lanes)
-      : qt(dh * lanes + 16), probs(s * lanes + 16), ctx(dh * lanes + 16), act(dh + 16), cols(dh * s), ncols(dh) {}
+  std::vector<float> qt_buf, probs_buf, ctx_buf;    // (H, lanes), (S, lanes), (H, lanes), 64-byte aligned
+  std::vector<uint64_t> kbits, vbits;               // (S, words)
+  std::vector<int32_t> act, cols, ncols;            // (dh + 16,), (dh, S), (dh,)
+  float *qt, *probs, *ctx;
+  explicit Buffers(const Shape& sh)
+      : qt_buf(sh.hid * sh.lanes + 16), probs_buf(sh.s * sh.lanes + 16), ctx_buf(sh.hid * sh.lanes + 16),
+        kbits(sh.s * sh.words), vbits(sh.s * sh.words), act(sh.dh + 16), cols(sh.dh * sh.s), ncols(sh.dh),
+        qt(aligned(qt_buf)), probs(aligned(probs_buf)), ctx(aligned(ctx_buf)) {}
   static float* aligned(std::vector<float>& b) {
     return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(b.data()) + 63) & ~uintptr_t{63});
   }
 };
 
-// Scores of one head, transposed: probs[j, i] = scores[i, j] (lanes i >= S hold finite values that are never read).
-EVENT_AVX512 void head_scores(const Head& h, int64_t s, int64_t dh, int64_t q_row, int64_t kv_row, float sqrt_dh,
-                              int64_t lanes, float* qt, float* sc, int32_t* act) {
-  for (int64_t i = 0; i < lanes; i += 16)           // lanes >= S: zeros
-    for (int64_t d = 0; d < dh; d += 16)
-      transpose_block(h.q + i * q_row + d, q_row, std::min<int64_t>(16, s - i), std::min<int64_t>(16, dh - d),
-                      qt + d * lanes + i, lanes, 16);
-  const __m512 div = _mm512_set1_ps(sqrt_dh);
-  for (int64_t j = 0; j < s; ++j) {
-    const int64_t n = active_dims(h.k + j * kv_row, dh, lanes, act);
-    const __m512 m = _mm512_set1_ps(h.mask[j]);
-    float* row = sc + j * lanes;
-    sum_blocks(qt, act, n, lanes / 16, row);
-    for (int64_t l = 0; l < lanes; l += 16)
-      _mm512_store_ps(row + l, _mm512_add_ps(_mm512_div_ps(_mm512_load_ps(row + l), div), m));
+// The sequence's rows read once, in order: q transposed (lanes >= S zero), k and v as bits.
+EVENT_AVX512 void load_sequence(const Sequence& x, const Shape& sh, Buffers& buf) {
+  for (int64_t i = 0; i < sh.lanes; i += 16)
+    for (int64_t d = 0; d < sh.hid; d += 16)
+      transpose_block(x.q + i * sh.q_row + d, sh.q_row, std::min<int64_t>(16, sh.s - i),
+                      std::min<int64_t>(16, sh.hid - d), buf.qt + d * sh.lanes + i, sh.lanes, 16);
+  for (int64_t j = 0; j < sh.s; ++j) {
+    nonzero_bits(x.k + j * sh.kv_row, sh.hid, buf.kbits.data() + j * sh.words);
+    nonzero_bits(x.v + j * sh.kv_row, sh.hid, buf.vbits.data() + j * sh.words);
+  }
+}
+
+// Scores of head dimensions d0..d0+dh, transposed: probs[j, i] = scores[i, j] (lanes i >= S finite, never read).
+EVENT_AVX512 void head_scores(const Sequence& x, const Shape& sh, int64_t d0, Buffers& buf) {
+  const __m512 div = _mm512_set1_ps(sh.sqrt_dh);
+  const float* qt = buf.qt + d0 * sh.lanes;
+  for (int64_t j = 0; j < sh.s; ++j) {
+    const uint64_t m = bit_range(buf.kbits.data() + j * sh.words, d0, sh.dh);
+    const int64_t n = bit_offsets(m, sh.dh, sh.lanes, buf.act.data());
+    const __m512 mask = _mm512_set1_ps(x.mask[j]);
+    float* row = buf.probs + j * sh.lanes;
+    sum_blocks(qt, buf.act.data(), n, sh.lanes / 16, row);
+    for (int64_t l = 0; l < sh.lanes; l += 16)
+      _mm512_store_ps(row + l, _mm512_add_ps(_mm512_div_ps(_mm512_load_ps(row + l), div), mask));
   }
 }
 
@@ -173,27 +207,38 @@ EVENT_AVX512 void head_softmax(float* sc, int64_t s, int64_t lanes) {
   }
 }
 
-// context[i, d] = sum over the positions j at which value dimension d fired of probs[j, i], written to h.out.
-EVENT_AVX512 void head_context(const Head& h, int64_t s, int64_t dh, int64_t kv_row, int64_t out_row, int64_t lanes,
-                               const float* probs, float* ctx, Buffers& buf) {
+// ctx[d0 + d, i] = sum over the positions j at which value dimension d0 + d fired of probs[j, i].
+EVENT_AVX512 void head_context(const Shape& sh, int64_t d0, Buffers& buf) {
   int32_t* cols = buf.cols.data();
   int32_t* ncols = buf.ncols.data();
-  std::fill(ncols, ncols + dh, 0);
-  int32_t* act = buf.act.data();
-  for (int64_t j = 0; j < s; ++j) {
-    const int64_t n = active_dims(h.v + j * kv_row, dh, 1, act);
-    for (int64_t a = 0; a < n; ++a) {
-      const int32_t d = act[a];
-      cols[d * s + ncols[d]++] = static_cast<int32_t>(j * lanes);
+  std::fill(ncols, ncols + sh.dh, 0);
+  for (int64_t j = 0; j < sh.s; ++j) {
+    for (uint64_t m = bit_range(buf.vbits.data() + j * sh.words, d0, sh.dh); m; m &= m - 1) {
+      const int64_t d = __builtin_ctzll(m);
+      cols[d * sh.s + ncols[d]++] = static_cast<int32_t>(j * sh.lanes);
     }
   }
-  for (int64_t d = 0; d < dh; ++d) {
-    sum_blocks(probs, cols + d * s, ncols[d], lanes / 16, ctx + d * lanes);
+  for (int64_t d = 0; d < sh.dh; ++d)
+    sum_blocks(buf.probs, cols + d * sh.s, ncols[d], sh.lanes / 16, buf.ctx + (d0 + d) * sh.lanes);
+}
+
+// The sequence's context rows written once, in order.
+EVENT_AVX512 void store_sequence(const Sequence& x, const Shape& sh, const Buffers& buf) {
+  for (int64_t i = 0; i < sh.s; i += 16)
+    for (int64_t d = 0; d < sh.hid; d += 16)
+      transpose_block(buf.ctx + d * sh.lanes + i, sh.lanes, std::min<int64_t>(16, sh.hid - d),
+                      std::min<int64_t>(16, sh.s - i), x.out + i * sh.hid + d, sh.hid,
+                      std::min<int64_t>(16, sh.hid - d));
+}
+
+EVENT_AVX512 void attend_sequence(const Sequence& x, const Shape& sh, Buffers& buf) {
+  load_sequence(x, sh, buf);
+  for (int64_t d0 = 0; d0 < sh.hid; d0 += sh.dh) {
+    head_scores(x, sh, d0, buf);
+    head_softmax(buf.probs, sh.s, sh.lanes);
+    head_context(sh, d0, buf);
   }
-  for (int64_t d = 0; d < dh; d += 16)
-    for (int64_t i = 0; i < s; i += 16)
-      transpose_block(ctx + d * lanes + i, lanes, std::min<int64_t>(16, dh - d), std::min<int64_t>(16, s - i),
-                      h.out + i * out_row + d, out_row, std::min<int64_t>(16, dh - d));
+  store_sequence(x, sh, buf);
 }
 #endif
 
@@ -206,42 +251,26 @@ at::Tensor spike_attention(const at::Tensor& q, const at::Tensor& k, const at::T
                   k.stride(2) == 1 && v.stride(2) == 1 && k.strides() == v.strides(),
               "spike_attention: q, k, v (N, S, H) with unit stride in H, k and v alike");
   const int64_t n = q.size(0), s = q.size(1), hid = q.size(2);
-  TORCH_CHECK(heads > 0 && hid % heads == 0, "spike_attention: H must be a multiple of the heads");
+  TORCH_CHECK(heads > 0 && hid % heads == 0 && hid / heads <= 64,
+              "spike_attention: H must be a multiple of the heads, of at most 64 dimensions each");
   TORCH_CHECK(mask.dim() == 2 && mask.size(1) == s && mask.size(0) > 0 && n % mask.size(0) == 0 &&
                   mask.is_contiguous(), "spike_attention: mask (B, S) contiguous, N a multiple of B");
   TORCH_CHECK(event_isa() == kAvx512, "spike_attention needs AVX-512");
   at::Tensor out = at::empty({n, s, hid}, q.options());
 #ifdef EVENT_X86
-  const int64_t dh = hid / heads, lanes = (s + 15) / 16 * 16, batch = mask.size(0);
-  const float sqrt_dh = static_cast<float>(std::sqrt(static_cast<double>(dh)));
+  const int64_t dh = hid / heads, batch = mask.size(0);
+  const Shape sh{s, hid, dh, (s + 15) / 16 * 16, (hid + 63) / 64, q.stride(1), k.stride(1),
+                 static_cast<float>(std::sqrt(static_cast<double>(dh)))};
   const float* qp = q.const_data_ptr<float>();
   const float* kp = k.const_data_ptr<float>();
   const float* vp = v.const_data_ptr<float>();
   const float* mp = mask.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
-  // One sequence at a time, its heads in turn; while a head is computed, a share of the next sequence's q, k and v
-  // rows (and of its output rows) is prefetched into L2 (the heads' column slices of rows H floats apart defeat the hardware prefetchers).
   at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
-    Buffers buf(s, dh, lanes);
-    float* qt = Buffers::aligned(buf.qt);
-    float* probs = Buffers::aligned(buf.probs);
-    float* ctx = Buffers::aligned(buf.ctx);
-    for (int64_t seq = n0; seq < n1; ++seq) {
-      for (int64_t col = 0, head = 0; col < hid; col += dh, ++head) {
-        if (seq + 1 < n1) {
-          const int64_t r0 = head * s / heads, r1 = (head + 1) * s / heads;
-          prefetch_rows<0>(qp + (seq + 1) * q.stride(0), q.stride(1), r0, r1, hid);
-          prefetch_rows<0>(kp + (seq + 1) * k.stride(0), k.stride(1), r0, r1, hid);
-          prefetch_rows<0>(vp + (seq + 1) * v.stride(0), v.stride(1), r0, r1, hid);
-          prefetch_rows<1>(op + (seq + 1) * s * hid, hid, r0, r1, hid);
-        }
-        const Head h{qp + seq * q.stride(0) + col, kp + seq * k.stride(0) + col, vp + seq * v.stride(0) + col,
-                     mp + (seq % batch) * s, op + seq * s * hid + col};
-        head_scores(h, s, dh, q.stride(1), k.stride(1), sqrt_dh, lanes, qt, probs, buf.act.data());
-        head_softmax(probs, s, lanes);
-        head_context(h, s, dh, k.stride(1), hid, lanes, probs, ctx, buf);
-      }
-    }
+    Buffers buf(sh);
+    for (int64_t seq = n0; seq < n1; ++seq)
+      attend_sequence({qp + seq * q.stride(0), kp + seq * k.stride(0), vp + seq * v.stride(0),
+                       mp + (seq % batch) * s, op + seq * s * hid}, sh, buf);
   });
 #endif
   return out;
