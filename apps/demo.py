@@ -266,8 +266,8 @@ def summarize(recipe: Recipe, root: Path, runs: Sequence[StageRun], total_second
         "ann_student_size_over_snn": energy["ann"]["student"]["ann_over_snn"],
         "teacher_layers": ann_teacher.get("num_layers"),
         "adaptive_t": adaptive,
-        "stages": [{"name": r.name, "seconds": round(r.seconds, 1), "reused": r.reused, "command": r.command}
-                   for r in runs],
+        "stages": [{"name": r.name, "seconds": round(r.seconds, 1), "reused": r.reused, "command": r.command,
+                    "cpu_seconds": None if r.cpu_seconds is None else round(r.cpu_seconds, 1)} for r in runs],
         "wall_seconds_this_run": round(total_seconds, 1),
         "wall_seconds_all_stages": round(sum(r.seconds for r in runs), 1),
         "report_files": sorted(str(p.report / name) for name in os.listdir(p.report) if not name.startswith(".")),

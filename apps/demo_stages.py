@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -123,13 +124,15 @@ class DemoPaths:
 
 @dataclass
 class StageRun:
-    """How a stage went: its wall time (of the run that produced its outputs) and whether it was reused."""
+    """How a stage went: its wall time and CPU time (user + system, of its process and the processes it waited
+    for; of the run that produced its outputs, None when that run did not record it) and whether it was reused."""
 
     name: str
     title: str
     command: str
     seconds: float
     reused: bool
+    cpu_seconds: Optional[float] = None
 
 
 def _marker(stages_dir: Path, stage: DemoStage) -> Path:
@@ -200,12 +203,17 @@ class StageLog:
         self.file.flush()                            # `tail -f` the log while the stage runs
 
 
-def _run_stage(stage: DemoStage, log_path: Path, console: StageConsole, verbose: bool) -> float:
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_stage(stage: DemoStage, log_path: Path, console: StageConsole, verbose: bool) -> tuple[float, float]:
     """Run the stage's command (cwd: the repository), its output into ``log_path`` and its progress onto
-    ``console``; returns the wall time."""
+    ``console``; returns the wall time and the CPU time of the stage's process."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {PROGRESS_SECONDS_ENV: "2", **os.environ, "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     with open(log_path, "wb") as log_file:
         log_file.write(f"$ {stage.shell()}\n".encode())
         log = StageLog(log_file)
@@ -224,7 +232,7 @@ def _run_stage(stage: DemoStage, log_path: Path, console: StageConsole, verbose:
         except BaseException as err:
             _stop_stage(proc, err)
             raise
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
     if code != 0:
         console.finish(f"failed after {seconds:.0f} s")
         tail = log_path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()[-15:]
@@ -234,7 +242,7 @@ def _run_stage(stage: DemoStage, log_path: Path, console: StageConsole, verbose:
     missing = [str(p) for p in stage.outputs if not (REPO / p).is_file()]
     if missing:
         raise UserError(f"demo stage {stage.name!r} finished but did not write {', '.join(missing)}; see {log_path}")
-    return seconds
+    return seconds, cpu_seconds
 
 
 def _stop_stage(proc: subprocess.Popen, err: BaseException) -> None:
@@ -261,17 +269,19 @@ def run_stages(stages: Sequence[DemoStage], root: Path, verbose: bool = False) -
         head = f"[{i}/{len(stages)}] {stage.name}: {stage.title}"
         if marker is not None:
             print(f"{head} -- finished earlier ({marker['seconds']:.0f} s), reused", flush=True)
-            runs.append(StageRun(stage.name, stage.title, stage.shell(), marker["seconds"], True))
+            runs.append(StageRun(stage.name, stage.title, stage.shell(), marker["seconds"], True,
+                                 marker.get("cpu_seconds")))
             continue
         rerun = True
         _marker(paths.stages, stage).unlink(missing_ok=True)
         log_path = paths.logs / f"{stage.name}.log"
         print(f"{head}\n    $ {stage.shell()}\n    (log: {log_path})", flush=True)
         console = StageConsole(f"[{i}/{len(stages)}] {stage.name}")
-        seconds = _run_stage(stage, log_path, console, verbose)
+        seconds, cpu_seconds = _run_stage(stage, log_path, console, verbose)
         paths.stages.mkdir(parents=True, exist_ok=True)
         atomic_write_json(_marker(paths.stages, stage), {"key": stage.key(), "command": stage.shell(),
-                                                         "seconds": round(seconds, 2), "finished": time.time()})
+                                                         "seconds": round(seconds, 2),
+                                                         "cpu_seconds": round(cpu_seconds, 2), "finished": time.time()})
         console.finish(f"done in {seconds:.0f} s")
-        runs.append(StageRun(stage.name, stage.title, stage.shell(), seconds, False))
+        runs.append(StageRun(stage.name, stage.title, stage.shell(), seconds, False, cpu_seconds))
     return runs

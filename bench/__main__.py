@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from bench import cases
+from bench import cases, limit
 from bench.cases import Setting
 from spikingbert.cli.edge import HelpFormatter
 from spikingbert.runtime import keep_freed_memory
 
-ALL_CASES = ("eval", "train", "crossover", "memory", "schedule", "data")
+ALL_CASES = ("eval", "train", "limit", "crossover", "memory", "schedule", "data")
 
 
 def firing_weights(args) -> list[tuple[str, str]]:
@@ -41,7 +41,8 @@ def plan(args) -> list[tuple[str, object]]:
         for size, w in weights:
             jobs += [("eval", Setting(size, 8, 64, 16, args.device, w)),
                      ("eval", Setting(size, 1, 64, 125, args.device, w)),
-                     ("train", Setting(size, 8, 64, 16, args.device, w))]
+                     ("train", Setting(size, 8, 64, 16, args.device, w)),
+                     ("limit", Setting(size, 8, 64, 16, args.device, w))]
         jobs += [("crossover", Setting(size, 8, 64, 16, args.device)) for size in sizes]
         jobs += [("schedule", Setting("small", 1, 64, 125, args.device)),
                  ("memory", ("small", 8, 64, (8, 32, 128), (8, 16, 32))), ("data", None)]
@@ -50,6 +51,8 @@ def plan(args) -> list[tuple[str, object]]:
             jobs.append(("eval", Setting(size, b, s, t, args.device, w)))
         for (size, w), b in product(weights, (1, 8, 32)):
             jobs.append(("train", Setting(size, b, 64, 16, args.device, w)))
+        for (size, w), (b, t) in product(weights, ((8, 16), (1, 125))):
+            jobs.append(("limit", Setting(size, b, 64, t, args.device, w)))
         for size in sizes:
             jobs += [("crossover", Setting(size, 8, 64, 16, args.device)),
                      ("crossover", Setting(size, 1, 64, 125, args.device)),
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
             rows = cases.case_memory(*setting, device=args.device)
         elif case == "crossover":
             rows = cases.case_crossover(setting, args.repeats)
+        elif case == "limit":
+            rows = limit.case_limit(setting, args.repeats)
         elif case == "data":
             from bench import data_bench
             rows = data_bench.run(quick=args.quick)

@@ -7,5 +7,6 @@
 * `core.weights`, `core.pretrained` — model directories: the weights reader, and the config / ``from_pretrained`` /
   ``save_pretrained`` base shared by the teacher and the student;
 * `core.progress` — progress bars on a terminal, plain log lines elsewhere;
-* `core.linear` — CPU linears on oneDNN.
+* `core.linear` — CPU linears on oneDNN;
+* `core.openmp` — OpenMP threads that sleep when idle (set by the entry points before torch loads).
 """

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from core.linear import linear
 from transformer.modeling import BertEmbeddings, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
 
-from .event_engine import spike_linear
+from .event_engine import spike_attention, spike_linear
 
 #: ``scan(name, currents) -> spikes`` runs neuron layer ``name`` over a chunk of steps,
 #: with currents and spikes ``(Tc, B, S, width)``.
@@ -67,6 +67,17 @@ class SpikingBertSelfAttention(BertSelfAttention):
         if spikes:
             return spike_linear(x, weights, biases).chunk(3, dim=-1)
         return linear(x, torch.cat(weights), torch.cat(biases)).chunk(3, dim=-1)
+
+    def attend_spikes(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                      keep_scores: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """:meth:`attend` for 0/1 ``k`` and ``v`` (the simulation): accumulate-only on the event engine
+        (:func:`~modules.event_engine.spike_attention`) unless the scores are kept or dropout is active; the
+        scores are returned only when kept."""
+        if not keep_scores and not (self.dropout.training and self.dropout.p > 0):
+            context = spike_attention(q, k, v, mask, self.num_attention_heads)
+            if context is not None:
+                return context, None
+        return self.attend(q, k, v, mask)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Current of layer A: per head ``softmax(q k^T / sqrt(dh) + mask) v``.
@@ -118,7 +129,8 @@ class SpikingBertLayer(nn.Module):
         k, v, q = self.attention.self.key_value_query(s_flat, spikes=True)
         s_k = scan("K", k.view(tc, b, s, h))
         s_v = scan("V", v.view(tc, b, s, h))
-        att, scores = self.attention.self.attend(q, s_k.view(tc * b, s, h), s_v.view(tc * b, s, h), mask)
+        att, scores = self.attention.self.attend_spikes(q, s_k.view(tc * b, s, h), s_v.view(tc * b, s, h), mask,
+                                                        keep_scores)
         s_a = scan("A", att.view(tc, b, s, h))
         out, inter, ffn = self.attention.output, self.intermediate, self.output
         s_o1 = scan("O1", out.after_dense(spike_linear(s_a, out.dense.weight, out.dense.bias), s_in))

@@ -39,7 +39,7 @@ from core.linear import linear
 
 from . import event_ops
 
-__all__ = ["spike_linear", "fused_if_scan", "engine", "engine_override", "max_density",
+__all__ = ["spike_linear", "spike_attention", "fused_if_scan", "engine", "engine_override", "max_density",
            "ENGINE_ENV"]
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,19 @@ def spike_linear(spikes: Tensor, weight: Weights, bias: Union[None, Tensor, Sequ
 def _stack(parts: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
     """One tensor, or the concatenation of several along the first (output) dimension."""
     return parts[0] if len(parts) == 1 else torch.cat(list(parts))
+
+
+def spike_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, heads: int) -> Optional[Tensor]:
+    """The attention context ``softmax(q k^T / sqrt(dh) + mask) v`` per head for 0/1 keys and values, from
+    additions only (``torch.ops.spikingbert.spike_attention``), or ``None`` where it does not apply (then use the
+    dense path): ``q``, ``k``, ``v`` ``(N, S, H)``, ``mask`` additive ``(B, 1, 1, S)`` with ``N`` a multiple of
+    ``B``; CPU float32 without autograd on the event engine with AVX-512, heads of at most 64 dimensions."""
+    if (_event_isa(q, [k, v]) != 2 or k.dtype != torch.float32 or v.dtype != torch.float32
+            or mask.dtype != torch.float32 or mask.device.type != "cpu" or q.stride(-1) != 1
+            or q.shape[-1] > 64 * heads):
+        return None
+    b, s = mask.shape[0], mask.shape[-1]
+    return torch.ops.spikingbert.spike_attention(q, k, v, mask.reshape(b, s).contiguous(), heads)
 
 
 def fused_if_scan(currents: Tensor, u: Tensor, vth: float, leak: float) -> Optional[Tensor]:

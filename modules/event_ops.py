@@ -1,15 +1,19 @@
 """Compiled CPU kernels of the event-driven simulation engine: build and load.
 
-``modules/csrc/event_ops.cpp`` registers ``torch.ops.spikingbert``:
+The sources in ``modules/csrc/`` register ``torch.ops.spikingbert``:
 
 * ``pack_weight(W)`` — a dense weight ``(N, K)`` as tiles of ``W^T`` for :func:`spike_linear`;
 * ``spike_linear(spikes, packed, bias, N, max_density, isa)`` — binary spikes ``(M, K)`` times ``W^T``
   plus bias from the inputs that fired only (an empty tensor when more than ``max_density`` fired);
 * ``if_scan(currents, u, vth, leak)`` — the integrate-and-fire update of a chunk of steps;
+* ``spike_attention(q, k, v, mask, heads)`` — the attention context from spiking keys and values
+  (AVX-512 only), additions in place of the products by 0/1;
+* ``vector_peak(kind, iterations)`` — register-only vector adds (0) or FMAs (1): the core's peak rate, timed by
+  ``bench/limit.py``;
 * ``event_isa()`` — 2 with AVX-512, 1 with AVX2 + FMA, 0 without either (no ``spike_linear``).
 
 ``make install`` builds the library once (``python -m modules.event_ops``) with PyTorch's C++
-extension build into ``modules/csrc/build/``, named after a hash of the source, the compiler flags
+extension build into ``modules/csrc/build/``, named after a hash of the sources, the compiler flags
 and the torch version, so a stale library is never loaded. The build loads the new library in a child
 process (a library that crashes on load is deleted) and records its SHA-256 beside it; :func:`load`
 checks that checksum before loading (a truncated or replaced file would crash the process) and the
@@ -33,21 +37,26 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SOURCE", "OPS", "build", "load", "library_path", "kernels_expected"]
+__all__ = ["SOURCES", "OPS", "build", "load", "library_path", "kernels_expected"]
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "event_ops.cpp"
-BUILD_ROOT = SOURCE.parent / "build"
+CSRC = Path(__file__).resolve().parent / "csrc"
+#: The library's sources; the header they share is part of what names a build.
+SOURCES = (CSRC / "event_ops.cpp", CSRC / "spike_attention.cpp", CSRC / "vector_peak.cpp")
+HEADERS = (CSRC / "event_common.h",)
+BUILD_ROOT = CSRC / "build"
 # -fopenmp: at::parallel_for runs on OpenMP threads (the libgomp torch already loaded), so the kernels
 # follow torch.set_num_threads. No fast-math: the float32 arithmetic must stay that of the dense path.
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno")
 #: The ops the library registers (`torch.ops.spikingbert`); a library without one of them is another build's.
-OPS = ("pack_weight", "spike_linear", "if_scan", "event_isa", "train_convergence")
+OPS = ("pack_weight", "spike_linear", "if_scan", "event_isa", "train_convergence", "spike_attention", "vector_peak")
 
 
 def _tag() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for path in (*SOURCES, *HEADERS):
+        digest.update(path.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(torch.__version__.encode())
     return digest.hexdigest()[:12]
@@ -93,7 +102,7 @@ def build(verbose: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # the ninja of this environment (pip's), also when the environment is not activated
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    cpp_extension.load(name=path.stem, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+    cpp_extension.load(name=path.stem, sources=[str(p) for p in SOURCES], extra_cflags=list(CFLAGS),
                        extra_ldflags=["-fopenmp"], build_directory=str(path.parent),
                        is_python_module=False, verbose=verbose)
     for old in BUILD_ROOT.glob("spikingbert_event_ops_*"):            # builds of earlier sources
@@ -148,7 +157,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"warning: the event engine's CPU kernels were not built ({first}); "
               f"the simulation will use the dense engine", file=sys.stderr)
         return 0
-    print(f"built {path.relative_to(SOURCE.parent.parent.parent)}")
+    print(f"built {path.relative_to(CSRC.parent.parent)}")
     return 0
 
 

@@ -277,6 +277,22 @@ def test_demo_reuses_finished_stages(tmp_path, capsys):
     assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
 
 
+@pytest.mark.system
+def test_demo_stages_record_their_cpu_seconds(tmp_path):
+    """A stage that computes for 0.6 s of CPU and one that sleeps 0.6 s: the first's CPU time is at least what it
+    spent, the second's far below its wall time; a reused stage reports what its run recorded."""
+    burn, nap = tmp_path / "burn.txt", tmp_path / "nap.txt"
+    stages = [demo.DemoStage("burn", "burn", ["-c", "import pathlib, time\nwhile time.process_time() < 0.6: pass\n"
+                                                    f"pathlib.Path({str(burn)!r}).write_text('x')"], [burn]),
+              demo.DemoStage("nap", "nap", ["-c", f"import pathlib, time; time.sleep(0.6); "
+                                                  f"pathlib.Path({str(nap)!r}).write_text('x')"], [nap])]
+    first = demo.run_stages(stages, tmp_path)
+    assert first[0].cpu_seconds >= 0.6 and first[1].cpu_seconds < 0.4 < 0.6 <= first[1].seconds
+    again = demo.run_stages(stages, tmp_path)
+    assert [r.reused for r in again] == [True, True]
+    assert [r.cpu_seconds for r in again] == [round(r.cpu_seconds, 2) for r in first]
+
+
 def test_demo_commands_are_in_the_readme():
     """README's Demo section lists the commands the demo runs (with $MINILM for the teacher package)."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")

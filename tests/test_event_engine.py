@@ -74,6 +74,70 @@ def test_spike_linear_is_the_ordered_sum_of_active_weight_rows(isa, m, k, n, den
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-4)
 
 
+def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, heads: int) -> np.ndarray:
+    """float64 ``softmax(q k^T / sqrt(dh) + mask) v`` per head: q, k, v (N, S, H), mask (B, S) (row n % B for
+    sequence n)."""
+    n, s, h = q.shape
+    dh = h // heads
+    out = np.zeros((n, s, h))
+    for i in range(n):
+        for j in range(heads):
+            cols = slice(j * dh, (j + 1) * dh)
+            scores = q[i, :, cols] @ k[i, :, cols].T / np.sqrt(dh) + mask[i % mask.shape[0]][None, :]
+            p = np.exp(scores - scores.max(1, keepdims=True))
+            out[i, :, cols] = (p / p.sum(1, keepdims=True)) @ v[i, :, cols]
+    return out
+
+
+@pytest.mark.skipif(BEST_ISA < 2, reason="spike_attention needs AVX-512")
+@pytest.mark.parametrize("n,b,s,h,heads", [
+    (6, 2, 7, 16, 2),       # S below one vector, dh 8
+    (4, 4, 64, 96, 3),      # dh 32, as the demo's heads
+    (2, 1, 130, 48, 2),     # S over several vector blocks, dh 24 (not a multiple of 16)
+    (2, 2, 20, 200, 4),     # dh 50: a head's bits across two 64-bit words
+    (1, 1, 17, 128, 2),     # dh 64
+])
+def test_spike_attention_equals_the_float64_attention(n, b, s, h, heads):
+    g = torch.Generator().manual_seed(n * s + h)
+    fused = torch.randn(n, s, 3 * h, generator=g) * 2
+    q = fused[..., 2 * h:]                                                  # strided, as the fused product's chunk
+    k = (torch.rand(n, s, h, generator=g) < 0.35).float()
+    v = (torch.rand(n, s, h, generator=g) < 0.12).float()
+    keep = torch.ones(b, s)
+    keep[1:, s // 2:] = 0
+    mask = (1.0 - keep) * -10000.0
+    out = torch.ops.spikingbert.spike_attention(q, k, v, mask, heads)
+    ref = attention_reference(q.double().numpy(), k.double().numpy(), v.double().numpy(), mask.double().numpy(),
+                              heads)
+    np.testing.assert_allclose(out.double().numpy(), ref, rtol=0, atol=2e-6)
+
+
+@pytest.mark.skipif(BEST_ISA < 2, reason="spike_attention needs AVX-512")
+def test_spike_attention_of_silent_keys_is_the_mean_of_the_unmasked_values():
+    """No key fired: every score is the mask, so each query takes the plain mean of the values at the real
+    positions (a hand count: the number of real positions at which each value dimension fired, over their number)."""
+    v = torch.zeros(1, 5, 4)
+    v[0, 0, 0] = v[0, 1, 0] = v[0, 3, 1] = v[0, 4, 2] = 1.0               # position 4 is padding
+    mask = torch.tensor([[0.0, 0.0, 0.0, 0.0, -10000.0]])
+    out = torch.ops.spikingbert.spike_attention(torch.randn(1, 5, 4), torch.zeros(1, 5, 4), v, mask, 2)
+    expected = torch.tensor([2 / 4, 1 / 4, 0.0, 0.0]).expand(5, 4)
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-7)
+
+
+def test_attention_wrapper_declines_autograd_and_the_dense_engine(use_engine):
+    q = torch.randn(2, 3, 8, requires_grad=True)
+    k = v = (torch.rand(2, 3, 8) < 0.5).float()
+    mask = torch.zeros(2, 1, 1, 3)
+    use_engine("auto")
+    assert event_engine.spike_attention(q, k, v, mask, 2) is None                       # gradients wanted
+    with torch.no_grad():
+        assert (event_engine.spike_attention(q, k, v, mask, 2) is not None) == (BEST_ISA == 2)
+        assert event_engine.spike_attention(torch.randn(2, 3, 130), (torch.rand(2, 3, 130) < 0.5).float(),
+                                            (torch.rand(2, 3, 130) < 0.5).float(), mask, 2) is None   # dh 65
+        use_engine("dense")
+        assert event_engine.spike_attention(q, k, v, mask, 2) is None
+
+
 def test_spike_linear_leaves_dense_chunks_to_the_gemm():
     x = (torch.rand(20, 64, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     w, b = torch.randn(48, 64), torch.randn(48)

@@ -141,13 +141,28 @@ class BertAdam(Optimizer):
             torch._foreach_add_(exp_avg, grads, alpha=1.0 - group["b1"])
             torch._foreach_mul_(exp_avg_sq, group["b2"])
             torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - group["b2"])
-            denom = torch._foreach_sqrt(exp_avg_sq)
-            torch._foreach_add_(denom, group["e"])
-            update = torch._foreach_div(exp_avg, denom)
-            if group["weight_decay"] > 0.0:
-                torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            torch._foreach_mul_(update, [self.scheduled_lr(group, s["step"]) for s in states])
-            torch._foreach_sub_(params, update)
-            for s in states:
+            for p, m, v, s in zip(params, exp_avg, exp_avg_sq, states):
+                self._update(p, m, v, group, self.scheduled_lr(group, s["step"]))
                 s["step"] += 1
         return loss
+
+    def _update(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, group: dict, lr: float) -> None:
+        """``p -= lr * (m / (sqrt(v) + e) + weight_decay * p)``, each operation as a whole-tensor pass in a reused
+        buffer (a fresh temporary as large as the word embeddings would be new pages, page-faulted, every step)."""
+        update = self._scratch(p)
+        torch.sqrt(v, out=update)
+        update.add_(group["e"])
+        torch.div(m, update, out=update)
+        if group["weight_decay"] > 0.0:
+            update.add_(p, alpha=group["weight_decay"])
+        update.mul_(lr)
+        p.sub_(update)
+
+    def _scratch(self, p: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like ``p``: a view of one per device and dtype, kept between steps (not optimizer state)."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        key = (p.device, p.dtype)
+        buf = buffers.get(key)
+        if buf is None or buf.numel() < p.numel():
+            buf = buffers[key] = torch.empty(p.numel(), device=p.device, dtype=p.dtype)
+        return buf[:p.numel()].view_as(p)

@@ -11,43 +11,20 @@
 //
 // The vector kernels are compiled for AVX-512 and AVX2 through target attributes; which one runs is
 // an argument (event_isa() says what the CPU supports), so one build serves any x86-64 CPU.
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
+#include "event_common.h"
+
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <vector>
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define EVENT_X86 1
-#include <immintrin.h>
-#define EVENT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt")))
-#define EVENT_AVX2 __attribute__((target("avx2,fma,bmi,bmi2,popcnt")))
-#endif
 
 namespace {
 
+using namespace event_kernels;
+
 constexpr int64_t kTile = 64;        // output columns per packed weight tile (4 zmm / 8 ymm per row)
 constexpr int64_t kRowBlock = 32;    // rows that share one pass over a weight tile
-constexpr int64_t kNone = 0, kAvx2 = 1, kAvx512 = 2;
-
-int64_t event_isa() {
-#ifdef EVENT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
-#endif
-  return kNone;
-}
-
-void check_float_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
-}
 
 // W (N, K) -> tiles (ceil(N / kTile), K, kTile): tile j holds W^T[:, j*kTile:(j+1)*kTile], zero-padded.
 at::Tensor pack_weight(const at::Tensor& weight) {
