@@ -76,9 +76,12 @@ def hub_reference(location: str) -> Optional[HubReference]:
 def hub_directory(reference: HubReference) -> Path:
     """The snapshot directory of ``reference`` in the Hugging Face cache, downloaded first where the cache lacks a file
     (see the module docstring). Raises `UsageError` for a name or revision the Hub does not have, `ModelError` when
-    the model cannot be had (offline, unreachable, gated, a failed download)."""
-    from huggingface_hub import constants
-
+    the model cannot be had (offline, unreachable, gated, a failed download, no ``huggingface_hub``)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError as err:
+        raise ModelError(f"{reference} reads as a Hugging Face Hub model name, and huggingface_hub is not installed: "
+                         "pip install -r requirements.txt (or pass a local directory)") from err
     try:
         directory = _cached(reference)
         if directory is not None:

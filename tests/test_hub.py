@@ -4,6 +4,7 @@ without the network, the loaders on the Hub's key layouts, the command lines, an
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from apps.finetune import parse_finetune_args
+from core.errors import ModelError
 from core.hub import HubReference, hub_reference
-from core.remote import is_remote
+from core.remote import cached_path, is_remote
 from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from spikingbert.cli.flags import parse_general_args
 from tests.helpers import cli_runner
@@ -87,6 +89,12 @@ def test_names_that_read_as_hub_models(tmp_path, monkeypatch):
     assert not is_remote("bert-base-uncased")                  # a local path always wins
     assert is_remote("google-bert/bert-base-uncased") and is_remote("s3://b/k") and is_remote("https://h/m")
     assert not is_remote(tmp_path / "missing")                  # an absolute path is never a Hub name
+
+
+def test_a_hub_name_without_huggingface_hub_installed_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)        # its import fails as where it is not installed
+    with pytest.raises(ModelError, match="huggingface_hub is not installed: pip install -r requirements.txt"):
+        cached_path("org/not-here")
 
 
 def test_flags_take_hub_names_without_looking_for_a_local_directory(tmp_path):
