@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p("--train_corpus", required=True, metavar="FILE",
       help="text file: one sentence a line, blank line between documents")
     p("--bert_model", required=True, metavar="DIR",
-      help="BERT model directory holding vocab.txt (or a vocab.txt path or URL)")
+      help="BERT model directory holding vocab.txt, or its Hugging Face Hub name (e.g. bert-base-uncased), or a "
+           "vocab.txt path or URL")
     p("--do_lower_case", action="store_true", help="lower-case the text (uncased models)")
     p("--reduce_memory", action="store_true",
       help="keep the tokenized corpus in memory-mapped files in a temporary directory")
@@ -51,14 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_tokenizer(bert_model: str, do_lower_case: bool):
-    """The vendored BertTokenizer for --bert_model; a loading problem becomes a UsageError."""
-    from core.errors import ModelError
+    """The vendored BertTokenizer for --bert_model; a local directory it cannot use is a UsageError, a failed download
+    keeps its exit status."""
+    from core.errors import ModelError, UserError
+    from core.remote import is_remote
     from transformer.tokenization import BertTokenizer
 
     try:
         return BertTokenizer.from_pretrained(bert_model, do_lower_case=do_lower_case)
-    except ModelError as err:
-        raise UsageError(f"--bert_model: {err}") from err
+    except UserError as err:
+        if isinstance(err, ModelError) and not is_remote(bert_model):
+            raise UsageError(f"--bert_model: {err}") from err
+        raise err.about("--bert_model") from err
 
 
 def main(argv: List[str]) -> None:

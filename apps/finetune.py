@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from core.errors import UsageError
+from core.remote import is_remote
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 from spikingbert.cli.flags import (
     GROUP_BY_LENGTH_HELP,
@@ -42,7 +43,8 @@ def finetune_parser() -> argparse.ArgumentParser:
                                                    "Default: what --bert_model's config.json records, else off")
     groups["model"].add_argument(
         "--bert_model", type=str, required=True, metavar="DIR",
-        help="pre-trained BERT directory (or URL): config.json, model.safetensors or pytorch_model.bin, vocab.txt")
+        help="pre-trained BERT directory (config.json, model.safetensors or pytorch_model.bin, vocab.txt), or its "
+             "Hugging Face Hub name (org/name[@revision], e.g. bert-base-uncased) or URL")
     add_optimizer_flags(groups["training"], 3.0, "training epochs (may be fractional)")
     groups["training"].add_argument("--group_by_length", action="store_true", help=GROUP_BY_LENGTH_HELP)
     add_checkpoint_flags(groups["checkpoints"], 0, "write checkpoint-{step} every this many steps (0: at the end)", 1,
@@ -67,8 +69,9 @@ def parse_finetune_args(argv: Optional[Sequence[str]] = None) -> argparse.Namesp
     if not args.data_dir.is_dir():
         raise UsageError(f"--data_dir {args.data_dir} is not a directory: pass the task's directory (train.tsv, "
                          "dev.tsv)")
-    if "://" not in args.bert_model and not Path(args.bert_model).is_dir():
-        raise UsageError(f"--bert_model {args.bert_model} is not a directory: pass the directory of a pre-trained BERT")
+    if not is_remote(args.bert_model) and not Path(args.bert_model).is_dir():
+        raise UsageError(f"--bert_model {args.bert_model} is not a directory: pass the directory of a pre-trained BERT "
+                         "or its Hugging Face Hub name (org/name)")
     return args
 
 

@@ -2,6 +2,7 @@
 
     python -m apps.predict --model runs/demo/pred --text "a gorgeous, witty film" --text "ugly and pointless"
     python -m apps.predict --model runs/mrpc/pred --input pairs.tsv --output predictions.jsonl
+    python -m apps.predict --model org/spikingbert-sst2 --text "a gorgeous, witty film"    # a Hugging Face Hub name
 
 Inputs come from ``--text`` (with ``--text_pair`` for a sentence-pair task) or from ``--input``: a file or ``-``
 (standard input), read as JSONL (objects with ``text`` and ``text_pair``), a GLUE TSV (by its header: ``sentence``,
@@ -45,8 +46,9 @@ def predict_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m apps.predict", description=__doc__.split("\n\n")[0],
                             formatter_class=HelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
     model = parser.add_argument_group("model")
-    model.add_argument("--model", type=Path, required=True, metavar="DIR",
-                       help="a trained classification student: the output dir of a prediction-KD run (--pred_distill)")
+    model.add_argument("--model", type=str, required=True, metavar="DIR",
+                       help="a trained classification student: the output dir of a prediction-KD run (--pred_distill), "
+                            "or its Hugging Face Hub name (org/name[@revision])")
     model.add_argument("--label_names", type=str, default=None, metavar="NAMES",
                        help="comma list of the class names in index order, e.g. rotten,fresh. Default: the names "
                             "the directory records (LABEL_0, LABEL_1, ... where it records none)")
@@ -130,13 +132,14 @@ def load_student(args: argparse.Namespace) -> SpikingBertForSequenceClassificati
     ``--label_names`` applied and its memory need checked for ``--batch_size``."""
     import torch
 
+    from core.remote import is_remote
     from models.configuration import SpikingBertConfig
     from models.spiking_bert import SpikingBertForSequenceClassification
     from spikingbert.run.memory import check_memory, student_step_need
     from spikingbert.run.model_dirs import read_model_dir
 
-    if not args.model.is_dir():
-        raise UsageError(f"--model {args.model}: no such directory")
+    if not is_remote(args.model) and not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such directory, nor a Hugging Face Hub name (org/name)")
     model = read_model_dir(args.model, "--model", SpikingBertConfig).load(SpikingBertForSequenceClassification)
     config = model.config
     if args.label_names is not None:

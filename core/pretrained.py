@@ -2,8 +2,8 @@
 student share.
 
 A model directory holds ``config.json``, ``model.safetensors`` (or a legacy ``pytorch_model.bin``, see
-`core.weights`) and ``vocab.txt``; any of them may come from a URL, an ``s3://`` path or an archive
-(`core.remote.cached_path`).
+`core.weights`) and ``vocab.txt``; any of them may come from a URL, an ``s3://`` path, an archive or a Hugging Face
+Hub name (`core.remote.cached_path`).
 
 * `ModelConfig`: a dataclass config read from and written to ``config.json``. Every field the settings
   table knows is checked against it when the file is read (`core.settings`); unknown fields are kept in
@@ -135,7 +135,8 @@ class ModelConfig:
 
     @classmethod
     def from_pretrained(cls, location: PathLike, **overrides: Any) -> "ModelConfig":
-        """The ``config.json`` of a model directory (or its URL, s3:// path or archive), or a config.json path."""
+        """The ``config.json`` of a model directory (or its URL, s3:// path, archive or Hugging Face Hub name), or a
+        config.json path."""
         path = cached_path(location)
         return cls.from_json_file(path / CONFIG_NAME if path.is_dir() else path, **overrides)
 
@@ -216,9 +217,10 @@ class PreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, location: PathLike, config: Optional[ModelConfig] = None,
                         **overrides: Any) -> "PreTrainedModel":
-        """The model of a directory (or its URL, s3:// path or archive): its ``config.json`` with ``overrides``
-        replacing fields (None: keep), or ``config`` when the caller read it already; the weights loaded by key
-        (`load_weights`). The model is returned in eval mode, as Hugging Face's: call ``.train()`` to train it."""
+        """The model of a directory (or its URL, s3:// path, archive or Hugging Face Hub name): its ``config.json`` with
+        ``overrides`` replacing fields (None: keep), or ``config`` when the caller read it already; the weights loaded
+        by key (`load_weights`). The model is returned in eval mode, as Hugging Face's: call ``.train()`` to train
+        it."""
         directory = model_directory(location)
         if config is None:
             config = cls.config_class.from_json_file(directory / CONFIG_NAME, **overrides)

@@ -2,11 +2,11 @@
 
 * :func:`download` GETs a URL into a file, retrying transient failures with exponential back-off
   and, with ``resume``, continuing a partial file with an HTTP Range request.
-* :func:`cached_path` resolves model locations (local paths, http(s) URLs, s3:// paths, archives)
-  to local files. Remote files are downloaded once into a cache directory (``$SPIKINGBERT_CACHE``,
-  default ``~/.cache/spikingbert``) under a key derived from the URL and its ETag, so a changed
-  remote file is fetched again and an unchanged one is not; every cache entry is built with
-  :func:`core.files.build_directory`.
+* :func:`cached_path` resolves model locations (local paths, http(s) URLs, s3:// paths, Hugging Face Hub
+  names, archives) to local files. A Hub model lives in the Hugging Face cache (`core.hub`); other remote
+  files are downloaded once into a cache directory (``$SPIKINGBERT_CACHE``, default ``~/.cache/spikingbert``)
+  under a key derived from the URL and its ETag, so a changed remote file is fetched again and an unchanged
+  one is not; every cache entry is built with :func:`core.files.build_directory`.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from .archives import extract_into, member_path
 from .errors import ModelError
 from .files import atomic_write_text, build_directory, naming_write_errors, open_no_follow
+from .hub import hub_directory, hub_reference
 
-__all__ = ["DownloadError", "download", "cached_path", "default_cache_dir", "CACHE_ENV"]
+__all__ = ["DownloadError", "download", "cached_path", "is_remote", "default_cache_dir", "CACHE_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spikingbert").expanduser()
 
 
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether `cached_path` downloads ``location`` (an http(s) URL, an s3:// path, or a Hugging Face Hub name that is
+    no local path) rather than reading a local path."""
+    text = os.fspath(location)
+    return (urlparse(text).scheme.lower() in ("http", "https", "s3")
+            or (not Path(text).expanduser().exists() and hub_reference(text) is not None))
+
+
 def cached_path(url_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a local path for ``url_or_path``.
 
-    * local file or directory: returned as is (``ModelError`` if it does not exist);
+    * local file or directory: returned as is;
+    * a Hugging Face Hub model name (``name`` or ``org/name``, optionally ``@revision``) that is no local path: the
+      model's snapshot directory in the Hugging Face cache, downloaded first where needed (`core.hub`);
+    * anything else that does not exist: ``ModelError``;
     * ``http://`` / ``https://`` URL: downloaded into the cache (re-used while its ETag is unchanged);
     * ``s3://bucket/key``: an object, or every object under the prefix ``key/`` (a model directory),
       downloaded with boto3 (which honours ``AWS_ENDPOINT_URL`` and the usual AWS configuration);
@@ -147,8 +159,11 @@ def cached_path(url_or_path: str | os.PathLike, cache_dir: str | os.PathLike | N
     else:
         path = Path(location).expanduser()
         if not path.exists():
-            raise ModelError(f"{location} does not exist: pass an existing file or directory, "
-                                 "an http(s):// URL or an s3:// path")
+            reference = hub_reference(location)
+            if reference is None:
+                raise ModelError(f"{location} does not exist: pass an existing file or directory, a Hugging Face Hub "
+                                 "model name (org/name), an http(s):// URL or an s3:// path")
+            path = hub_directory(reference)
     if path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES):
         return _extracted(path, cache)
     return path

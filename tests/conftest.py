@@ -1,10 +1,14 @@
 """Shared test fixtures: paths to the real data and weights that `make install` provides."""
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# No test reaches the Hugging Face Hub (a model name that is no local path would try): the tests of Hub names serve
+# its download routes on 127.0.0.1 and set HF_HUB_OFFLINE=0 for the processes they start (tests/helpers/hub.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _package_dir(name: str) -> Path:

@@ -232,8 +232,8 @@ class BertTokenizer:
     @classmethod
     def from_pretrained(cls, dir_or_vocab_file_or_url: str | os.PathLike, do_lower_case: bool = True,
                         cache_dir: str | os.PathLike | None = None) -> "BertTokenizer":
-        """Load from a model directory holding vocab.txt, a vocab.txt file, or a URL / s3:// path of either
-        (archives are extracted; see :func:`core.remote.cached_path`)."""
+        """Load from a model directory holding vocab.txt (or its Hugging Face Hub name), a vocab.txt file, or a URL /
+        s3:// path of either (archives are extracted; see :func:`core.remote.cached_path`)."""
         resolved = cached_path(dir_or_vocab_file_or_url, cache_dir=cache_dir)
         vocab_file = resolved / VOCAB_NAME if resolved.is_dir() else resolved
         if not vocab_file.is_file():

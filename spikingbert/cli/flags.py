@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from core.errors import UsageError
+from core.remote import is_remote
 
 from .edge import ArgumentParser, HelpFormatter, setting_flag, short_metavars
 
@@ -146,12 +147,14 @@ def add_output_flags(group: argparse._ArgumentGroup, output_help: str) -> None:
 
 def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
     g.add_argument("--teacher_model", type=str, default=None, metavar="DIR",
-                   help="directory (or URL) of the BERT teacher: config.json, weights, vocab.txt; "
+                   help="directory of the BERT teacher (config.json, weights, vocab.txt), or its Hugging Face Hub "
+                        "name (org/name[@revision]) or URL; "
                         + ("fine-tuned on the task (not needed with --do_eval). Default: none"
                            if task else "pre-trained (required)"))
     g.add_argument("--spiking_student_model", type=Path, required=True, metavar="DIR",
                    help="student directory: a config-only directory (a new student, e.g. spiking_student_model/) "
-                        "or a saved student (training continues from its weights)")
+                        "or a saved student (training continues from its weights), or its Hugging Face Hub name "
+                        "(org/name[@revision])")
     g.add_argument("--init_from_teacher", action="store_true",
                    help="a new student (no weights) starts from the teacher's embeddings and every k-th teacher layer "
                         "(student layer j <- teacher layer j*k+k-1, k = teacher layers / student layers)")
@@ -321,10 +324,10 @@ def _check_common(args: argparse.Namespace) -> None:
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
     if args.save_steps is None:
         args.save_steps = args.eval_step
-    if not (args.spiking_student_model / "config.json").is_file():
+    if not is_remote(args.spiking_student_model) and not (args.spiking_student_model / "config.json").is_file():
         raise UsageError(f"--spiking_student_model {args.spiking_student_model} has no config.json: "
                          "pass a student config directory (e.g. spiking_student_model/) or a saved student")
-    if args.teacher_model is not None and "://" not in args.teacher_model:
+    if args.teacher_model is not None and not is_remote(args.teacher_model):
         _require_dir(Path(args.teacher_model), "--teacher_model", "pass the directory of a saved BERT")
         if not (Path(args.teacher_model) / "config.json").is_file():
             raise UsageError(f"--teacher_model {args.teacher_model} has no config.json: pass the directory of a "

@@ -134,11 +134,10 @@ def check_training_inputs(output_dir: Path, overwrite: bool, student: ModelDir, 
                           resume: Optional[Path]) -> None:
     """All checks of a distillation run that need no model: teacher weights, vocabularies, the student
     (or the checkpoint to resume from), and that no input is the output dir."""
-    local_teacher = None if "://" in teacher.location else Path(teacher.location)
-    check_not_an_input(output_dir, overwrite, {student.flag: Path(student.location), teacher.flag: local_teacher})
+    check_not_an_input(output_dir, overwrite, {student.flag: student.directory, teacher.flag: teacher.directory})
     check_teacher_weights(teacher)
-    check_vocabularies(Path(student.location), teacher.directory)
-    source = resume or Path(student.location)
+    check_vocabularies(student.directory, teacher.directory)
+    source = resume or student.directory
     shapes = check_student_weights(source)
     check_fit_dense(shapes, student.config.hidden_size, teacher.config.hidden_size, find_weights(source) or source)
 

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Dict
 
 from torch.utils.data import Dataset
@@ -102,8 +101,7 @@ def _check(plan: RunPlan, runtime: Runtime, output: OutputDir, micro_batch: int)
     bert = plan.teacher
     tokenizer = bert.tokenizer(plan.do_lower_case)
     check_seq_length(plan.max_seq_length, bert.config.max_position_embeddings, bert.flag)
-    local = None if "://" in bert.location else Path(bert.location)
-    checks.check_not_an_input(plan.output.path, plan.output.overwrite, {bert.flag: local})
+    checks.check_not_an_input(plan.output.path, plan.output.overwrite, {bert.flag: bert.directory})
     resume = output.check(runtime)
     if resume is not None:
         check_resume_settings(plan.output.path, plan.flags, {"max_seq_length_used": plan.max_seq_length}, resume,

@@ -37,7 +37,8 @@ class ModelDir:
 
     Attributes:
         flag: the flag that named it (``--teacher_model``, ``--spiking_student_model``, ...).
-        location: as given (a path, or a URL / s3:// path / archive, then ``directory`` is its local copy).
+        location: as given (a path, or a URL / s3:// path / archive / Hugging Face Hub name, then ``directory`` is
+            its local copy).
         directory: the local directory.
         values: its config.json's fields (migrated for a student directory).
         config: ``values`` checked, as the config class of the model (no overrides).

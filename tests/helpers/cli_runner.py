@@ -9,7 +9,8 @@ resource limits act on. Its stdout and stderr go into a pipe (a pipe is not subj
 `call` runs any function in such a child.
 
 ``fsize``: the child's ``RLIMIT_FSIZE`` in bytes, with ``SIGXFSZ`` ignored, so that a write that
-would grow any file beyond it fails for real with ``EFBIG`` (``File too large``).
+would grow any file beyond it fails for real with ``EFBIG`` (``File too large``). ``env``: variables set in the
+child's environment before the script runs.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -47,7 +48,9 @@ def limit_file_size(fsize: Optional[int]) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, hard))
 
 
-def _child(script: str, argv: List[str], out, fsize: Optional[int], tempdir: Optional[str]) -> None:
+def _child(script: str, argv: List[str], out, fsize: Optional[int], tempdir: Optional[str],
+           env: Optional[Dict[str, str]]) -> None:
+    os.environ.update(env or {})
     os.dup2(out.fileno(), 1)
     os.dup2(out.fileno(), 2)
     out.close()
@@ -82,10 +85,11 @@ class Result:
 class Running:
     """A started run: its ``pid``; `wait` collects the exit status and the output."""
 
-    def __init__(self, script: str, argv: Sequence, fsize: Optional[int] = None, tempdir: Optional[Path] = None):
+    def __init__(self, script: str, argv: Sequence, fsize: Optional[int] = None, tempdir: Optional[Path] = None,
+                 env: Optional[Dict[str, str]] = None):
         reader, writer = _CONTEXT.Pipe(duplex=False)
         self.process = _CONTEXT.Process(target=_child, args=(script, [str(a) for a in argv], writer, fsize,
-                                                             None if tempdir is None else str(tempdir)))
+                                                             None if tempdir is None else str(tempdir), env))
         self.process.start()
         writer.close()
         self.pid = self.process.pid
@@ -118,14 +122,15 @@ class Running:
         return Result(self.process.exitcode, self.output_so_far())
 
 
-def start(script: str, argv: Sequence, fsize: Optional[int] = None, tempdir: Optional[Path] = None) -> Running:
-    return Running(script, argv, fsize, tempdir)
+def start(script: str, argv: Sequence, fsize: Optional[int] = None, tempdir: Optional[Path] = None,
+          env: Optional[Dict[str, str]] = None) -> Running:
+    return Running(script, argv, fsize, tempdir, env)
 
 
 def run(script: str, argv: Sequence, fsize: Optional[int] = None, tempdir: Optional[Path] = None,
-        expect: Optional[int] = 0, timeout: float = 240) -> Result:
+        expect: Optional[int] = 0, timeout: float = 240, env: Optional[Dict[str, str]] = None) -> Result:
     """Run ``script`` to its end; assert its exit status is ``expect`` (None: any)."""
-    result = start(script, argv, fsize, tempdir).wait(timeout)
+    result = start(script, argv, fsize, tempdir, env).wait(timeout)
     if expect is not None:
         assert result.returncode == expect, f"{script} exited {result.returncode}:\n{result.output[-4000:]}"
     return result
@@ -149,10 +154,10 @@ def call(fn, *args, fsize: Optional[int] = None, timeout: float = 120):
 
 
 def run_python(script: str, argv: Sequence, fsize: Optional[int] = None, expect: Optional[int] = 0,
-               timeout: float = 240) -> Result:
+               timeout: float = 240, env: Optional[Dict[str, str]] = None) -> Result:
     """``python <script>.py argv`` in a new interpreter (``script`` may also be ``-m module``)."""
     cmd = [sys.executable, *(script.split() if script.startswith("-m ") else [str(REPO / f"{script}.py")])]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run([*cmd, *map(str, argv)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout,
