@@ -1,10 +1,11 @@
 """Download the GLUE tasks into DIR/<Task>/ (train.tsv, dev.tsv, test.tsv; MNLI dev_matched.tsv, ...).
 
+    python download_glue_data.py                  # as published: every task into ./glue_data
     python download_glue_data.py --data_dir glue_data --tasks all
     python download_glue_data.py --data_dir glue_data --tasks MRPC --path_to_mrpc msr_corpus/
     python download_glue_data.py --data_dir glue_data --tasks CoLA,SST --mirror /data/glue_archives
 
-Logic: spikingbert/glue/download.py.
+Logic: spikingbert/data/glue/download.py.
 """
 import argparse
 import logging
@@ -18,12 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = ArgumentParser(prog="python download_glue_data.py", description=__doc__.split("\n\nLogic")[0],
                             formatter_class=HelpFormatter)
-    parser.add_argument("--data_dir", required=True, metavar="DIR", help="directory to put the task directories in")
+    parser.add_argument("--data_dir", default="glue_data", metavar="DIR",
+                        help="directory to put the task directories in (created if missing)")
     parser.add_argument("--tasks", default="all",
                         help=f"'all' or a comma list of {','.join(task.name for task in TASKS)} (case-insensitive)")
-    parser.add_argument("--path_to_mrpc", default=None,
+    parser.add_argument("--path_to_mrpc", default="",
                         metavar="DIR", help="directory with msr_paraphrase_train.txt and msr_paraphrase_test.txt "
-                                            "(default: download them)")
+                                            "(default: '', download them)")
     parser.add_argument("--mirror", default=None, metavar="DIR_OR_URL",
                         help="local directory or base URL holding the archives under their standard names "
                              "(CoLA.zip, SST-2.zip, QQP-clean.zip, ..., mrpc_dev_ids.tsv). Default: the official "
@@ -42,7 +44,8 @@ def main(argv: List[str]) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     config = DownloadConfig(retries=args.retries, retry_wait=args.retry_wait)
-    installed = download_glue(args.data_dir, parse_tasks(args.tasks), args.path_to_mrpc, args.mirror, config)
+    installed = download_glue(args.data_dir, parse_tasks(args.tasks), args.path_to_mrpc or None, args.mirror,
+                              config)
     logging.getLogger(__name__).info("done: %d task(s) installed in %s", len(installed), args.data_dir)
 
 

@@ -8,7 +8,7 @@ masked_lm_positions, masked_lm_labels) and epoch_{i}_metrics.json
     python preprocess_training_data.py --train_corpus wiki.txt --bert_model bert-base-uncased/ \\
         --do_lower_case --output_dir pregenerated/ --epochs_to_generate 3 --reduce_memory
 
-Logic: spikingbert/pretraining_data.py.
+Logic: spikingbert/data/pretraining.py.
 """
 import argparse
 import logging
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import List
 
 from core.errors import DataError, UsageError
-from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
+from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli
+from spikingbert.cli.flags import accept_unused, ignored_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p("--output_dir", required=True, metavar="DIR", help="directory for epoch_{i}.json and epoch_{i}_metrics.json")
     p("--num_workers", type=int, default=1, help="processes generating epochs in parallel")
     p("--debug", action="store_true", help="show tracebacks")
-    short_metavars(parser)
+    accept_unused(parser, "preprocess")          # the published --data_url, accepted and ignored
     return parser
 
 
@@ -69,6 +70,8 @@ def load_tokenizer(bert_model: str, do_lower_case: bool):
 def main(argv: List[str]) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for flag in ignored_flags(args):
+        logging.getLogger(__name__).warning("%s is accepted as published and has no effect", flag)
     from core.output_dir import check_output_location
     from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 

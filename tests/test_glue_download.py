@@ -14,7 +14,15 @@ import pytest
 from core.errors import DataError
 from spikingbert.data.glue import get_processor
 from spikingbert.data.glue.download import safe_extract_zip
-from tests.helpers.glue_files import COLA_TRAIN, MSR_TEST_ROWS, MSR_TRAIN_ROWS, SST_TRAIN, make_zip, standard_files
+from tests.helpers.glue_files import (
+    COLA_TRAIN,
+    MSR_TEST_ROWS,
+    MSR_TRAIN_ROWS,
+    SST_TRAIN,
+    make_zip,
+    standard_files,
+    task_zip,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "download_glue_data.py"
@@ -82,8 +90,8 @@ def server():
     srv.close()
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--retry_wait", "0.01", *args], cwd=REPO,
+def run_script(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--retry_wait", "0.01", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -121,6 +129,20 @@ def test_download_all_kinds_of_tasks(tmp_path, server):
     assert again.returncode == 0, again.stderr
     assert len(server.requests) == before
     assert again.stderr.count("already complete") == 5
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_published_defaults_every_task_into_glue_data(tmp_path, server):
+    """The published command line, `python download_glue_data.py` (here with a mirror): every task into ./glue_data."""
+    server.files.update({name: task_zip(top) for name, top in
+                         (("QQP-clean.zip", "QQP"), ("STS-B.zip", "STS-B"), ("RTE.zip", "RTE"), ("WNLI.zip", "WNLI"))})
+    result = run_script("--mirror", server.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = tmp_path / "glue_data"
+    assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == sorted(
+        ["CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE", "WNLI", "diagnostic"])
+    assert leftovers(data) == [] and (data / "MRPC" / "dev.tsv").is_file()
 
 
 @pytest.mark.system

@@ -1,8 +1,10 @@
 """Command-line flags of the two distillation scripts, grouped and documented, and their validation.
 
-Flags that exist in the published scripts keep their names and meaning. Each script lists only the
-flags it uses, in groups (data, model, training, checkpoints, evaluation, spiking, distributed, output),
-every flag with its help text and default (`HelpFormatter`). A published flag that a script does not
+Flags that exist in the published scripts keep their names and meaning, and every published spelling parses
+(``--wd`` for ``--weight_decay`` too). Where a default differs from the published one the flag's help says why
+(the list, with the reasons: docs/DESIGN.md, "The published code"). Each script lists only the flags it
+uses, in groups (data, model, training, checkpoints, evaluation, spiking, distributed, output), every flag
+with its help text and default (`HelpFormatter`). A published flag that a script does not
 use is accepted without being listed, and the runner warns that it has no effect (`ignored_flags`).
 
 Spiking settings (``--t_conv``, ``--vth``, ``--leak``, ...) default to ``None``: the value in the
@@ -23,6 +25,7 @@ from core.remote import is_remote
 from .edge import ArgumentParser, HelpFormatter, setting_flag, short_metavars
 
 __all__ = ["general_parser", "task_parser", "parse_general_args", "parse_task_args", "ignored_flags", "UNUSED_FLAGS",
+           "accept_unused", "optional_path",
            "add_spiking_flags", "add_device_flags", "add_task_data_flags", "add_optimizer_flags",
            "add_checkpoint_flags", "add_adaptive_flags",
            "add_output_flags", "GROUP_BY_LENGTH_HELP", "LOWER_CASE_HELP"]
@@ -34,7 +37,7 @@ GROUP_BY_LENGTH_HELP = (
     "leaves every example's logits as they are; task intermediate KD only groups (its att/rep losses average "
     "over the padded positions too, as published). Default: off, the published random batches")
 LOWER_CASE_HELP = ("lower-case the input before WordPiece (uncased vocabularies). Default: what the student's "
-                   "(else the teacher's) config.json records, else off")
+                   "(else the teacher's) config.json records, else off (the published default)")
 
 CHECKPOINT_COST_HELP = (
     "keep only the newest this many checkpoint-{step} directories (the best prediction-KD or fine-tuned model stays "
@@ -45,10 +48,10 @@ STUDENT_CHECKPOINT = ("127 MB for the demo's 2-layer H 384 student (62 MB + 64 M
                       "a 4-layer H 768 one")
 
 #: Flags of the published scripts that a script accepts, unlisted, and warns about (they have no effect there).
-UNUSED_FLAGS = {"general": ("do_eval", "eval_batch_size"), "task": ("data_url",)}
+UNUSED_FLAGS = {"general": ("do_eval", "eval_batch_size"), "task": ("data_url",), "preprocess": ("data_url",)}
 
 
-def _accept_unused(parser: argparse.ArgumentParser, script: str) -> None:
+def accept_unused(parser: argparse.ArgumentParser, script: str) -> None:
     """The published flags ``script`` does not use (unlisted), and short metavars in the usage lines."""
     for name in UNUSED_FLAGS[script]:
         parser.add_argument(f"--{name}", default=None, nargs="?", const=True, help=argparse.SUPPRESS)
@@ -65,10 +68,12 @@ def add_spiking_flags(group: argparse._ArgumentGroup, training: bool = True) -> 
     def q(*names: str, **kwargs: Any) -> None:
         setting_flag(group, *names, default=None, **kwargs)
 
-    q("--t_conv", help="simulation time steps T. Default: the student's config.json")
-    q("--vth", help="firing threshold Vth. Default: the student's config.json")
-    q("--leak", help="membrane leak factor in (0, 1]: 1 = integrate-and-fire (IF), below 1 leaky (LIF). Default: the "
-                     "student's config.json")
+    q("--t_conv", help="simulation time steps T. Default: the student's config.json (spiking_student_model/ records "
+                       "100, the published scripts' default)")
+    q("--vth", help="firing threshold Vth. Default: the student's config.json (spiking_student_model/ records 1.0, the "
+                    "published scripts' default)")
+    q("--leak", help="membrane leak factor in (0, 1]: 1 = integrate-and-fire (IF), below 1 leaky integrate-and-fire "
+                     "(LIF). Default: the student's config.json (spiking_student_model/ records 1.0)")
     if not training:
         return
     q("--ide_point", help="where the equivalent rate function is evaluated for the implicit gradient: ann (on its own "
@@ -98,7 +103,9 @@ def add_task_data_flags(group: argparse._ArgumentGroup, max_seq_length_help: str
       help="GLUE task (case-insensitive): CoLA, SST-2, MRPC, STS-B, QQP, MNLI, MNLI-mm, QNLI, RTE, WNLI")
     p("--max_seq_length", type=int, default=None, help=max_seq_length_help)
     p("--do_lower_case", action="store_true", default=None, help=lower_case_help)
-    p("--cache_dir", type=Path, default=None, metavar="DIR", help="cache for tokenized features. Default: no cache")
+    p("--cache_dir", type=optional_path, default=None, metavar="DIR",
+      help="cache for tokenized features. Default: no cache ('' too: the published default, a model download cache "
+           "the published task script never read)")
     p("--skip_bad_rows", action="store_true", help="skip malformed TSV rows (counted and logged) instead of stopping")
 
 
@@ -112,7 +119,10 @@ def add_optimizer_flags(group: argparse._ArgumentGroup, epochs: Optional[float],
     p("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run the epochs)")
     p("--warmup_proportion", type=float, default=0.1,
       help="fraction of the steps with linear learning-rate warm-up (warm-up linear schedules only)")
-    p("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on biases and LayerNorm)")
+    p("--weight_decay", type=float, default=0.01,
+      help="decoupled weight decay (not on biases and LayerNorm). Default: 0.01, the decay the published scripts "
+           "apply (their --weight_decay/--wd flag, default 1e-4, is never read)")
+    p("--wd", dest="weight_decay", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # published alias
     p("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     p("--seed", type=int, default=42, help="seed of every random number generator (data order, dropout, init)")
 
@@ -163,7 +173,8 @@ def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:
 def _training_flags(g: argparse._ArgumentGroup, task: bool) -> None:
     if task:
         add_optimizer_flags(g, None, "training epochs (may be fractional). Default: per task for intermediate KD (see "
-                                     "the README), 3 for prediction KD")
+                                     "the README), 3 for prediction KD (the published script: always 3, its per-task "
+                                     "table is never applied)")
     else:
         add_optimizer_flags(g, 3.0, "training epochs (may be fractional)")
     p = g.add_argument
@@ -183,8 +194,9 @@ def _training_flags(g: argparse._ArgumentGroup, task: bool) -> None:
 def _checkpoint_flags(g: argparse._ArgumentGroup, task: bool) -> None:
     if not task:
         g.add_argument("--eval_step", type=int, default=1000,
-                       help="write a checkpoint every this many steps unless --save_steps is given (the published "
-                            "flag)")
+                       help="write a checkpoint every this many steps unless --save_steps is given. Default: 1000 (the "
+                            "published script: 200, for a weights-only snapshot; a checkpoint here also holds the "
+                            "optimizer state, about 3x the weights)")
     add_checkpoint_flags(g, None, "write checkpoint-{step} every this many steps; 0: only at the end. Default: "
                                   "--eval_step", 1, "t_conv, vth, teacher, task, max_seq_length, temperature, ...")
 
@@ -197,8 +209,8 @@ def _evaluation_flags(g: argparse._ArgumentGroup) -> None:
       help="label the task's GLUE test split(s) with --spiking_student_model instead of training and write the "
            "submission files GLUE expects into --output_dir (SST-2.tsv, ..., MNLI: MNLI-m.tsv and MNLI-mm.tsv); "
            "with --do_eval also the dev evaluation")
-    p("--eval_batch_size", type=int, default=32, help="examples per evaluation batch (per process)")
-    p("--eval_step", type=int, default=50,
+    p("--eval_batch_size", type=int, default=128, help="examples per evaluation batch (per process)")
+    p("--eval_step", type=int, default=1000,
       help="prediction KD: evaluate on dev every this many steps (and keep the best model); also sets "
            "--save_steps when that is not given")
     p("--report", action="store_true",
@@ -245,7 +257,7 @@ def _add_script_flags(parser: argparse.ArgumentParser, g: Dict[str, argparse._Ar
                                   "final student go")
     g["output"].add_argument("--logging_steps", type=int, default=10,
                              help="log the averaged losses to metrics.jsonl every this many steps")
-    _accept_unused(parser, script)
+    accept_unused(parser, script)
     return parser
 
 
@@ -281,10 +293,16 @@ def task_parser() -> argparse.ArgumentParser:
                "      --spiking_student_model runs/sst2-pred --output_dir runs/sst2-eval --report")
     g = _groups(parser, "data", "model", "training", "checkpoints", "evaluation", "spiking", "distributed", "output")
     add_task_data_flags(g["data"], "tokens per example, [CLS] and [SEP] included. Default: per task (see the "
-                                   "README); --do_eval: the student's recorded one", LOWER_CASE_HELP)
+                                   "README; the published script: always 128, its per-task table is never applied); "
+                                   "--do_eval: the student's recorded one", LOWER_CASE_HELP)
     g["data"].add_argument("--aug_train", action="store_true",
                            help="train on train_aug.tsv (augmented data) instead of train.tsv")
     return _add_script_flags(parser, g, "task")
+
+
+def optional_path(text: str) -> Optional[Path]:
+    """A directory flag's value; the empty string (a published default) means none."""
+    return Path(text) if text else None
 
 
 def ignored_flags(args: argparse.Namespace) -> List[str]:
