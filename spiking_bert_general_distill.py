@@ -8,18 +8,8 @@ Example::
 
 See ``--help`` for all flags; errors a user can fix are reported in one line.
 """
-import sys
-from typing import List
-
-from spikingbert.cli.edge import run_cli
-
-
-def main(argv: List[str]) -> int:
-    from spikingbert.cli.flags import parse_general_args  # here: run_cli handles signals from the start
-    from spikingbert.run.stages import run_general_distillation
-
-    return run_general_distillation(parse_general_args(argv))
-
+from spikingbert.apps.scripts import general_distill as main  # noqa: F401  (tests run it)
+from spikingbert.apps.scripts import general_distill_cli as cli
 
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

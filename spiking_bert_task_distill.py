@@ -14,18 +14,8 @@ Examples::
 
 See ``--help`` for all flags; errors a user can fix are reported in one line.
 """
-import sys
-from typing import List
-
-from spikingbert.cli.edge import run_cli
-
-
-def main(argv: List[str]) -> int:
-    from spikingbert.cli.flags import parse_task_args  # here: run_cli handles signals from the start
-    from spikingbert.run.stages import run_task_distillation
-
-    return run_task_distillation(parse_task_args(argv))
-
+from spikingbert.apps.scripts import task_distill as main  # noqa: F401  (tests run it)
+from spikingbert.apps.scripts import task_distill_cli as cli
 
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

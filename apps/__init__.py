@@ -5,6 +5,6 @@ published checkpoints (``python -m apps.convert_published``).
 They sit above the library: they import `spikingbert`, `models` and `transformer`; nothing there imports them.
 """
 
-from core.openmp import prefer_passive_waits
+from spikingbert.core.openmp import prefer_passive_waits
 
 prefer_passive_waits()          # before torch loads OpenMP (core.openmp)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List
 
-from core.errors import UsageError
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, short_metavars
+from spikingbert.core.errors import UsageError
 
 __all__ = ["convert_parser", "main"]
 
@@ -58,9 +57,9 @@ def main(argv: List[str]) -> int:
     args = convert_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _check_files(args)
-    from core.errors import ModelError
-    from core.output_dir import check_output_location, claim_output_dir
-    from models.convert_published import build_converted
+    from spikingbert.core.errors import ModelError
+    from spikingbert.core.output_dir import check_output_location, claim_output_dir
+    from spikingbert.models.convert_published import build_converted
 
     check_output_location(args.output_dir, "--output_dir")
     try:
@@ -74,5 +73,10 @@ def main(argv: List[str]) -> int:
     return 0
 
 
+def cli() -> None:
+    """The command line (installed as the console script ``spikingbert-convert-published``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

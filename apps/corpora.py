@@ -15,13 +15,12 @@ import importlib.util
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from core.errors import DataError, UsageError
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag
+from spikingbert.core.errors import DataError, UsageError
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -32,7 +31,7 @@ def build_bbc_corpus(path: Path, min_bytes: int) -> Path:
     Topics are interleaved so that any prefix mixes them; an existing file of the
     right size is reused. With more bytes asked than the articles hold, all are used.
     """
-    from core.files import atomic_write_text
+    from spikingbert.core.files import atomic_write_text
 
     path = Path(path)
     if path.is_file() and path.stat().st_size >= min_bytes:
@@ -164,7 +163,7 @@ def build_rotten_tomatoes_task(
     keep the lowest-ranked examples of a split (a smaller task for quick runs). Files are written
     atomically, ``task.json`` and dev first, so an existing ``train.tsv`` means a complete directory.
     """
-    from core.files import atomic_open
+    from spikingbert.core.files import atomic_open
     from spikingbert.data.glue import write_task_info
 
     if not 0 < dev_fraction < 1:
@@ -226,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = corpora_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logging.getLogger(__name__)
-    from core.output_dir import check_output_location
+    from spikingbert.core.output_dir import check_output_location
 
     if args.corpus == "rotten_tomatoes":
         check_output_location(args.output_dir, "--output_dir")
@@ -247,5 +246,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """The command line (installed as the console script ``spikingbert-corpora``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

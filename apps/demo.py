@@ -35,16 +35,15 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from core.errors import UsageError, UserError
-from models.migrations import MODEL_TYPE
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
+from spikingbert.core.errors import UsageError, UserError
 from spikingbert.evaluation.dev import has_learned
+from spikingbert.models.migrations import MODEL_TYPE
 
 from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command
 from .demo_table import FULL_PURPOSE, SMOKE_PURPOSE, format_summary
@@ -112,7 +111,7 @@ class Recipe:
 
     def student_config(self) -> Dict[str, Any]:
         """The new student's config.json: MiniLM's width (H 384, 12 heads, inter 1536), ``student_layers`` deep."""
-        from transformer.configuration import BertFields
+        from spikingbert.transformer.configuration import BertFields
 
         bert = BertFields(hidden_size=384, num_hidden_layers=self.student_layers, num_attention_heads=12,
                           intermediate_size=1536).to_dict()              # every other field: BERT's default
@@ -218,7 +217,7 @@ def _model_stages(r: Recipe, p: DemoPaths, teacher_model: Path) -> List[DemoStag
 
 def _write_student_config(recipe: Recipe, directory: Path, vocab: Path) -> None:
     """The new student's directory (config.json + the teacher's vocab.txt); rewritten only when it changed."""
-    from core.files import atomic_write, atomic_write_text
+    from spikingbert.core.files import atomic_write, atomic_write_text
 
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(recipe.student_config(), indent=2, sort_keys=True) + "\n"
@@ -380,7 +379,7 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
 def run_demo(recipe: Recipe, root: Path, verbose: bool = False, smoke: bool = False) -> Dict[str, Any]:
     """Run (or reuse) every stage, print the table, write ``summary.json``; returns the summary. ``root`` is locked
     for the demo (``.demo.lock``: a second demo into it fails at once); nothing is removed on failure."""
-    from core.output_dir import claim_output_dir
+    from spikingbert.core.output_dir import claim_output_dir
 
     root = root.resolve() if not root.is_absolute() else root
     teacher_model = minilm_dir()
@@ -391,7 +390,7 @@ def run_demo(recipe: Recipe, root: Path, verbose: bool = False, smoke: bool = Fa
 
 
 def _run_demo(recipe: Recipe, root: Path, teacher_model: Path, verbose: bool, smoke: bool) -> Dict[str, Any]:
-    from core.files import atomic_write_json
+    from spikingbert.core.files import atomic_write_json
 
     start = time.perf_counter()
     paths = DemoPaths(root)
@@ -438,5 +437,10 @@ def commands_text(recipe: Recipe, root: Path) -> str:
     return "\n".join(lines)
 
 
+def cli() -> None:
+    """The command line (installed as the console script ``spikingbert-demo``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

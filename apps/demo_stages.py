@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from core.errors import UserError
-from core.files import atomic_write_json
-from core.progress import PROGRESS_SECONDS_ENV
+from spikingbert.core.errors import UserError
+from spikingbert.core.files import atomic_write_json
+from spikingbert.core.progress import PROGRESS_SECONDS_ENV
 
 __all__ = ["REPO", "DemoStage", "DemoPaths", "StageRun", "StageConsole", "StageLog", "ProgressLine", "parse_progress",
            "run_stages", "wrap_command"]

@@ -11,12 +11,9 @@ baseline)::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from core.errors import UsageError
-from core.remote import is_remote
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 from spikingbert.cli.flags import (
     GROUP_BY_LENGTH_HELP,
@@ -26,6 +23,8 @@ from spikingbert.cli.flags import (
     add_output_flags,
     add_task_data_flags,
 )
+from spikingbert.core.errors import UsageError
+from spikingbert.core.remote import is_remote
 
 __all__ = ["finetune_parser", "parse_finetune_args", "main"]
 
@@ -81,5 +80,10 @@ def main(argv: List[str]) -> int:
     return run_finetuning(parse_finetune_args(argv))
 
 
+def cli() -> None:
+    """The command line (installed as the console script ``spikingbert-finetune``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

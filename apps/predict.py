@@ -26,15 +26,15 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence
 
-from core.errors import DataError, UsageError
-from core.files import atomic_open
 from spikingbert.cli.edge import ArgumentParser, HelpFormatter, run_cli, setting_flag, short_metavars
 from spikingbert.cli.flags import add_adaptive_flags
+from spikingbert.core.errors import DataError, UsageError
+from spikingbert.core.files import atomic_open
 
 if TYPE_CHECKING:                     # imported in main: a Ctrl-C while torch loads is reported as any other
-    from models.inference import Prediction
-    from models.spiking_bert import SpikingBertForSequenceClassification
     from spikingbert.data.texts import TextRow
+    from spikingbert.models.inference import Prediction
+    from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
 
 logger = logging.getLogger("apps.predict")
 
@@ -81,7 +81,7 @@ def parse_predict_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         raise UsageError("give either --text or --input, not both")
     if args.text_pair is not None and len(args.text_pair) != len(args.text):
         raise UsageError(f"{len(args.text)} --text but {len(args.text_pair)} --text_pair: give one pair per text")
-    from transformer.tokenization import is_blank
+    from spikingbert.transformer.tokenization import is_blank
 
     for flag, texts in (("--text", args.text), ("--text_pair", args.text_pair or [])):
         if any(is_blank(t) for t in texts):
@@ -132,9 +132,9 @@ def load_student(args: argparse.Namespace) -> SpikingBertForSequenceClassificati
     ``--label_names`` applied and its memory need checked for ``--batch_size``."""
     import torch
 
-    from core.remote import is_remote
-    from models.configuration import SpikingBertConfig
-    from models.spiking_bert import SpikingBertForSequenceClassification
+    from spikingbert.core.remote import is_remote
+    from spikingbert.models.configuration import SpikingBertConfig
+    from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
     from spikingbert.run.memory import check_memory, student_step_need
     from spikingbert.run.model_dirs import read_model_dir
 
@@ -184,9 +184,9 @@ def _chunks(args: argparse.Namespace) -> Iterator[List[TextRow]]:
 
 def classify(args: argparse.Namespace, model: SpikingBertForSequenceClassification, sink: Optional[IO[str]]) -> int:
     """Classify the inputs chunk by chunk; print each prediction and write its record to ``sink``."""
-    from core.progress import progress
-    from models.inference import check_student
-    from models.stopping import StopRule
+    from spikingbert.core.progress import progress
+    from spikingbert.models.inference import check_student
+    from spikingbert.models.stopping import StopRule
 
     adaptive = None if args.adaptive_t is None else StopRule(args.adaptive_t, args.adaptive_window,
                                                              args.adaptive_min_steps)
@@ -220,5 +220,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """The command line (installed as the console script ``spikingbert-predict``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    cli()

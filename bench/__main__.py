@@ -85,7 +85,7 @@ def bench_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = bench_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("modules.event_engine").setLevel(logging.INFO)           # which engine runs
+    logging.getLogger("spikingbert.modules.event_engine").setLevel(logging.INFO)           # which engine runs
     keep_freed_memory()                          # as the training/eval scripts do (spikingbert.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from models.spiking_bert import SpikingBertForSequenceClassification
-from modules import event_engine
 from spikingbert.data.glue import canonical_task_name, get_processor, load_task_dataset
 from spikingbert.evaluation import report
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.modules import event_engine
 from spikingbert.runtime import keep_freed_memory
-from transformer.tokenization import BertTokenizer
+from spikingbert.transformer.tokenization import BertTokenizer
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("modules.event_engine").setLevel(logging.INFO)
+    logging.getLogger("spikingbert.modules.event_engine").setLevel(logging.INFO)
     keep_freed_memory()
     task = canonical_task_name(args.task_name)
     tokenizer = BertTokenizer.from_pretrained(args.student, do_lower_case=True)

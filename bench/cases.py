@@ -20,11 +20,11 @@ from typing import Callable
 import torch
 
 from bench.firing import DEMO_RATES, DENSE_RATES, shape_firing
-from core.linear import linear
-from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
-from modules import event_engine
-from transformer.modeling import BertConfig, BertModel
-from transformer.optimization import BertAdam
+from spikingbert.core.linear import linear
+from spikingbert.models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from spikingbert.modules import event_engine
+from spikingbert.transformer.modeling import BertConfig, BertModel
+from spikingbert.transformer.optimization import BertAdam
 
 RECIPES = {"recipe": DEMO_RATES, "dense_recipe": DENSE_RATES}
 
@@ -232,7 +232,7 @@ def case_crossover(setting: Setting, repeats: int, densities=(0.05, 0.1, 0.2, 0.
     """Event-driven vs dense product of each simulation layer shape, on random spikes of a range of
     densities, rows of one time chunk: the density where the two cost the same (what the engine's
     ``max_density`` is set from), per instruction set."""
-    from modules import event_ops
+    from spikingbert.modules import event_ops
 
     if setting.device != "cpu" or event_ops.load() is not None:
         return []

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from apps.corpora import build_bbc_corpus
+from spikingbert.apps.corpora import build_bbc_corpus
 
 
 def _vocab_path() -> Path:
@@ -66,7 +66,7 @@ def bench_pretraining(tokenizer, corpus: Path, out_dir: Path) -> List[Dict]:
 
 def run(quick: bool) -> List[Dict]:
     """Run the data benchmarks (quick: ~1 MB corpus, 2000 GLUE pairs; else the full ~5 MB and 20000 pairs)."""
-    from transformer.tokenization import BertTokenizer
+    from spikingbert.transformer.tokenization import BertTokenizer
 
     tokenizer = BertTokenizer.from_pretrained(str(_vocab_path()), do_lower_case=True)
     with tempfile.TemporaryDirectory(prefix="spikingbert-data-bench-") as tmp:

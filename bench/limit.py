@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 
 from bench.cases import Setting, build
-from core.linear import linear
-from modules import event_engine
+from spikingbert.core.linear import linear
+from spikingbert.modules import event_engine
 
 
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -125,7 +125,7 @@ def attention_row(student, chunks, mask, peaks: dict, repeats: int) -> dict:
 
 def case_limit(setting: Setting, repeats: int) -> list[dict]:
     """Per product and for the whole eval forward: achieved rates against the core's peaks."""
-    from modules import event_ops
+    from spikingbert.modules import event_ops
 
     if setting.device != "cpu" or event_ops.load() is not None:
         return []

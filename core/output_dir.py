@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Set
 
-from core.errors import UsageError
+from spikingbert.core.errors import UsageError
 
 __all__ = ["LOCK_NAME", "TMP_PREFIX", "DirectoryInUse", "DirectoryLock", "Claim", "claim_output_dir",
            "check_output_location", "remove_temporaries"]

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from core.errors import UsageError
-from transformer.configuration import BertFields
+from spikingbert.core.errors import UsageError
+from spikingbert.transformer.configuration import BertFields
 
 from .migrations import MODEL_TYPE, migrate_student_config
 

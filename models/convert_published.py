@@ -40,7 +40,7 @@ _HEADS = {
 
 def convert_state_dict(state: dict[str, Tensor], num_layers: int, feedback: bool = False) -> dict[str, Tensor]:
     """Rename published keys to this project's; unknown keys raise `UsageError`."""
-    from core.errors import UsageError
+    from spikingbert.core.errors import UsageError
 
     out: dict[str, Tensor] = {}
     unknown = []
@@ -80,7 +80,7 @@ def convert_state_dict(state: dict[str, Tensor], num_layers: int, feedback: bool
 def build_converted(checkpoint: str, config: str, **overrides) -> Tuple["SpikingBertPreTrainedModel", Optional[Path]]:
     """The model of a published ``checkpoint`` with the student config ``config`` (a directory or its config.json),
     and the vocab.txt beside that config (or None); nothing is written."""
-    from core.weights import read_weights
+    from spikingbert.core.weights import read_weights
 
     from .configuration import SpikingBertConfig
     from .spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification

@@ -23,8 +23,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from core.errors import UsageError
-from transformer.tokenization import BertTokenizer, is_blank, pack_inputs
+from spikingbert.core.errors import UsageError
+from spikingbert.transformer.tokenization import BertTokenizer, is_blank, pack_inputs
 
 from .stopping import StopRule
 

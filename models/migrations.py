@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from core.files import read_json
-from core.settings import SETTINGS
+from spikingbert.core.files import read_json
+from spikingbert.core.settings import SETTINGS
 
 __all__ = ["MODEL_TYPE", "migrate_student_config"]
 

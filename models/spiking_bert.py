@@ -27,14 +27,14 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from core.errors import UsageError
-from core.linear import Linear
-from core.pretrained import PreTrainedModel
-from core.settings import check_setting
-from modules.blocks import SpikingBertEmbeddings, SpikingBertEncoder
-from modules.implicit import implicit_reattach, replace
-from modules.neuron import NeuronLayers
-from modules.solvers import SolverInfo
+from spikingbert.core.errors import UsageError
+from spikingbert.core.linear import Linear
+from spikingbert.core.pretrained import PreTrainedModel
+from spikingbert.core.settings import check_setting
+from spikingbert.modules.blocks import SpikingBertEmbeddings, SpikingBertEncoder
+from spikingbert.modules.implicit import implicit_reattach, replace
+from spikingbert.modules.neuron import NeuronLayers
+from spikingbert.modules.solvers import SolverInfo
 
 from .configuration import SpikingBertConfig
 from .inference import Prediction, predict

@@ -21,8 +21,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from core.errors import UsageError
-from core.settings import check_setting
+from spikingbert.core.errors import UsageError
+from spikingbert.core.settings import check_setting
 
 __all__ = ["StopRule", "class_margins", "stop_steps", "StopTracker"]
 

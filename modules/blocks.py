@@ -24,8 +24,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from core.linear import linear
-from transformer.modeling import BertEmbeddings, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
+from spikingbert.core.linear import linear
+from spikingbert.transformer.modeling import (
+    BertEmbeddings,
+    BertIntermediate,
+    BertOutput,
+    BertSelfAttention,
+    BertSelfOutput,
+)
 
 from .event_engine import spike_attention, spike_linear
 

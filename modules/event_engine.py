@@ -35,7 +35,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from core.linear import linear
+from spikingbert.core.linear import linear
 
 from . import event_ops
 

@@ -12,7 +12,7 @@ The sources in ``modules/csrc/`` register ``torch.ops.spikingbert``:
   ``bench/limit.py``;
 * ``event_isa()`` — 2 with AVX-512, 1 with AVX2 + FMA, 0 without either (no ``spike_linear``).
 
-``make install`` builds the library once (``python -m modules.event_ops``) with PyTorch's C++
+``make install`` builds the library once (``python -m spikingbert.modules.event_ops``) with PyTorch's C++
 extension build into ``modules/csrc/build/``, named after a hash of the sources, the compiler flags
 and the torch version, so a stale library is never loaded. The build loads the new library in a child
 process (a library that crashes on load is deleted) and records its SHA-256 beside it; :func:`load`
@@ -112,7 +112,7 @@ def build(verbose: bool = False) -> Path:
     if failure is not None:
         path.unlink(missing_ok=True)
         raise RuntimeError(f"the built library does not load ({failure})")
-    from core.files import atomic_write_text
+    from spikingbert.core.files import atomic_write_text
 
     atomic_write_text(_checksum_path(path), _digest(path) + "\n")
     return path

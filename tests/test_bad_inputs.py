@@ -29,19 +29,23 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification, SpikingBertPreTrainedModel
 from spikingbert.cli.edge import run_cli
 from spikingbert.data import glue
 from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
+from spikingbert.models.spiking_bert import (
+    SpikingBertConfig,
+    SpikingBertForSequenceClassification,
+    SpikingBertPreTrainedModel,
+)
 from spikingbert.runtime import Runtime
 from spikingbert.training.checkpoint import list_checkpoints
 from spikingbert.training.sampling import ResumableSampler
 from spikingbert.training.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
+from spikingbert.transformer.modeling import BertPreTrainedModel
+from spikingbert.transformer.optimization import BertAdam
+from spikingbert.transformer.tokenization import BertTokenizer
 from tests.helpers.stand_in import StandInObjective, regression_data
 from tests.helpers.world import REPO, World, build_world, max_weight_diff, read_jsonl, script_env
-from transformer.modeling import BertPreTrainedModel
-from transformer.optimization import BertAdam
-from transformer.tokenization import BertTokenizer
 
 TASK, GENERAL, PREPROCESS = "spiking_bert_task_distill", "spiking_bert_general_distill", "preprocess_training_data"
 

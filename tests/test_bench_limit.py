@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bench.limit import attention_row, product_row
-from modules import event_ops
+from spikingbert.modules import event_ops
 
 WHY_NOT_BUILT = event_ops.load()
 pytestmark = pytest.mark.skipif(WHY_NOT_BUILT is not None, reason=f"event engine not available: {WHY_NOT_BUILT}")
@@ -28,7 +28,7 @@ def test_product_row_counts_active_inputs_times_outputs():
 @pytest.mark.skipif(WHY_NOT_BUILT is None and int(torch.ops.spikingbert.event_isa()) < 2,
                     reason="the attention kernel needs AVX-512")
 def test_attention_row_counts_key_and_value_spikes_times_positions():
-    from models.spiking_bert import SpikingBertForSequenceClassification
+    from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
     from tests.helpers.students import tiny_config
 
     model = SpikingBertForSequenceClassification(tiny_config(layers=1)).eval()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.errors import UsageError, UserError
-from core.files import atomic_write_json
+from spikingbert.core.errors import UsageError, UserError
+from spikingbert.core.files import atomic_write_json
 from spikingbert.run.output import OutputDir
 from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.checkpoint import (
@@ -26,7 +26,7 @@ from spikingbert.training.checkpoint import (
 )
 from spikingbert.training.sampling import ResumableSampler
 from spikingbert.training.state import MetricsLog
-from transformer.optimization import BertAdam
+from spikingbert.transformer.optimization import BertAdam
 
 
 def _writer(tag: str):

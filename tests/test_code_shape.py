@@ -15,6 +15,8 @@ ROOMS = {"apps": 0, "bench": 0, "<scripts>": 0,
          "spikingbert.run": 1, "spikingbert.cli": 2, "spikingbert.training": 3, "spikingbert.evaluation": 4,
          "spikingbert.data": 5, "spikingbert.runtime": 6,
          "models": 7, "modules": 8, "transformer": 9, "core": 10}
+#: The top-level folders of the published layout, imported as ``spikingbert.<name>`` (one namespace).
+LAYOUT_PACKAGES = ("apps", "models", "modules", "transformer", "core")
 #: Calls that import a module by name (a string the import check above cannot see).
 DYNAMIC_IMPORTS = {("runpy", "run_module"), ("runpy", "run_path"), ("importlib", "import_module"),
                    ("builtins", "__import__")}
@@ -33,6 +35,8 @@ def _sources() -> dict[str, ast.Module]:
 def _room_of_module(module: str) -> str | None:
     """The room of a dotted module name (its longest prefix in `ROOMS`), None outside the project."""
     parts = module.split(".")
+    if parts[:1] == ["spikingbert"] and parts[1:2] and parts[1] in LAYOUT_PACKAGES:
+        parts = parts[1:]                                   # spikingbert.models.x lives in the room `models`
     for n in range(len(parts), 0, -1):
         if ".".join(parts[:n]) in ROOMS:
             return ".".join(parts[:n])
@@ -89,6 +93,20 @@ def test_imports_only_go_down_and_never_reach_private_names():
             if target is not None:
                 private += [f"{name} imports {module}.{n}" for n in names if n.startswith("_")]
     assert upward == [] and private == []
+
+
+def test_the_layout_folders_are_imported_through_the_namespace_only():
+    """``from models.x import`` beside ``from spikingbert.models.x import`` would load a second copy of a module
+    (two classes of one name): the code names the top-level folders only as ``spikingbert.<folder>``."""
+    bare = [f"{name} imports {module}" for name, tree in _sources().items()
+            for module, _ in _imported_modules(name, tree)
+            if module.split(".")[0] in LAYOUT_PACKAGES and not _relative_inside(name, module)]
+    assert bare == []
+
+
+def _relative_inside(relative: str, module: str) -> bool:
+    """A relative import inside a layout folder resolves to that folder's own (top-level) name: not a bare import."""
+    return "/" in relative and relative.split("/")[0] == module.split(".")[0]
 
 
 def test_nothing_imports_a_module_by_name():

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from core.errors import UsageError
-from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+from spikingbert.core.errors import UsageError
+from spikingbert.models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from tests.helpers.published import VOCAB, published_state, raw_names, write_config
 from tests.helpers.students import REPO_ROOT, convert, reference_forward, tiny_inputs
 

@@ -28,6 +28,7 @@ import pytest
 
 from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
 from spikingbert.training.checkpoint import list_checkpoints
+from spikingbert.transformer.tokenization import BertTokenizer
 from tests.helpers.crash import (
     GENERAL,
     SAVE_STEPS,
@@ -42,7 +43,6 @@ from tests.helpers.crash import (
     wait_for,
 )
 from tests.helpers.world import REPO, World, build_world, read_jsonl, script_env
-from transformer.tokenization import BertTokenizer
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from models.spiking_bert import SpikingBertForSequenceClassification
-from modules import neuron
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.modules import neuron
 from tests.helpers.students import tiny_config, tiny_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

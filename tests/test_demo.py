@@ -15,12 +15,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from apps import corpora, demo
-from core.errors import UserError
-from models.init_from_teacher import init_student_from_teacher, teacher_init_map
-from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
+from spikingbert.apps import corpora, demo
+from spikingbert.core.errors import UserError
+from spikingbert.models.init_from_teacher import init_student_from_teacher, teacher_init_map
+from spikingbert.models.spiking_bert import (
+    SpikingBertConfig,
+    SpikingBertForDistillation,
+    SpikingBertForSequenceClassification,
+)
+from spikingbert.transformer.modeling import BertConfig, BertForPreTraining
 from tests.helpers.world import REPO, TEACHER, build_world, independent_dev_metrics, run_script
-from transformer.modeling import BertConfig, BertForPreTraining
 
 # ------------------------------------------------------------------------------------ rotten tomatoes
 

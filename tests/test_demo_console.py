@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from apps import demo, demo_stages, demo_table
-from apps.demo_stages import parse_progress
-from core.progress import LineProgress
+from spikingbert.apps import demo, demo_stages, demo_table
+from spikingbert.apps.demo_stages import parse_progress
+from spikingbert.core.progress import LineProgress
 from tests.helpers.students import REPO_ROOT
 
 STAGE_CODE = """
 import logging, sys
-from core.progress import progress
+from spikingbert.core.progress import progress
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 bar = progress(range(5), desc="train", unit="steps", interval=0)
 for _ in bar:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from bench.firing import shape_firing
-from core.linear import linear
-from models.spiking_bert import SpikingBertForSequenceClassification
-from modules import event_engine, event_ops
-from modules.neuron import if_scan
+from spikingbert.core.linear import linear
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.modules import event_engine, event_ops
+from spikingbert.modules.neuron import if_scan
 from tests.helpers.students import tiny_config, tiny_inputs
 
 WHY_NOT_BUILT = event_ops.load()
@@ -177,7 +177,7 @@ def test_autograd_and_forced_dense_take_the_gemm(use_engine, caplog):
     assert event_engine.spike_linear(x, lin.weight, lin.bias).grad_fn is not None
     use_engine("dense")
     event_engine._resolve.cache_clear()                       # log the choice again
-    with caplog.at_level(logging.INFO, logger="modules.event_engine"):
+    with caplog.at_level(logging.INFO, logger="spikingbert.modules.event_engine"):
         assert event_engine.engine() == ("dense", 0)
     assert any("simulation engine on CPU: dense (requested: SPIKINGBERT_ENGINE=dense" in r.getMessage()
                for r in caplog.records)

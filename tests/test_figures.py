@@ -9,13 +9,13 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
-from models.stopping import StopRule
 from spikingbert.evaluation.adaptive import adaptive_t_eval
 from spikingbert.evaluation.curves import training_curves_figure
 from spikingbert.evaluation.figures import TYPE_NAMES
 from spikingbert.evaluation.measure import collect_spike_stats
 from spikingbert.evaluation.plots import report_figures
+from spikingbert.models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from spikingbert.models.stopping import StopRule
 from tests.helpers.students import tiny_config, tiny_inputs
 
 T = 12

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import remote as file_utils
-from core.errors import ModelError
-from core.remote import DownloadError, cached_path
-from transformer.modeling import BertConfig, BertForSequenceClassification
-from transformer.tokenization import BertTokenizer
+from spikingbert.core import remote as file_utils
+from spikingbert.core.errors import ModelError
+from spikingbert.core.remote import DownloadError, cached_path
+from spikingbert.transformer.modeling import BertConfig, BertForSequenceClassification
+from spikingbert.transformer.tokenization import BertTokenizer
 
 VOCAB = b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n"
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,

@@ -15,9 +15,9 @@ import torch
 import transformers
 
 from spikingbert.data import glue
+from spikingbert.transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
+from spikingbert.transformer.tokenization import BertTokenizer
 from tests.helpers.world import run_finetune
-from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
-from transformer.tokenization import BertTokenizer
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ from typing import List
 import pytest
 import torch
 
-from core.errors import DataError, UserError
+from spikingbert.core.errors import DataError, UserError
 from spikingbert.data.glue import (
     DEFAULT_TASK_SETTINGS,
     InputExample,
@@ -18,7 +18,7 @@ from spikingbert.data.glue import (
     load_task_dataset,
     main_metric,
 )
-from transformer.tokenization import BertTokenizer
+from spikingbert.transformer.tokenization import BertTokenizer
 
 MNLI_TRAIN_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
                      "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label")

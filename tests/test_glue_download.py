@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import pytest
 
-from core.errors import DataError
+from spikingbert.core.errors import DataError
 from spikingbert.data.glue import get_processor
 from spikingbert.data.glue.download import safe_extract_zip
 from tests.helpers.glue_files import (

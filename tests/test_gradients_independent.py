@@ -23,7 +23,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
 from tests.helpers import float64_reference as ref
 from tests.helpers.students import tiny_config, tiny_inputs
 

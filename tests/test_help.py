@@ -11,9 +11,9 @@ import pytest
 
 import download_glue_data
 import preprocess_training_data
-from apps import corpora, demo, finetune, predict
-from apps.convert_published import convert_parser
 from bench.__main__ import bench_parser
+from spikingbert.apps import corpora, demo, finetune, predict
+from spikingbert.apps.convert_published import convert_parser
 from spikingbert.cli import flags as script_args
 from tests.helpers.students import REPO_ROOT
 
@@ -110,7 +110,7 @@ def test_docs_refer_only_to_files_in_the_repository():
 @pytest.mark.parametrize("command", [c for c in PARSERS if c != "python -m bench"])
 def test_every_number_or_choice_flag_takes_its_range_from_the_settings_table(command):
     """One table (core.settings) declares each setting's type and range; every command's flags derive from it."""
-    from core.settings import SETTINGS
+    from spikingbert.core.settings import SETTINGS
 
     for parser in _parsers(PARSERS[command]()):
         for action in parser._actions:
@@ -123,10 +123,10 @@ def test_every_number_or_choice_flag_takes_its_range_from_the_settings_table(com
 
 
 def test_registries_offer_exactly_the_settings_table_choices():
-    from core.settings import SETTINGS
-    from modules.neuron import SURROGATES
-    from modules.solvers import SOLVERS
-    from transformer.activations import ACT2FN
+    from spikingbert.core.settings import SETTINGS
+    from spikingbert.modules.neuron import SURROGATES
+    from spikingbert.modules.solvers import SOLVERS
+    from spikingbert.transformer.activations import ACT2FN
 
     assert sorted(SOLVERS) == sorted(SETTINGS["solver"].choices)
     assert sorted(SURROGATES) == sorted(SETTINGS["surrogate"].choices)

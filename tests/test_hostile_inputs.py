@@ -222,12 +222,12 @@ def test_predict_ranges_and_memory_are_those_of_the_stages(kd, tmp_path):
 
 
 def test_a_damaged_or_foreign_kernel_library_falls_back_to_dense(tmp_path):
-    from modules import event_ops
+    from spikingbert.modules import event_ops
 
     built = event_ops.library_path()
     if not built.is_file():
         pytest.skip("the kernels are not built here")
-    code = ("import sys; from pathlib import Path; from modules import event_ops; "
+    code = ("import sys; from pathlib import Path; from spikingbert.modules import event_ops; "
             "event_ops.BUILD_ROOT = Path(sys.argv[1]); print(event_ops.load())")
     target = tmp_path / built.parent.name / built.name
     target.parent.mkdir()
@@ -245,11 +245,11 @@ def test_a_damaged_or_foreign_kernel_library_falls_back_to_dense(tmp_path):
 
 
 def test_a_kernel_build_that_fails_on_an_avx2_cpu_fails_make_install(tmp_path):
-    from modules import event_ops
+    from spikingbert.modules import event_ops
 
     if not event_ops.kernels_expected():
         pytest.skip("this CPU runs the dense engine: a failed build is only a warning here")
-    code = ("import sys; from pathlib import Path; from modules import event_ops; "
+    code = ("import sys; from pathlib import Path; from spikingbert.modules import event_ops; "
             "event_ops.BUILD_ROOT = Path(sys.argv[1]); sys.exit(event_ops.main([]))")
     env = {**script_env(), "CXX": "/bin/false"}
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
@@ -307,7 +307,7 @@ def _child_peak_rss() -> int:
 # ----------------------------------------------------------------------------------- properties nobody tested
 
 def test_predict_tokenizes_with_the_casing_its_directory_records(kd, tmp_path, capsys):
-    from models.spiking_bert import SpikingBertForSequenceClassification
+    from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
     from tests.helpers.students import by_hand_logits
 
     vocab = tmp_path / "cased-vocab.txt"
@@ -331,7 +331,7 @@ def test_predict_tokenizes_with_the_casing_its_directory_records(kd, tmp_path, c
 
 
 def test_biases_and_layer_norms_get_no_weight_decay_and_every_other_weight_does():
-    from models.spiking_bert import SpikingBertForSequenceClassification
+    from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
     from spikingbert.training.objectives import build_optimizer
 
     torch.manual_seed(0)
@@ -364,7 +364,7 @@ def test_the_output_lock_is_held_for_the_whole_run(kd, tmp_path):
 
 
 def test_a_sparse_chunk_goes_through_the_kernel_by_default(monkeypatch):
-    from modules import event_engine, event_ops
+    from spikingbert.modules import event_engine, event_ops
 
     if event_ops.load() is not None or torch.ops.spikingbert.event_isa() == 0:
         pytest.skip("no event engine on this CPU")

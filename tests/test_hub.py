@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from apps.finetune import parse_finetune_args
-from core.errors import ModelError
-from core.hub import HubReference, hub_reference
-from core.remote import cached_path, is_remote
-from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from spikingbert.apps.finetune import parse_finetune_args
 from spikingbert.cli.flags import parse_general_args
+from spikingbert.core.errors import ModelError
+from spikingbert.core.hub import HubReference, hub_reference
+from spikingbert.core.remote import cached_path, is_remote
+from spikingbert.models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from spikingbert.transformer.modeling import BertForPreTraining, BertForSequenceClassification
 from tests.helpers import cli_runner
 from tests.helpers.hub import (
     OTHER_FILES,
@@ -28,7 +29,6 @@ from tests.helpers.hub import (
     resolve_in_child,
 )
 from tests.helpers.world import STUDENT, build_world
-from transformer.modeling import BertForPreTraining, BertForSequenceClassification
 
 BERT_BASE, FINE_TUNED, STUDENT_REPO, GATED = ("tiny-org/bert-base-uncased", "tiny-org/bert-sst2",
                                               "tiny-org/spikingbert-sst2", "tiny-org/gated-bert")

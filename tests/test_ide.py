@@ -5,9 +5,9 @@ test_gradients_independent.py."""
 import pytest
 import torch
 
-from models.spiking_bert import SpikingBertForSequenceClassification
-from modules.implicit import implicit_reattach, replace
-from modules.solvers import SOLVERS
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.modules.implicit import implicit_reattach, replace
+from spikingbert.modules.solvers import SOLVERS
 from tests.helpers.students import tiny_config, tiny_inputs
 
 

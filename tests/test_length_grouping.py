@@ -23,19 +23,19 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from apps.finetune import parse_finetune_args
-from core.errors import UsageError
-from models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.apps.finetune import parse_finetune_args
 from spikingbert.cli.flags import parse_general_args, parse_task_args
+from spikingbert.core.errors import UsageError
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import LogitsOnly, predict_logits
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert.runtime import Runtime
 from spikingbert.training.objectives import PredictionDistillation
 from spikingbert.training.sampling import MEGABATCH_BATCHES, ResumableSampler
+from spikingbert.transformer.modeling import BertConfig, BertForSequenceClassification
 from tests.helpers.crash import SAVE_STEPS, assert_same_run, finish_run, kill_at, start_run, task_argv
 from tests.helpers.students import tiny_config
 from tests.helpers.world import build_world, run_finetune
-from transformer.modeling import BertConfig, BertForSequenceClassification
 
 CPU = Runtime(device=torch.device("cpu"))
 VOCAB = 120

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import linear as linear_mod
-from core.linear import Linear, linear, onednn_enabled
+from spikingbert.core import linear as linear_mod
+from spikingbert.core.linear import Linear, linear, onednn_enabled
 
 needs_onednn = pytest.mark.skipif(not onednn_enabled(), reason="this PyTorch build has no oneDNN linear")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import UsageError
+from spikingbert.core.errors import UsageError
 from spikingbert.run.model_dirs import layer_stride
 from spikingbert.training.losses import att_loss, rep_loss, soft_cross_entropy
 

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules.neuron import if_scan, if_scan_surrogate
+from spikingbert.modules.neuron import if_scan, if_scan_surrogate
 
 
 @settings(max_examples=200, deadline=None)

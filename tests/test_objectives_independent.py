@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+from spikingbert.models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from spikingbert.training.objectives import IntermediateDistillation, PredictionDistillation
+from spikingbert.transformer.modeling import BertForPreTraining
 from tests.helpers import cli_runner
 from tests.helpers import float64_reference as ref
 from tests.helpers.kd_world import (
@@ -42,7 +43,6 @@ from tests.helpers.kd_world import (
     numpy_student_logits,
     numpy_teacher_logits,
 )
-from transformer.modeling import BertForPreTraining
 
 REL = 1e-4
 

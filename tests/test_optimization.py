@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from transformer.optimization import BertAdam
+from spikingbert.transformer.optimization import BertAdam
 
 B1, B2, EPS, LR, MAX_NORM = 0.9, 0.999, 1e-6, 0.1, 1.0
 

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert.data import glue
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.transformer.tokenization import BertTokenizer
 from tests.helpers.world import (
     TEACHER,
     World,
@@ -34,7 +35,6 @@ from tests.helpers.world import (
     run_script,
     task_args,
 )
-from transformer.tokenization import BertTokenizer
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import transformers
 
-from apps import predict as predict_app
-from core.errors import UsageError
-from models.spiking_bert import SpikingBertForSequenceClassification
-from models.stopping import StopRule, class_margins, stop_steps
+from spikingbert.apps import predict as predict_app
 from spikingbert.cli.edge import run_cli
+from spikingbert.core.errors import UsageError
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.models.stopping import StopRule, class_margins, stop_steps
 from tests.helpers.students import REPO_ROOT, tiny_config
 
 WORDS = ["a", "gorgeous", "witty", "film", "ugly", "and", "pointless", "movie", "the", "plot", "is", "dull",

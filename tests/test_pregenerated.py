@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from apps.corpora import build_bbc_corpus
-from core.errors import DataError
+from spikingbert.apps.corpora import build_bbc_corpus
+from spikingbert.core.errors import DataError
 from spikingbert.data.pregenerated import PregeneratedDataset, count_data_epochs
 from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
-from transformer.tokenization import BertTokenizer
+from spikingbert.transformer.tokenization import BertTokenizer
 
 SEQ_LEN = 64
 

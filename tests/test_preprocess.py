@@ -11,10 +11,10 @@ from typing import Dict, List
 import pytest
 
 import spikingbert.data.pretraining as pretraining_data
-from apps.corpora import build_bbc_corpus
-from core.errors import DataError
+from spikingbert.apps.corpora import build_bbc_corpus
+from spikingbert.core.errors import DataError
 from spikingbert.data.pretraining import PretrainingConfig, generate_pretraining_data
-from transformer.tokenization import BertTokenizer
+from spikingbert.transformer.tokenization import BertTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "preprocess_training_data.py"

@@ -30,12 +30,14 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from apps import convert_published
-from models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
+from spikingbert.apps import convert_published
 from spikingbert.cli.edge import run_cli
+from spikingbert.models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from spikingbert.runtime import Runtime
 from spikingbert.training.objectives import IntermediateDistillation, build_optimizer
 from spikingbert.training.trainer import Stage, Trainer, TrainerConfig
+from spikingbert.transformer.modeling import BertForSequenceClassification
+from spikingbert.transformer.optimization import BertAdam
 from tests.helpers import cli_runner
 from tests.helpers import float64_reference as ref
 from tests.helpers.glue_files import COLA_TRAIN, DEV_IDS, MSR_TRAIN_ROWS, SST_TRAIN, standard_files, task_zip
@@ -53,8 +55,6 @@ from tests.helpers.kd_world import (
 from tests.helpers.published import VOCAB, published_state, raw_names, write_config
 from tests.helpers.students import reference_forward, tiny_config, tiny_inputs
 from tests.helpers.world import read_jsonl
-from transformer.modeling import BertForSequenceClassification
-from transformer.optimization import BertAdam
 
 CPU = Runtime(device=torch.device("cpu"))
 

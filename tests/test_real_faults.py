@@ -30,8 +30,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.files import atomic_open, atomic_write, atomic_write_text, save_torch
 from spikingbert.cli.edge import user_error_status
+from spikingbert.core.files import atomic_open, atomic_write, atomic_write_text, save_torch
 from spikingbert.training.checkpoint import list_checkpoints
 from tests.helpers import cli_runner
 from tests.helpers.kd_world import KDWorld, build_kd_world

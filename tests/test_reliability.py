@@ -23,13 +23,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.files import as_write_error
+from spikingbert.core.files import as_write_error
 from spikingbert.data.glue.features import tokenize_prefix
+from spikingbert.transformer.tokenization import BertTokenizer
 from tests.helpers import cli_runner
 from tests.helpers.kd_world import SEQ, KDWorld, build_kd_world, task_argv
 from tests.helpers.published import published_state, write_config
 from tests.helpers.world import REPO, script_env
-from transformer.tokenization import BertTokenizer
 
 CONVERT, FINETUNE, CORPORA = "apps.convert_published", "apps.finetune", "apps.corpora"
 
@@ -343,7 +343,7 @@ time.sleep(120)
 
 def main(argv):
     """What `test_sigterm_to_the_demo_is_passed_to_its_stage` runs through `run_cli`: the demo's stage runner."""
-    from apps import demo
+    from spikingbert.apps import demo
 
     root = Path(argv[0])
     demo.run_stages([demo.DemoStage("slow", "a stage that waits", ["-c", STAGE, str(root)], [root / "never"])], root)

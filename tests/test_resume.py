@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from spikingbert.runtime import Runtime
 from spikingbert.training.sampling import ResumableSampler
 from spikingbert.training.trainer import Stage, Trainer, TrainerConfig, TrainingDiverged
+from spikingbert.transformer.optimization import BertAdam
 from tests.helpers.stand_in import StandInObjective, regression_data
 from tests.helpers.world import REPO, build_world, max_weight_diff, read_jsonl, script_env, task_args
-from transformer.optimization import BertAdam
 
 pytestmark = [pytest.mark.slow]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import UsageError
-from models.stopping import StopRule, StopTracker, class_margins, stop_steps
+from spikingbert.core.errors import UsageError
 from spikingbert.evaluation.calibrate import MARGIN_GRID, calibrate, rule_stops
+from spikingbert.models.stopping import StopRule, StopTracker, class_margins, stop_steps
 
 #: Logit differences (class 1 minus class 0) after steps 1..8; the margin is tanh(|d| / 2): d = 2 -> 0.76,
 #: d = 0.2 -> 0.10. Rule below: margin 0.4, window 2, minimum 3 steps.

@@ -4,13 +4,13 @@ import logging
 import pytest
 import torch
 
-from core.errors import UsageError
-from models.spiking_bert import (
+from spikingbert.core.errors import UsageError
+from spikingbert.models.spiking_bert import (
     SpikingBertConfig,
     SpikingBertForDistillation,
     SpikingBertForSequenceClassification,
 )
-from models.stopping import StopRule, class_margins, stop_steps
+from spikingbert.models.stopping import StopRule, class_margins, stop_steps
 from tests.helpers.students import our_names, reference_forward, tiny_config, tiny_inputs
 
 
@@ -119,7 +119,7 @@ def test_general_kd_dir_loads_into_classifier_with_only_head_initialised(tmp_pat
     torch.manual_seed(0)
     general = SpikingBertForDistillation(tiny_config())
     general.save_pretrained(tmp_path / "g")
-    with caplog.at_level(logging.INFO, logger="core.pretrained"):
+    with caplog.at_level(logging.INFO, logger="spikingbert.core.pretrained"):
         task = SpikingBertForSequenceClassification.from_pretrained(tmp_path / "g", num_labels=2)
     notes = [r.getMessage() for r in caplog.records if "initialised" in r.getMessage()]
     assert len(notes) == 1 and "classifier.weight, classifier.bias" in notes[0]

@@ -9,15 +9,15 @@ import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file
 
-from core.errors import ModelError, UsageError
-from transformer.modeling import (
+from spikingbert.core.errors import ModelError, UsageError
+from spikingbert.transformer.modeling import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
     BertModel,
     SequenceClassifierOutput,
 )
-from transformer.tokenization import BertTokenizer
+from spikingbert.transformer.tokenization import BertTokenizer
 
 SENTENCES = [
     ("Ad sales boost Time Warner profit.", None),

@@ -9,8 +9,8 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import ModelError
-from transformer.tokenization import BertTokenizer, load_vocab
+from spikingbert.core.errors import ModelError
+from spikingbert.transformer.tokenization import BertTokenizer, load_vocab
 
 # Code point ranges the random text draws from: scripts, marks, CJK (and the edges of the CJK
 # ranges BERT spaces out), emoji, controls, invisible characters, unassigned and private-use ones.

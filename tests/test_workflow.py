@@ -12,9 +12,9 @@ from typing import List
 import numpy as np
 import pytest
 
-from apps import finetune
-from core.errors import UsageError, UserError
+from spikingbert.apps import finetune
 from spikingbert.cli import flags
+from spikingbert.core.errors import UsageError, UserError
 from spikingbert.data import glue
 from spikingbert.run.plan import _flags
 from spikingbert.run.submission import _labels, write_submissions

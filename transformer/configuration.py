@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping
 
-from core.errors import UsageError
-from core.pretrained import CONFIG_NAME, ModelConfig
+from spikingbert.core.errors import UsageError
+from spikingbert.core.pretrained import CONFIG_NAME, ModelConfig
 
 __all__ = ["CONFIG_NAME", "BertFields", "BertConfig"]
 

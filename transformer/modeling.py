@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.linear import Linear
-from core.pretrained import PreTrainedModel
+from spikingbert.core.linear import Linear
+from spikingbert.core.pretrained import PreTrainedModel
 
 from .activations import ACT2FN
 from .configuration import BertConfig, BertFields

@@ -21,9 +21,9 @@ from typing import Iterable, Sequence
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from core.errors import ModelError, UsageError
-from core.files import atomic_write_text, read_capped
-from core.remote import cached_path
+from spikingbert.core.errors import ModelError, UsageError
+from spikingbert.core.files import atomic_write_text, read_capped
+from spikingbert.core.remote import cached_path
 
 logger = logging.getLogger(__name__)
 

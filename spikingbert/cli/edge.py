@@ -17,9 +17,9 @@ import signal
 import sys
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
-from core.errors import UsageError, UserError, one_line, render_settings
-from core.files import as_write_error, describe_os_error, is_disk_full, read_json
-from core.settings import SETTINGS
+from spikingbert.core.errors import UsageError, UserError, one_line, render_settings
+from spikingbert.core.files import as_write_error, describe_os_error, is_disk_full, read_json
+from spikingbert.core.settings import SETTINGS
 
 __all__ = ["ArgumentParser", "HelpFormatter", "setting_flag", "short_metavars", "run_cli", "user_error_status",
            "command_line", "Interrupted"]

@@ -19,8 +19,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from core.errors import UsageError
-from core.remote import is_remote
+from spikingbert.core.errors import UsageError
+from spikingbert.core.remote import is_remote
 
 from .edge import ArgumentParser, HelpFormatter, setting_flag, short_metavars
 

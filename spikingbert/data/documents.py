@@ -11,9 +11,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from core.errors import DataError
-from core.files import naming_write_errors
-from core.progress import progress
+from spikingbert.core.errors import DataError
+from spikingbert.core.files import naming_write_errors
+from spikingbert.core.progress import progress
 
 __all__ = ["DocumentStore"]
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import DataError
-from core.progress import progress
+from spikingbert.core.errors import DataError
+from spikingbert.core.progress import progress
 from spikingbert.data.pretraining import epoch_paths
 
 logger = logging.getLogger(__name__)

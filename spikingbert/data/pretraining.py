@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from core.errors import DataError, UsageError
-from core.files import atomic_open
-from core.output_dir import claim_output_dir
-from core.progress import progress
-from core.settings import check_setting
+from spikingbert.core.errors import DataError, UsageError
+from spikingbert.core.files import atomic_open
+from spikingbert.core.output_dir import claim_output_dir
+from spikingbert.core.progress import progress
+from spikingbert.core.settings import check_setting
 from spikingbert.data.documents import DocumentStore
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, List, Optional, Tuple
 
-from core.errors import DataError, UsageError
-from transformer.tokenization import is_blank
+from spikingbert.core.errors import DataError, UsageError
+from spikingbert.transformer.tokenization import is_blank
 
 __all__ = ["TextRow", "read_texts"]
 

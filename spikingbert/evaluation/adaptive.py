@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import DataError, UsageError
-from models.stopping import StopRule, stop_steps
+from spikingbert.core.errors import DataError, UsageError
 from spikingbert.evaluation.calibrate import Calibration, calibrate
 from spikingbert.evaluation.dev import eval_mode
 from spikingbert.evaluation.energy import OperationCounter, snn_uj
@@ -31,6 +30,7 @@ from spikingbert.evaluation.measure import (
     report_batches,
     task_metrics,
 )
+from spikingbert.models.stopping import StopRule, stop_steps
 
 __all__ = ["AdaptiveTStats", "adaptive_t_eval", "curve_at"]
 

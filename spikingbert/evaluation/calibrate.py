@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from models.stopping import StopRule
+from spikingbert.models.stopping import StopRule
 
 __all__ = ["MARGIN_GRID", "Calibration", "run_lengths", "rule_stops", "calibrate"]
 

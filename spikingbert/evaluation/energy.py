@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from modules.blocks import NEURON_LAYERS
+from spikingbert.modules.blocks import NEURON_LAYERS
 
 __all__ = ["PJ_PER_SOP", "PJ_PER_MAC", "neuron_layers", "layer_width", "FanOut", "fan_outs", "BertSize",
            "snn_uj", "ann_uj", "uncounted_ops", "UNCOUNTED", "OperationCounter"]

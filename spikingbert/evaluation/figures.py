@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from core.files import atomic_open
+from spikingbert.core.files import atomic_open
 
 __all__ = ["figure", "save_figure", "TYPE_NAMES", "TYPE_COLORS", "layer_style", "type_legend_handles",
            "depth_legend_handles", "integer_steps", "reference_lines", "metric_label", "series_marker",

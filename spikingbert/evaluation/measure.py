@@ -15,10 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.errors import DataError, UsageError
-from core.progress import progress
-from models.stopping import class_margins
-from modules.event_engine import engine
+from spikingbert.core.errors import DataError, UsageError
+from spikingbert.core.progress import progress
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import eval_mode
 from spikingbert.evaluation.energy import (
@@ -31,6 +29,8 @@ from spikingbert.evaluation.energy import (
     layer_width,
     snn_uj,
 )
+from spikingbert.models.stopping import class_margins
+from spikingbert.modules.event_engine import engine
 
 __all__ = ["FORMAT_VERSION", "SpikeStats", "BatchRecorder", "default_t_values", "milestone_steps",
            "collect_spike_stats", "classification_model", "report_batches", "predictions_of", "metric_name",

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core.errors import UsageError
-from core.files import atomic_open
+from spikingbert.core.errors import UsageError
+from spikingbert.core.files import atomic_open
 from spikingbert.evaluation.adaptive import AdaptiveTStats
 from spikingbert.evaluation.dev import chance_name
 from spikingbert.evaluation.energy import PJ_PER_MAC, PJ_PER_SOP, snn_uj

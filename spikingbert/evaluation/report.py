@@ -19,11 +19,11 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from models.stopping import StopRule
 from spikingbert.evaluation.adaptive import adaptive_t_eval
 from spikingbert.evaluation.curves import write_training_curves
 from spikingbert.evaluation.measure import collect_spike_stats
 from spikingbert.evaluation.plots import write_report
+from spikingbert.models.stopping import StopRule
 
 __all__ = ["evaluation_report", "write_training_curves"]
 

@@ -13,13 +13,13 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from core.errors import UsageError, UserError
-from core.files import read_capped
-from core.weights import find_weights, read_weights
+from spikingbert.core.errors import UsageError, UserError
+from spikingbert.core.files import read_capped
+from spikingbert.core.weights import find_weights, read_weights
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import dev_splits
 from spikingbert.training.checkpoint import TRAINING_STATE_NAME
-from transformer.tokenization import VOCAB_LIMIT
+from spikingbert.transformer.tokenization import VOCAB_LIMIT
 
 from .model_dirs import ModelDir
 

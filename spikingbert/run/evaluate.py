@@ -16,10 +16,8 @@ from typing import Any, Dict, Optional
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.files import atomic_write_json, read_json
-from core.output_dir import check_output_location, claim_output_dir
-from models.spiking_bert import SpikingBertForSequenceClassification
-from models.stopping import StopRule
+from spikingbert.core.files import atomic_write_json, read_json
+from spikingbert.core.output_dir import check_output_location, claim_output_dir
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import (
     LogitsOnly,
@@ -30,6 +28,8 @@ from spikingbert.evaluation.dev import (
     labels_of,
     print_table,
 )
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.models.stopping import StopRule
 from spikingbert.runtime import Runtime
 
 from . import checks
@@ -149,7 +149,7 @@ def _teacher_reference(plan: RunPlan, runtime: Runtime, dev_sets: Dict[str, Data
             return float(values[metric])
     if plan.teacher is None:
         return None
-    from transformer.modeling import BertForSequenceClassification
+    from spikingbert.transformer.modeling import BertForSequenceClassification
 
     processor = glue.get_processor(plan.task)
     teacher = plan.teacher.load(BertForSequenceClassification, num_labels=processor.num_labels).to(runtime.device)

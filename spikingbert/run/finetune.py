@@ -19,7 +19,7 @@ from typing import Dict
 
 from torch.utils.data import Dataset
 
-from core.files import atomic_write_json
+from spikingbert.core.files import atomic_write_json
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import (
     LogitsOnly,
@@ -52,7 +52,7 @@ RESULTS_NAME = "eval_results.json"
 
 def run_finetuning(args: argparse.Namespace) -> int:
     """Fine-tune ``--bert_model`` on the task's train split; keep the best dev model in ``--output_dir``."""
-    from transformer.modeling import BertForSequenceClassification
+    from spikingbert.transformer.modeling import BertForSequenceClassification
 
     plan = resolve_finetune(args)
     processor = glue.get_processor(plan.task)

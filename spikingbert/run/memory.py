@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple
 
-from core.errors import UsageError
+from spikingbert.core.errors import UsageError
 
 __all__ = ["MemoryNeed", "bert_parameters", "machine_memory", "student_step_need", "teacher_step_need",
            "check_memory", "check_run_memory"]

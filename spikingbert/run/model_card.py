@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from core.files import atomic_write_text, read_json
+from spikingbert.core.files import atomic_write_text, read_json
 
 __all__ = ["CARD_NAME", "write_model_card", "model_card"]
 
@@ -119,10 +119,10 @@ def _metrics(values: Dict[str, float]) -> str:
 
 def _loading(directory: Path, spiking: bool, stage: Optional[str]) -> str:
     if not spiking:
-        return ("```python\nfrom transformer.modeling import BertForSequenceClassification\n"
+        return ("```python\nfrom spikingbert import BertForSequenceClassification\n"
                 f"teacher = BertForSequenceClassification.from_pretrained({json.dumps(str(directory))})\n```")
     cls = "SpikingBertForSequenceClassification" if stage != "general" else "SpikingBertForDistillation"
-    text = (f"```python\nfrom models.spiking_bert import {cls}\n"
+    text = (f"```python\nfrom spikingbert import {cls}\n"
             f"model = {cls}.from_pretrained({json.dumps(str(directory))})   # in eval mode\n")
     if stage == "prediction":
         text += "model.predict(\"a gorgeous, witty film\")                # label, probabilities, time steps\n"

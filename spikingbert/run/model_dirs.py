@@ -14,16 +14,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from torch import nn
 
-from core.errors import UsageError, UserError
-from core.pretrained import CONFIG_NAME, VOCAB_NAME, ModelConfig, PreTrainedModel, model_directory
-from core.weights import find_weights
-from models.configuration import SpikingBertConfig
-from models.init_from_teacher import init_student_from_teacher
-from models.migrations import migrate_student_config
+from spikingbert.core.errors import UsageError, UserError
+from spikingbert.core.pretrained import CONFIG_NAME, VOCAB_NAME, ModelConfig, PreTrainedModel, model_directory
+from spikingbert.core.weights import find_weights
 from spikingbert.data import glue
 from spikingbert.data.glue import TaskInfo
-from transformer.configuration import BertConfig
-from transformer.tokenization import BertTokenizer
+from spikingbert.models.configuration import SpikingBertConfig
+from spikingbert.models.init_from_teacher import init_student_from_teacher
+from spikingbert.models.migrations import migrate_student_config
+from spikingbert.transformer.configuration import BertConfig
+from spikingbert.transformer.tokenization import BertTokenizer
 
 __all__ = ["ModelDir", "read_model_dir", "check_vocabulary_size", "layer_stride", "check_compatibility",
            "check_seq_length", "init_from_teacher", "describe_model"]

@@ -12,9 +12,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from core.errors import UsageError, UserError
-from core.files import atomic_write_json
-from core.output_dir import LOCK_NAME, check_output_location, claim_output_dir
+from spikingbert.core.errors import UsageError, UserError
+from spikingbert.core.files import atomic_write_json
+from spikingbert.core.output_dir import LOCK_NAME, check_output_location, claim_output_dir
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import dev_splits
 from spikingbert.runtime import Runtime, setup_logging, setup_runtime

@@ -15,11 +15,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from models.configuration import SpikingBertConfig
 from spikingbert.cli.flags import ignored_flags
 from spikingbert.data import glue
+from spikingbert.models.configuration import SpikingBertConfig
 from spikingbert.training.stage import TrainerConfig
-from transformer.configuration import BertConfig
+from spikingbert.transformer.configuration import BertConfig
 
 from .model_dirs import ModelDir, read_model_dir
 

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from core.errors import UsageError
-from core.files import read_json
+from spikingbert.core.errors import UsageError
+from spikingbert.core.files import read_json
 
 __all__ = ["MODEL_SETTINGS", "SPIKING_SETTINGS", "IGNORED_SETTINGS", "check_resume_settings", "setting_changes"]
 

@@ -21,9 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 from torch import nn
 from torch.utils.data import Dataset
 
-from core.files import atomic_write_json, read_json
-from models.configuration import SpikingBertConfig
-from models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
+from spikingbert.core.files import atomic_write_json, read_json
 from spikingbert.data import glue
 from spikingbert.data.pregenerated import PregeneratedEpochs
 from spikingbert.evaluation.dev import (
@@ -34,6 +32,8 @@ from spikingbert.evaluation.dev import (
     evaluate_task,
     labels_of,
 )
+from spikingbert.models.configuration import SpikingBertConfig
+from spikingbert.models.spiking_bert import SpikingBertForDistillation, SpikingBertForSequenceClassification
 from spikingbert.runtime import Runtime, set_seed
 from spikingbert.training.checkpoint import load_training_state
 from spikingbert.training.objectives import (
@@ -65,7 +65,7 @@ CHANCE_MARGIN = 0.05
 
 def run_general_distillation(args: argparse.Namespace) -> int:
     """General KD: intermediate loss on pregenerated data, BertAdam with warm-up linear schedule."""
-    from transformer.modeling import BertForPreTraining
+    from spikingbert.transformer.modeling import BertForPreTraining
 
     plan = resolve_general(args)
     output = OutputDir(plan.output.path, plan.output.continue_train, plan.output.overwrite)
@@ -171,7 +171,7 @@ def run_task_distillation(args: argparse.Namespace) -> int:
 
 def run_task_training(plan: RunPlan, runtime: Runtime, output: OutputDir) -> int:
     """Task IKD, or prediction KD (soft cross-entropy to the teacher, or the gold labels with ``true_labels``)."""
-    from transformer.modeling import BertForSequenceClassification
+    from spikingbert.transformer.modeling import BertForSequenceClassification
 
     processor = glue.get_processor(plan.task)
     micro_batch = plan.training.loop.micro_batch_size(runtime.world_size)

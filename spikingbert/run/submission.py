@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from torch import nn
 
-from core.files import atomic_open
+from spikingbert.core.files import atomic_open
 from spikingbert.data import glue
 from spikingbert.evaluation.dev import predict_logits
 from spikingbert.runtime import Runtime

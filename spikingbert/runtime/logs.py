@@ -8,7 +8,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from core.files import open_no_follow
+from spikingbert.core.files import open_no_follow
 
 __all__ = ["LOG_FORMAT", "setup_logging"]
 

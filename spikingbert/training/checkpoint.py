@@ -29,10 +29,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from core.errors import UserError
-from core.files import save_torch
-from core.output_dir import TMP_PREFIX
-from core.weights import load_error_message
+from spikingbert.core.errors import UserError
+from spikingbert.core.files import save_torch
+from spikingbert.core.output_dir import TMP_PREFIX
+from spikingbert.core.weights import load_error_message
 
 __all__ = [
     "TRAINING_STATE_NAME",

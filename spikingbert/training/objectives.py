@@ -123,7 +123,7 @@ def teacher_forward(teacher: nn.Module) -> Callable[[Sequence[Tensor]], object]:
 def build_optimizer(model: nn.Module, learning_rate: float, warmup_proportion: float, weight_decay: float,
                     schedule: str, total_steps: int):
     """BertAdam with decoupled weight decay on all weights except biases and LayerNorm parameters."""
-    from transformer.optimization import BertAdam
+    from spikingbert.transformer.optimization import BertAdam
 
     no_decay = set()
     for module in model.modules():

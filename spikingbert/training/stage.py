@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from core.errors import UsageError
+from spikingbert.core.errors import UsageError
 
 __all__ = ["TrainerConfig", "Stage"]
 

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from core.errors import UserError
-from core.files import atomic_write_text
+from spikingbert.core.errors import UserError
+from spikingbert.core.files import atomic_write_text
 
 __all__ = ["STATE_VERSION", "MetricsLog", "TrainingProgress", "LossTracker", "check_resumable"]
 

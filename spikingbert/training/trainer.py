@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from core.errors import UserError
-from core.files import as_write_error, atomic_write_json, describe_os_error, is_disk_full
-from core.progress import progress as progress_bar
+from spikingbert.core.errors import UserError
+from spikingbert.core.files import as_write_error, atomic_write_json, describe_os_error, is_disk_full
+from spikingbert.core.progress import progress as progress_bar
 from spikingbert.runtime import Runtime, get_rng_state, set_rng_state
 from spikingbert.training.checkpoint import (
     checkpoint_size,

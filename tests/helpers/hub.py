@@ -168,8 +168,8 @@ def resolve_in_child(env: Dict[str, str], location: str) -> Tuple[str, str]:
     that has not imported ``huggingface_hub`` yet (it reads its settings when imported)."""
     assert "huggingface_hub" not in sys.modules, "huggingface_hub was imported before its settings were made"
     os.environ.update(env)
-    from core.errors import UserError
-    from core.remote import cached_path
+    from spikingbert.core.errors import UserError
+    from spikingbert.core.remote import cached_path
 
     try:
         return "path", str(cached_path(location))

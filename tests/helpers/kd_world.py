@@ -22,7 +22,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from models.spiking_bert import SpikingBertConfig, SpikingBertForDistillation, SpikingBertForSequenceClassification
+from spikingbert.models.spiking_bert import (
+    SpikingBertConfig,
+    SpikingBertForDistillation,
+    SpikingBertForSequenceClassification,
+)
 from tests.helpers import float64_reference as ref
 from tests.helpers.world import STSB_HEADER, TEACHER, World, build_world, random_sentence
 

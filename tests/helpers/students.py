@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.spiking_bert import SpikingBertConfig
+from spikingbert.models.spiking_bert import SpikingBertConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def our_names(state):
 def convert(checkpoint: str, config: str, output_dir: str, **overrides):
     """A published-code checkpoint converted into a student directory at ``output_dir`` (as the converter's command
     does); returns the model."""
-    from models.convert_published import build_converted
+    from spikingbert.models.convert_published import build_converted
 
     model, vocab = build_converted(checkpoint, config, **overrides)
     model.save_pretrained(output_dir, vocab_file=vocab)

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 from scipy.stats import pearsonr
 
-from models.spiking_bert import SpikingBertForSequenceClassification
 from spikingbert.data import glue
-from transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
-from transformer.tokenization import BertTokenizer
+from spikingbert.models.spiking_bert import SpikingBertForSequenceClassification
+from spikingbert.transformer.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification
+from spikingbert.transformer.tokenization import BertTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = [f"w{i}" for i in range(120)] + ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot"]

@@ -20,11 +20,11 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from core.archives import safe_extract
-from core.errors import DataError, UsageError
-from core.files import naming_write_errors
-from core.output_dir import TMP_PREFIX, check_output_location, claim_output_dir
-from core.remote import DownloadError, download
+from spikingbert.core.archives import safe_extract
+from spikingbert.core.errors import DataError, UsageError
+from spikingbert.core.files import naming_write_errors
+from spikingbert.core.output_dir import TMP_PREFIX, check_output_location, claim_output_dir
+from spikingbert.core.remote import DownloadError, download
 
 logger = logging.getLogger(__name__)
 

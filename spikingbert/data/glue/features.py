@@ -10,10 +10,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
-from core.errors import DataError, UsageError
-from core.files import atomic_open
+from spikingbert.core.errors import DataError, UsageError
+from spikingbert.core.files import atomic_open
 from spikingbert.data.glue.tasks import PROCESSORS, SPLITS, InputExample, canonical_task_name
-from transformer.tokenization import pack_inputs
+from spikingbert.transformer.tokenization import pack_inputs
 
 logger = logging.getLogger(__name__)
 

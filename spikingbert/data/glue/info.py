@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
-from core.errors import DataError
-from core.files import atomic_write_json, read_json
+from spikingbert.core.errors import DataError
+from spikingbert.core.files import atomic_write_json, read_json
 from spikingbert.data.glue.tasks import get_processor
 
 __all__ = ["TASK_INFO_NAME", "TaskInfo", "task_info", "write_task_info"]

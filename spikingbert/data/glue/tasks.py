@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from core.errors import DataError, UsageError
+from spikingbert.core.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
 
