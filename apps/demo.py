@@ -45,7 +45,7 @@ from spikingbert.core.errors import UsageError, UserError
 from spikingbert.evaluation.dev import has_learned
 from spikingbert.models.migrations import MODEL_TYPE
 
-from .demo_stages import REPO, DemoPaths, DemoStage, StageRun, run_stages, wrap_command
+from .demo_stages import DemoPaths, DemoStage, StageRun, repo_relative, run_stages, wrap_command
 from .demo_table import FULL_PURPOSE, SMOKE_PURPOSE, format_summary
 
 __all__ = ["Recipe", "DemoStage", "FULL", "FAST", "build_stages", "run_stages", "run_demo", "main", "format_summary"]
@@ -395,7 +395,7 @@ def _run_demo(recipe: Recipe, root: Path, teacher_model: Path, verbose: bool, sm
     start = time.perf_counter()
     paths = DemoPaths(root)
     _write_student_config(recipe, paths.student_config, teacher_model / "vocab.txt")
-    stages = build_stages(recipe, _relative(root), _relative(teacher_model))
+    stages = build_stages(recipe, repo_relative(root), repo_relative(teacher_model))
     runs = run_stages(stages, root, verbose)
     summary = summarize(recipe, root, runs, time.perf_counter() - start, smoke)
     atomic_write_json(root / "summary.json", summary)
@@ -404,14 +404,6 @@ def _run_demo(recipe: Recipe, root: Path, teacher_model: Path, verbose: bool, sm
           f"{', '.join(sorted(n for n in os.listdir(paths.report) if n.endswith('.png')))}); "
           f"summary: {root / 'summary.json'}", flush=True)
     return summary
-
-
-def _relative(path: Path) -> Path:
-    """``path`` relative to the repository when it lies inside it (shorter commands), else absolute."""
-    try:
-        return path.resolve().relative_to(REPO)
-    except ValueError:
-        return path.resolve()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -427,8 +419,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def commands_text(recipe: Recipe, root: Path) -> str:
     """The stages' commands as a shell script (``$MINILM``: the teacher package's model directory)."""
-    minilm = _relative(minilm_dir())
-    root = _relative(root.resolve())
+    minilm = repo_relative(minilm_dir())
+    root = repo_relative(root.resolve())
     lines = [f"MINILM={minilm}",
              f"# the new student: {root / 'student_config'}/config.json (and $MINILM/vocab.txt)",
              "# " + json.dumps(recipe.student_config())]

@@ -26,11 +26,19 @@ from spikingbert.core.files import atomic_write_json
 from spikingbert.core.progress import PROGRESS_SECONDS_ENV
 
 __all__ = ["REPO", "DemoStage", "DemoPaths", "StageRun", "StageConsole", "StageLog", "ProgressLine", "parse_progress",
-           "run_stages", "wrap_command"]
+           "run_stages", "reused_stages", "repo_relative", "wrap_command"]
 
 REPO = Path(__file__).resolve().parent.parent
 #: Seconds an interrupted stage gets to stop by itself (a training stage finishes its step and saves).
 STAGE_STOP_TIMEOUT = 300
+
+
+def repo_relative(path: Path) -> Path:
+    """``path`` relative to the repository when it lies inside it (shorter commands), else absolute."""
+    try:
+        return path.resolve().relative_to(REPO)
+    except ValueError:
+        return path.resolve()
 
 
 @dataclass
@@ -149,6 +157,15 @@ def _finished(stages_dir: Path, stage: DemoStage) -> Optional[Dict[str, Any]]:
     if marker.get("key") != json.loads(json.dumps(stage.key())) or not all((REPO / p).is_file() for p in stage.outputs):
         return None
     return marker
+
+
+def reused_stages(stages: Sequence[DemoStage], root: Path) -> int:
+    """How many stages, from the first, `run_stages` would reuse now (each finished earlier with these settings)."""
+    stages_dir = DemoPaths(root).stages
+    count = 0
+    while count < len(stages) and _finished(stages_dir, stages[count]) is not None:
+        count += 1
+    return count
 
 
 class StageConsole:

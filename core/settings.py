@@ -194,8 +194,10 @@ SETTINGS: Dict[str, FieldSpec] = {
     "dev_fraction": _fraction(low_open=True, high_open=True),
     "max_examples": _count(nullable=True),
     "min_bytes": _count(),
-    # ---- the demo's recipe (its other fields are the settings above)
+    # ---- the demo's recipe and the paper's (their other fields are the settings above)
     "general_teacher": _choice("finetuned", "pretrained"),
+    "estimate_steps": _count(1, 1000),
+    "stop_after": _choice("pregenerate", "general", "ikd", "pred"),
 }
 
 

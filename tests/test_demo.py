@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spikingbert.apps import corpora, demo
+from spikingbert.apps import corpora, demo, demo_stages
 from spikingbert.core.errors import UserError
 from spikingbert.models.init_from_teacher import init_student_from_teacher, teacher_init_map
 from spikingbert.models.spiking_bert import (
@@ -300,7 +300,7 @@ def test_demo_stages_record_their_cpu_seconds(tmp_path):
 def test_demo_commands_are_in_the_readme():
     """README's Demo section lists the commands the demo runs (with $MINILM for the teacher package)."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    minilm = demo._relative(demo.minilm_dir())
+    minilm = demo_stages.repo_relative(demo.minilm_dir())
     for stage in demo.build_stages(demo.FULL, Path("runs/demo"), minilm):
         command = stage.shell().replace(str(minilm), "$MINILM")
         assert " ".join(command.split()) in " ".join(readme.replace("\\\n", " ").split()), stage.name

@@ -12,7 +12,7 @@ import pytest
 import download_glue_data
 import preprocess_training_data
 from bench.__main__ import bench_parser
-from spikingbert.apps import corpora, demo, finetune, predict
+from spikingbert.apps import corpora, demo, finetune, paper, predict
 from spikingbert.apps.convert_published import convert_parser
 from spikingbert.cli import flags as script_args
 from tests.helpers.students import REPO_ROOT
@@ -25,6 +25,7 @@ PARSERS = {
     "python -m apps.corpora": corpora.corpora_parser,
     "python -m apps.demo": demo.demo_parser,
     "python -m apps.finetune": finetune.finetune_parser,
+    "python -m apps.paper": paper.paper_parser,
     "python -m apps.predict": predict.predict_parser,
     "python -m apps.convert_published": convert_parser,
     "python -m bench": bench_parser,

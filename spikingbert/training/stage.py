@@ -2,6 +2,7 @@
 (`Stage`: its model, objective, data, teacher and evaluation). `spikingbert.training.trainer.Trainer` runs them."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -57,6 +58,44 @@ class TrainerConfig:
             raise UsageError(f"`train_batch_size` {self.train_batch_size} must be a multiple of "
                              f"`gradient_accumulation_steps` x processes = {per_step}")
         return self.train_batch_size // per_step
+
+    def batches_in_epoch(self, num_examples: int, world_size: int = 1) -> int:
+        """Micro-batches one process runs in an epoch of ``num_examples`` examples (the last one may be short)."""
+        return math.ceil(math.ceil(num_examples / world_size) / self.micro_batch_size(world_size))
+
+    def steps_in_epoch(self, num_examples: int, world_size: int = 1) -> int:
+        """Optimizer steps of such an epoch: its micro-batches in groups of ``gradient_accumulation_steps`` (the
+        last group may be short)."""
+        return math.ceil(self.batches_in_epoch(num_examples, world_size) / self.gradient_accumulation_steps)
+
+    def total_steps(self, examples_in_epoch: Callable[[int], int], world_size: int = 1) -> int:
+        """Optimizer steps of the whole run: ``max_steps``, else the epochs' worth (a fractional last epoch rounded
+        up); ``examples_in_epoch(e)`` is the size of epoch ``e``'s training set."""
+        if self.max_steps > 0:
+            return self.max_steps
+        whole = int(self.num_train_epochs)
+        total = sum(self.steps_in_epoch(examples_in_epoch(e), world_size) for e in range(whole))
+        fraction = self.num_train_epochs - whole
+        if fraction > 0:
+            total += math.ceil(fraction * self.steps_in_epoch(examples_in_epoch(whole), world_size))
+        return total
+
+    def evaluates_at(self, step: int, epoch_end: bool, final: bool) -> bool:
+        """Whether a stage with an evaluation evaluates after optimizer ``step``: every ``eval_steps`` steps, at the end
+        of every epoch and after the last step."""
+        return (self.eval_steps > 0 and step % self.eval_steps == 0) or epoch_end or final
+
+    def evaluations(self, examples_in_epoch: Callable[[int], int], world_size: int = 1) -> int:
+        """How many dev evaluations a whole run of a stage with an evaluation makes (`evaluates_at`)."""
+        total = self.total_steps(examples_in_epoch, world_size)
+        epoch_ends, step, epoch = set(), 0, 0
+        while step < total:
+            per_epoch = self.steps_in_epoch(examples_in_epoch(epoch), world_size)
+            if per_epoch == 0:
+                break
+            step, epoch = step + per_epoch, epoch + 1
+            epoch_ends.add(step)
+        return sum(self.evaluates_at(s, s in epoch_ends, s == total) for s in range(1, total + 1))
 
 
 @dataclass

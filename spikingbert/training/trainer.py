@@ -92,22 +92,11 @@ class Trainer:
 
     def batches_in_epoch(self, epoch: int) -> int:
         """Micro-batches this rank sees in ``epoch``."""
-        per_rank = math.ceil(self.stage.num_train_examples(epoch) / self.world_size)
-        return math.ceil(per_rank / self.micro_batch_size)
-
-    def steps_in_epoch(self, epoch: int) -> int:
-        return math.ceil(self.batches_in_epoch(epoch) / self.config.gradient_accumulation_steps)
+        return self.config.batches_in_epoch(self.stage.num_train_examples(epoch), self.world_size)
 
     def total_steps(self) -> int:
         """Optimizer steps of the whole run (``max_steps`` or the epochs' worth, rounded up)."""
-        if self.config.max_steps > 0:
-            return self.config.max_steps
-        whole = int(self.config.num_train_epochs)
-        total = sum(self.steps_in_epoch(e) for e in range(whole))
-        fraction = self.config.num_train_epochs - whole
-        if fraction > 0:
-            total += math.ceil(fraction * self.steps_in_epoch(whole))
-        return total
+        return self.config.total_steps(self.stage.num_train_examples, self.world_size)
 
     # ---------------------------------------------------------------- main loop
 
@@ -251,8 +240,7 @@ class Trainer:
         cfg, step = self.config, progress.global_step
         final = step >= total_steps
         do_log = step % cfg.logging_steps == 0 or epoch_end or final
-        do_eval = self.stage.evaluate is not None and (
-            (cfg.eval_steps > 0 and step % cfg.eval_steps == 0) or epoch_end or final)
+        do_eval = self.stage.evaluate is not None and cfg.evaluates_at(step, epoch_end, final)
         do_save = cfg.save_total_limit != 0 and ((cfg.save_steps > 0 and step % cfg.save_steps == 0) or final)
         if do_log or do_eval or do_save:
             self._check_finite()
