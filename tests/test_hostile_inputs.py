@@ -169,8 +169,8 @@ def test_weights_that_are_not_finite_floats_are_refused_naming_the_tensor(kd, tm
 def test_a_changed_learning_rate_takes_effect_on_resume(kd, tmp_path):
     out = tmp_path / "out"
     cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--max_steps", "2", "--save_steps", "1",
-                                               "--learning_rate", "1e-4"))
-    shutil.rmtree(out / "checkpoint-2")
+                                               "--save_total_limit", "2", "--learning_rate", "1e-4"))
+    shutil.rmtree(out / "checkpoint-2")                           # resume from checkpoint-1
     result = cli_runner.run(cli_runner.TASK, task_argv(kd, out, "--max_steps", "4", "--save_steps", "1",
                                                         "--learning_rate", "3e-4", "--continue_train"))
     assert "learning_rate changed from 0.0001 to 0.0003; the new value applies" in result.output

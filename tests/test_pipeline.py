@@ -142,7 +142,9 @@ def test_task_chain_ikd_pred_eval(general_dir, world, task):
     # The model card: what it is, from the directory's own files, and the command as typed.
     card = (pred / "README.md").read_text()
     assert f"| task | {task}" in card and "| stage | prediction |" in card
-    assert f"{metric} {best[metric]:.4f} (step {best['step']}" in card and "t_conv 8 time steps, vth 1.0, IF" in card
+    dev_row = next(line for line in card.splitlines() if line.startswith("| dev metric |"))
+    assert f"{metric} {best[metric]:.4f}" in dev_row and f"(step {best['step']}, `best_results.json`)" in dev_row
+    assert "t_conv 8 time steps, vth 1.0, IF" in card
     command = shlex.join(["python", "spiking_bert_task_distill.py", *map(str, task_args(
         world, task, ikd, pred, "--pred_distill", "--num_train_epochs", "1", "--max_seq_length", "24", "--eval_step",
         "2", "--t_conv", "8"))])
