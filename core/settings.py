@@ -182,6 +182,7 @@ SETTINGS: Dict[str, FieldSpec] = {
     "adaptive_window": _count(1, 1_000_000),
     "adaptive_min_steps": _count(1, 1_000_000),
     "local_rank": _count(-1),
+    "report_to": _choice("none", "tensorboard"),
     # ---- data: pregenerated corpora, GLUE downloads, the demo's datasets
     "epochs_to_generate": _count(),
     "max_seq_len": _count(3),

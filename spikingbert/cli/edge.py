@@ -82,7 +82,7 @@ def short_metavars(parser: argparse.ArgumentParser) -> None:
 
 #: Flags ``--args_file`` does not take from the recorded run: where this run writes and how it starts.
 NOT_RECORDED = ("args_file", "output_dir", "overwrite_output_dir", "continue_train", "allow_changed_settings",
-                "local_rank", "debug", "help")
+                "local_rank", "debug", "report_to", "help")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -144,7 +144,7 @@ def add_checkpoint_flags(group: argparse._ArgumentGroup, save_steps: Optional[in
 
 
 def add_output_flags(group: argparse._ArgumentGroup, output_help: str) -> None:
-    """--output_dir, --overwrite_output_dir, --debug and --args_file."""
+    """--output_dir, --overwrite_output_dir, --debug, --args_file and --report_to."""
     group.add_argument("--output_dir", type=Path, required=True, metavar="DIR", help=output_help)
     group.add_argument("--overwrite_output_dir", action="store_true",
                        help="remove a previous run's files from --output_dir first")
@@ -153,6 +153,19 @@ def add_output_flags(group: argparse._ArgumentGroup, output_help: str) -> None:
                        help="rerun with the settings of an earlier run: the flags its args.json records become the "
                             "defaults (flags given here override them; --output_dir and the resume flags are not "
                             "taken from it)")
+    setting_flag(group, "--report_to", default="none", type=_report_target,
+                 help="also write the metrics.jsonl records as TensorBoard scalars into OUTPUT_DIR/tensorboard/ "
+                      "(main process only; needs the tensorboard package: pip install tensorboard)")
+
+
+def _report_target(text: str) -> str:
+    """A --report_to value, checked while parsing (before a run writes anything): tensorboard only where the
+    tensorboard package imports; imported only then (it is not needed otherwise)."""
+    if text == "tensorboard":
+        from spikingbert.training.state import summary_writer_class
+
+        summary_writer_class()
+    return text
 
 
 def _model_flags(g: argparse._ArgumentGroup, task: bool) -> None:

@@ -144,7 +144,7 @@ def _schedule(args: argparse.Namespace, lr_schedule: str, epochs: float, eval_st
                          gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
                          save_steps=args.save_steps, save_total_limit=args.save_total_limit, eval_steps=eval_steps,
                          logging_steps=getattr(args, "logging_steps", 50), seed=args.seed,
-                         skip_nan_batches=getattr(args, "skip_nan_batches", 0))
+                         skip_nan_batches=getattr(args, "skip_nan_batches", 0), report_to=args.report_to)
     return Schedule(args.learning_rate, args.warmup_proportion, args.weight_decay, lr_schedule, loop,
                     getattr(args, "group_by_length", False))
 

@@ -6,6 +6,7 @@ Layout of an output directory::
         config.json, model.safetensors, vocab.txt   the final (or best) student: the next stage's input
         checkpoint-{step}/                          a complete student dir + training_state.pt
         args.json, metrics.jsonl, train.log, ...
+        tensorboard/                                --report_to tensorboard: the metrics as event files
 
 Every checkpoint directory is written into a temporary directory next to it and
 renamed into place, so ``checkpoint-{step}/`` either exists complete or not at
@@ -33,6 +34,7 @@ from spikingbert.core.errors import UserError
 from spikingbert.core.files import save_torch
 from spikingbert.core.output_dir import TMP_PREFIX
 from spikingbert.core.weights import load_error_message
+from spikingbert.training.state import TENSORBOARD_DIR
 
 __all__ = [
     "TRAINING_STATE_NAME",
@@ -58,7 +60,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: Files a run writes into its output directory (what starting over removes).
 OUTPUT_ARTIFACTS = (
     "config.json", "model.safetensors", "vocab.txt", "args.json", "metrics.jsonl", "train.log",
-    "eval_results.json", "teacher_results.json", "best_results.json", "README.md",
+    "eval_results.json", "teacher_results.json", "best_results.json", "README.md", TENSORBOARD_DIR,
 )
 
 

@@ -35,6 +35,8 @@ class TrainerConfig:
             norm, then stop; 0 = stop at the first (checked at the next log/eval/save without a host sync
             per step; skipping needs one).
         handle_signals: on SIGINT/SIGTERM, save a checkpoint after the current step and stop.
+        report_to: where the metrics records go besides ``metrics.jsonl``: "none" or "tensorboard" (event files in
+            ``output_dir/tensorboard``, see `spikingbert.training.state.MetricsLog`).
     """
 
     output_dir: Path
@@ -49,6 +51,7 @@ class TrainerConfig:
     seed: int = 42
     skip_nan_batches: int = 0
     handle_signals: bool = True
+    report_to: str = "none"
 
     def micro_batch_size(self, world_size: int) -> int:
         """Examples per forward pass of one process: the optimizer step's batch split over accumulation and

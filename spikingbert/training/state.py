@@ -1,5 +1,5 @@
 """What a checkpoint records about a training run besides the weights: the progress, the running loss sums,
-``metrics.jsonl``, and the fingerprint a resumed run must match.
+``metrics.jsonl`` (and its TensorBoard copy), and the fingerprint a resumed run must match.
 
 ``training_state.pt`` (see `spikingbert.training.checkpoint`) holds `STATE_VERSION`, the `TrainingProgress`, the
 optimizer and loss-scaler states, every rank's RNG state, the `LossTracker` sums and the fingerprint.
@@ -10,30 +10,42 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from spikingbert.core.errors import UserError
+from spikingbert.core.errors import UsageError, UserError, one_line
 from spikingbert.core.files import atomic_write_text
 
-__all__ = ["STATE_VERSION", "MetricsLog", "TrainingProgress", "LossTracker", "check_resumable"]
+__all__ = ["STATE_VERSION", "TENSORBOARD_DIR", "MetricsLog", "summary_writer_class", "scalar_fields",
+           "TrainingProgress", "LossTracker", "check_resumable"]
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2       # 2: gradient norm in the loss sums, skipped_steps in the progress
 #: Fingerprint fields of checkpoints written before the field existed.
 _FINGERPRINT_DEFAULTS = {"group_by_length": False}
+#: Where `report_to` tensorboard writes its event files, in the directory of ``metrics.jsonl``.
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, the file rewritten atomically on every append."""
+    """``metrics.jsonl``: one JSON object per line, the file rewritten atomically on every append.
 
-    def __init__(self, path: Path, keep_until_step: Optional[int] = None, enabled: bool = True):
+    ``report_to`` "tensorboard": every record also goes to TensorBoard event files in `TENSORBOARD_DIR` beside
+    the file, each numeric field a scalar at the record's ``step`` (`scalar_fields`), flushed with the file. Each
+    run starts a new event file that hides the earlier files' events after ``keep_until_step`` (a resumed run's
+    checkpoint; all of them for a run started over), so TensorBoard shows what the file holds. `close` ends the
+    event file.
+    """
+
+    def __init__(self, path: Path, keep_until_step: Optional[int] = None, enabled: bool = True,
+                 report_to: str = "none"):
         self.path = Path(path)
         self.enabled = enabled
         self.records: List[Dict[str, Any]] = []
+        self._scalars = None
         if enabled and keep_until_step is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
@@ -41,15 +53,51 @@ class MetricsLog:
                     if record.get("step", 0) <= keep_until_step:
                         self.records.append(record)
             self._flush()
+        if enabled and report_to == "tensorboard":
+            self._scalars = summary_writer_class()(
+                str(self.path.parent / TENSORBOARD_DIR),
+                purge_step=0 if keep_until_step is None else keep_until_step + 1)
 
     def append(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.records.append(record)
         self._flush()
+        if self._scalars is not None:
+            for tag, value in scalar_fields(record):
+                self._scalars.add_scalar(tag, value, global_step=record["step"])
+            self._scalars.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard event file (if any); later appends go to ``metrics.jsonl`` only."""
+        if self._scalars is not None:
+            self._scalars.close()
+            self._scalars = None
 
     def _flush(self) -> None:
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+
+
+def scalar_fields(record: Mapping[str, Any], prefix: str = "") -> Iterator[Tuple[str, float]]:
+    """``(name, value)`` of every number in a metrics record but its ``step``; a nested record's fields are named
+    ``outer/inner`` (the dev metrics: ``eval/acc``)."""
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from scalar_fields(value, f"{name}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and name != "step":
+            yield name, float(value)
+
+
+def summary_writer_class() -> type:
+    """torch's ``SummaryWriter`` (`report_to` tensorboard); a `UsageError` saying what to install when the
+    tensorboard package cannot be imported."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UsageError(f"`report_to` tensorboard needs the tensorboard package ({one_line(err)}): "
+                         "pip install tensorboard (or pip install 'spikingbert[tensorboard]')") from None
+    return SummaryWriter
 
 
 @dataclass

@@ -112,14 +112,15 @@ class Trainer:
         progress = TrainingProgress()
         if self.resume_from is not None:
             progress = self._restore(total_steps)
-        with self._writing("metrics.jsonl"):
-            self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", enabled=rt.is_main,
-                                      keep_until_step=progress.global_step if self.resume_from else None)
         model = rt.wrap(stage.objective)
         model.train()
         logger.info("training: %d optimizer steps, %d examples per step (%d per micro-batch x %d accumulation x %d "
                     "processes)", total_steps, cfg.train_batch_size,
                     self.micro_batch_size, cfg.gradient_accumulation_steps, self.world_size)
+        with self._writing("metrics.jsonl"):
+            self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", enabled=rt.is_main,
+                                      keep_until_step=progress.global_step if self.resume_from else None,
+                                      report_to=cfg.report_to)
         bar = progress_bar(total=total_steps, initial=progress.global_step, desc="train", unit="steps",
                            disable=not rt.is_main)
         self._last_log = (time.perf_counter(), progress.global_step)
@@ -132,6 +133,7 @@ class Trainer:
                         progress.epoch, progress.batches_done = progress.epoch + 1, 0
         finally:
             bar.close()
+            self.metrics.close()
 
         if rt.is_main and (stage.evaluate is None or progress.best_step is None):
             with self._writing(f"the final model into {self.output_dir}"):
