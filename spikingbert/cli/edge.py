@@ -192,4 +192,15 @@ def run_cli(main_fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequen
         message, exit_code = reported
         print(f"{getattr(err, 'prefix', 'error')}: {message}", file=sys.stderr)
         sys.exit(exit_code)
+    finally:
+        _default_signals()
     sys.exit(status or 0)
+
+
+def _default_signals() -> None:
+    """Once the command has finished (its status decided, its messages printed), Ctrl-C and SIGTERM act as on a
+    program without handlers: one arriving while the interpreter shuts down ends the process, instead of raising
+    inside the shutdown code (a traceback after the work is done)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:          # an ignored one (a background job) stays so
+            signal.signal(signum, signal.SIG_DFL)
