@@ -485,5 +485,10 @@ def run_recipe(recipe: PaperRecipe, inputs: Inputs, steps: List[Step], root: Pat
             print(f"stopped after {args.stop_after}; run the same command without --stop_after to go on", flush=True)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``spikingbert-paper``."""
     run_cli(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

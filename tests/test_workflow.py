@@ -48,6 +48,38 @@ def test_args_file_reruns_with_the_recorded_flags_and_given_flags_override(tmp_p
     assert rerun.command_line.endswith(f"--args_file {path} --output_dir runs/pred-2 --vth 0.5")
 
 
+def test_a_console_script_names_itself_and_reads_the_checkout_commands_args_file(tmp_path, monkeypatch):
+    """Started as ``spikingbert-task-distill``: its help and command_line say so; an args.json of either spelling
+    of the same command reruns, one of another command is refused."""
+    checkout = _recorded(tmp_path, flags.task_parser(), TASK_ARGV)
+    monkeypatch.setattr("sys.argv", ["/venv/bin/spikingbert-task-distill"])
+    parser = flags.task_parser()
+    assert parser.format_usage().startswith("usage: spikingbert-task-distill ")
+    assert finetune.finetune_parser().prog == "python -m apps.finetune"        # another command keeps its name
+    installed = parser.parse_args(TASK_ARGV)
+    assert installed.command_line == shlex.join(["spikingbert-task-distill", *TASK_ARGV])
+    rerun = flags.task_parser().parse_args(["--args_file", str(checkout), "--output_dir", "x"])
+    assert (rerun.task_name, rerun.t_conv) == (installed.task_name, installed.t_conv)
+    console = tmp_path / "console"
+    console.mkdir()
+    console_record = _recorded(console, flags.task_parser(), TASK_ARGV)
+    monkeypatch.setattr("sys.argv", ["spiking_bert_task_distill.py"])
+    assert flags.task_parser().parse_args(["--args_file", str(console_record), "--output_dir", "x"]).t_conv == \
+        installed.t_conv
+    with pytest.raises(UsageError, match="records a run of `spikingbert-task-distill`"):
+        finetune.finetune_parser().parse_args(["--args_file", str(console_record), "--output_dir", "x"])
+
+
+def test_console_scripts_of_the_table_are_those_of_pyproject():
+    import tomllib
+
+    from spikingbert.cli.edge import CONSOLE_SCRIPTS
+
+    scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "scripts"]
+    assert set(CONSOLE_SCRIPTS) == set(scripts) - {"spikingbert-build-kernels"}
+
+
 def test_args_file_keeps_the_checks_and_refuses_another_commands_file(tmp_path):
     path = _recorded(tmp_path, flags.task_parser(), TASK_ARGV)
     with pytest.raises(UsageError, match="--output_dir"):                      # not taken from the file

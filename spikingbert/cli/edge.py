@@ -85,6 +85,35 @@ NOT_RECORDED = ("args_file", "output_dir", "overwrite_output_dir", "continue_tra
                 "local_rank", "debug", "report_to", "help")
 
 
+#: The console scripts of an install (pyproject.toml, ``[project.scripts]``) and the checkout commands they stand
+#: for: a command started as one shows that name in its help, ``args.json`` and model card.
+CONSOLE_SCRIPTS = {
+    "spikingbert-preprocess": "python preprocess_training_data.py",
+    "spikingbert-general-distill": "python spiking_bert_general_distill.py",
+    "spikingbert-task-distill": "python spiking_bert_task_distill.py",
+    "spikingbert-download-glue": "python download_glue_data.py",
+    "spikingbert-predict": "python -m apps.predict",
+    "spikingbert-finetune": "python -m apps.finetune",
+    "spikingbert-demo": "python -m apps.demo",
+    "spikingbert-paper": "python -m apps.paper",
+    "spikingbert-corpora": "python -m apps.corpora",
+    "spikingbert-convert-published": "python -m apps.convert_published",
+}
+
+
+def invoked_as(prog: str) -> str:
+    """``prog`` (a checkout command), or the console script this process was started as when that script stands
+    for it (``spikingbert-task-distill`` for ``python spiking_bert_task_distill.py``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if CONSOLE_SCRIPTS.get(name) == prog else prog
+
+
+def _checkout_command(command: str) -> str:
+    """``command`` with a console script's name replaced by the checkout command it stands for."""
+    first, _, rest = command.partition(" ")
+    return f"{CONSOLE_SCRIPTS[first]} {rest}".rstrip() if first in CONSOLE_SCRIPTS else command
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose syntax errors raise `UsageError` (see `run_cli`) and whose numeric flags are
     checked against the settings table after parsing (see the module docstring). Flags must be spelled in full
@@ -93,6 +122,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        if isinstance(kwargs.get("prog"), str):
+            kwargs["prog"] = invoked_as(kwargs["prog"])
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -126,9 +157,10 @@ class ArgumentParser(argparse.ArgumentParser):
                              "earlier run") from None
         if not isinstance(recorded, dict):
             raise UsageError(f"--args_file {path} is not a run's args.json (a JSON object of flags)")
-        made_by = str(recorded.get("command_line", self.prog))
-        if not (made_by.startswith(self.prog) or self.prog.split()[-1] in made_by.split()[:4]):
-            raise UsageError(f"--args_file {path} records a run of `{made_by.split(' --')[0]}`, not of "
+        typed = str(recorded.get("command_line", self.prog))
+        made_by, prog = _checkout_command(typed), _checkout_command(self.prog)
+        if not (made_by.startswith(prog) or prog.split()[-1] in made_by.split()[:4]):
+            raise UsageError(f"--args_file {path} records a run of `{typed.split(' --')[0]}`, not of "
                              f"`{self.prog}`; pass the args.json of a {self.prog} run")
         for action in self._actions:
             if action.option_strings and action.dest in recorded and action.dest not in NOT_RECORDED:
