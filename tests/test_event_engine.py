@@ -243,6 +243,42 @@ def test_engines_agree_on_a_sparsely_firing_student(use_engine):
     torch.testing.assert_close(out_event.logits, out_dense.logits, rtol=0, atol=1e-3)
 
 
+@pytest.fixture
+def threads():
+    """``threads(n)`` sets torch's thread count for the test (restored after)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_results_do_not_depend_on_the_thread_count(use_engine, threads):
+    """The kernels hand rows and sequences to threads as they come free: the same bits at 1, 2 and 3 threads, on
+    uneven work (the first rows and sequences nearly silent, as in the first steps of a simulation) and end to end."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.rand(300, 384, generator=g) < torch.linspace(0.01, 0.4, 300)[:, None]).float()   # 10 row blocks
+    w, b = torch.randn(200, 384, generator=g), torch.randn(200, generator=g)
+    q = torch.randn(9, 20, 64, generator=g)
+    kv = (torch.rand(2, 9, 20, 64, generator=g) < torch.linspace(0.01, 0.4, 9)[:, None, None]).float()
+    mask = torch.zeros(3, 20)
+    mask[1:, 15:] = -10000.0
+    use_engine("auto", max_density=1.0)
+    model = SpikingBertForSequenceClassification(tiny_config(layers=2, hidden=64, heads=2, inter=128)).eval()
+    inputs = tiny_inputs(batch=4, seq=12)
+    results = {}
+    for n in (1, 2, 3):
+        threads(n)
+        products = [torch.ops.spikingbert.spike_linear(x, torch.ops.spikingbert.pack_weight(w), b, 200, 1.0, isa)
+                    for isa in ISAS]
+        if BEST_ISA == 2:
+            products.append(torch.ops.spikingbert.spike_attention(q, kv[0], kv[1], mask, 2))
+        spikes, out = _all_spikes(model, inputs)
+        results[n] = products, spikes, out.logits
+    for n in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(results[1][0], results[n][0], strict=True))
+        assert all(torch.equal(results[1][1][k], results[n][1][k]) for k in results[1][1])
+        assert torch.equal(results[1][2], results[n][2])
+
+
 def test_engines_reproduce_the_published_checkpoint(use_engine, published_fixture_dir, tmp_path):
     from tests.helpers.students import convert
 

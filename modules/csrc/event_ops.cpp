@@ -160,8 +160,8 @@ at::Tensor spike_linear(const at::Tensor& spikes, const at::Tensor& packed, cons
   const float* bp = has_bias ? b.const_data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t blk0, int64_t blk1) {
-    for (int64_t blk = blk0; blk < blk1; ++blk) {
+  parallel_items(blocks, [&](WorkQueue& queue) {
+    for (int64_t blk; queue.take(blk);) {
       const int64_t r0 = blk * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
       for (int64_t t = 0; t < tiles; ++t) {
         const float* tile = wp + t * k * kTile;

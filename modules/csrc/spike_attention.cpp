@@ -266,9 +266,9 @@ at::Tensor spike_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   const float* vp = v.const_data_ptr<float>();
   const float* mp = mask.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
+  parallel_items(n, [&](WorkQueue& queue) {
     Buffers buf(sh);
-    for (int64_t seq = n0; seq < n1; ++seq)
+    for (int64_t seq; queue.take(seq);)
       attend_sequence({qp + seq * q.stride(0), kp + seq * k.stride(0), vp + seq * v.stride(0),
                        mp + (seq % batch) * s, op + seq * s * hid}, sh, buf);
   });
