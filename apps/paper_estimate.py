@@ -21,9 +21,7 @@ device it was measured on, and written to ``OUTPUT_DIR/estimate.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
 import re
 import shutil
 from datetime import datetime
@@ -180,8 +178,9 @@ def _training_estimate(step: Step, measured: Step, run: StageRun, examples_in_ep
                        dev_pass: float, sample_dev_pass: float) -> Dict[str, Any]:
     """A training stage: its steps x the measured time per step, its dev evaluations, its start-up."""
     from spikingbert.training.stage import TrainerConfig
+    from spikingbert.training.state import read_metrics_records
 
-    records = [r for r in _read_jsonl(REPO / measured.output_dir / "metrics.jsonl") if "steps_per_sec" in r]
+    records = [r for r in read_metrics_records(REPO / measured.output_dir / "metrics.jsonl") if "steps_per_sec" in r]
     timed = [1.0 / r["steps_per_sec"] for r in records if r["step"] >= 2 and r["steps_per_sec"] > 0]
     if not timed:
         raise RuntimeError(f"{measured.output_dir}/metrics.jsonl holds no timed step after the warm-up step")
@@ -242,10 +241,6 @@ def _count_rows(i: Inputs, split: str) -> int:
     return len(glue.get_processor(i.task).read_split(REPO / i.task_dir, split)[0])
 
 
-def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _device(measured: Dict[str, Step]) -> str:
     """The device the measurements ran on, in words (from a training stage's ``args.json``)."""
     step = next(s for s in measured.values() if s.name in TRAINING)
@@ -255,17 +250,9 @@ def _device(measured: Dict[str, Step]) -> str:
         import torch
 
         return f"{device}: {gpus} x {torch.cuda.get_device_name(0)}"
-    return f"cpu: {_cpu_name()}, {os.cpu_count()} logical cores"
+    from spikingbert.runtime import cpu_name
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"cpu: {cpu_name()}, {os.cpu_count()} logical cores"
 
 
 def duration(seconds: float) -> str:

@@ -23,6 +23,7 @@ from bench.firing import DEMO_RATES, DENSE_RATES, shape_firing
 from spikingbert.core.linear import linear
 from spikingbert.models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from spikingbert.modules import event_engine
+from spikingbert.runtime import cpu_name
 from spikingbert.transformer.modeling import BertConfig, BertModel
 from spikingbert.transformer.optimization import BertAdam
 
@@ -56,15 +57,6 @@ class Setting:
         return {"size": self.size, **self.dims(), "B": self.batch, "S": self.seq_len, "T": self.t_conv,
                 "weights": self.weights, "device": self.device, "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "cpu": cpu_name(), "loadavg": round(os.getloadavg()[0], 2)}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``'s "Model name")."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
 
 
 def _sync(device: str) -> None:

@@ -121,6 +121,15 @@ class Runtime:
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"; "unknown" where ``/proc/cpuinfo`` does not say)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
