@@ -5,6 +5,4 @@ published checkpoints (``python -m apps.convert_published``).
 They sit above the library: they import `spikingbert`, `models` and `transformer`; nothing there imports them.
 """
 
-from spikingbert.core.openmp import prefer_passive_waits
-
-prefer_passive_waits()          # before torch loads OpenMP (core.openmp)
+import spikingbert  # noqa: F401  (first: its import lets OpenMP threads sleep, spikingbert.core.openmp)

@@ -6,8 +6,8 @@ on an idle machine it burns the spare core's time (CPU seconds twice the wall ti
 one the spinning threads take the cores from the threads with work and from the other processes (measured: an IDE
 training step of the demo student on the shared 2-core AMD EPYC at load 13-15, two threads, 16-17 s wall and
 4.4 CPU seconds spinning against 2.7-3.2 s and 0.73-0.75 CPU s asleep; one thread 2.6-2.7 s and 0.70-0.73; see
-``bench/README.md``). The runtime reads the policy once, when torch loads it, so the project's entry points (the
-`spikingbert`, `apps` and `bench` packages) set it on import, before anything imports torch.
+``bench/README.md``). The runtime reads the policy once, when torch loads it, so importing `spikingbert` sets it (the
+`apps` and `bench` packages import `spikingbert` first), before anything imports torch.
 """
 from __future__ import annotations
 
