@@ -60,6 +60,8 @@ def sequential_reference(x: np.ndarray, w: np.ndarray, b) -> np.ndarray:
     (64, 384, 96, 0.06, True),
     (5, 16, 33, 0.9, False),
     (3, 40, 8, 0.0, True),        # no spike at all: the bias
+    (1100, 40, 1000, 0.3, True),  # an output of 4.4 MB: written by streaming stores, the last tile partly not
+    (1024, 24, 1024, 0.5, False),
 ])
 def test_spike_linear_is_the_ordered_sum_of_active_weight_rows(isa, m, k, n, density, bias):
     g = torch.Generator().manual_seed(m * k + n)
