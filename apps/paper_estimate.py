@@ -29,7 +29,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from spikingbert.core.files import atomic_write, atomic_write_json, read_json
+from spikingbert.core.files import atomic_write, atomic_write_json, read_json, read_json_lines
 
 from .demo_stages import REPO, StageRun, repo_relative, reused_stages, run_stages
 from .paper import TRAINING, Inputs, PaperRecipe, Step
@@ -178,9 +178,8 @@ def _training_estimate(step: Step, measured: Step, run: StageRun, examples_in_ep
                        dev_pass: float, sample_dev_pass: float) -> Dict[str, Any]:
     """A training stage: its steps x the measured time per step, its dev evaluations, its start-up."""
     from spikingbert.training.stage import TrainerConfig
-    from spikingbert.training.state import read_metrics_records
 
-    records = [r for r in read_metrics_records(REPO / measured.output_dir / "metrics.jsonl") if "steps_per_sec" in r]
+    records = [r for r in read_json_lines(REPO / measured.output_dir / "metrics.jsonl") if "steps_per_sec" in r]
     timed = [1.0 / r["steps_per_sec"] for r in records if r["step"] >= 2 and r["steps_per_sec"] > 0]
     if not timed:
         raise RuntimeError(f"{measured.output_dir}/metrics.jsonl holds no timed step after the warm-up step")

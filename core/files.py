@@ -6,18 +6,23 @@
 * A file written in place (a log, a partial download) is opened without following links (`open_no_follow`).
 * A write that fails (a full disk, the quota, the file-size limit), also inside torch's or safetensors'
   writers, becomes an `OSError` naming the file (:func:`as_write_error`); :func:`describe_os_error` words it.
+* Reading: a small settings file within a size limit (:func:`read_capped`, :func:`read_json`), the records of a
+  JSON-lines file (:func:`read_json_lines`).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
+
+logger = logging.getLogger(__name__)
 
 #: errno values of a write that failed because the disk, the quota or the file-size limit (ulimit -f) is full.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -217,6 +222,25 @@ def read_json(path: str | os.PathLike, what: str = "settings file") -> Any:
         return json.loads(read_capped(path, what=what))
     except RecursionError:
         raise UsageError(f"{path} is nested too deeply to be a {what}; fix or replace it") from None
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON-lines file (a run's ``metrics.jsonl``), in file order. A line that is not one (a
+    record cut short by a crash, an edit) is skipped with a warning naming the file and the line; blank lines are
+    skipped. A missing file is the caller's `OSError`."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            logger.warning("%s, line %d: not a JSON object (cut short?); skipped", path, number)
+    return records
 
 
 def is_disk_full(err: BaseException) -> bool:

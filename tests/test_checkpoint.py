@@ -1,6 +1,7 @@
 """Checkpoint directories, training state, RNG state (spikingbert/training/checkpoint.py) and the output-dir rules
 (spikingbert/run/output.py)."""
 import json
+import logging
 import random
 
 import numpy as np
@@ -251,3 +252,17 @@ def test_metrics_log_drops_records_past_the_resumed_step(tmp_path):
     resumed.append({"step": 6, "loss": 60.0})
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 4.0}, {"step": 6, "loss": 60.0}]
+
+
+def test_metrics_log_resumes_past_a_line_cut_short(tmp_path, caplog):
+    """A metrics.jsonl whose last record was cut short (a crash while an older version appended, a full disk, an edit)
+    resumes with the whole records before it; each line that is not a record is named in a warning."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "loss": 2.0}\n\n[4]\n{"step": 4, "loss": 4.0}\n{"step": 6, "lo')
+    with caplog.at_level(logging.WARNING):
+        resumed = MetricsLog(path, keep_until_step=6)
+    resumed.append({"step": 8, "loss": 8.0})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 4.0}, {"step": 8, "loss": 8.0}]
+    skipped = [f"{path}, line {n}: not a JSON object (cut short?); skipped" for n in (3, 5)]
+    assert [m for m in caplog.messages if "skipped" in m] == skipped

@@ -6,12 +6,12 @@ docs/DESIGN.md, "Run directories".
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Optional
 
+from spikingbert.core.files import read_json_lines
 from spikingbert.evaluation.figures import (
     figure,
     integer_steps,
@@ -33,15 +33,12 @@ _NOT_LOSSES = {"step", "epoch", "lr", "grad_norm", "steps_per_sec", "skipped_ste
 def read_metrics(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """``(losses, dev)`` from a ``metrics.jsonl``: each a name -> ``[(step, value)]`` in file order.
 
-    A line that is not a JSON object (e.g. cut short by a crash) is skipped."""
+    A line that is not a JSON object (e.g. cut short by a crash, `read_json_lines`) or has no integer step is
+    skipped."""
     losses: dict[str, list[tuple[int, float]]] = {}
     dev: dict[str, list[tuple[int, float]]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+    for record in read_json_lines(path):
+        if not isinstance(record.get("step"), int):
             continue
         step = record["step"]
         for name, value in (record.get("eval") or {}).items():

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from spikingbert.core.errors import UsageError, UserError, one_line
-from spikingbert.core.files import atomic_write_text
+from spikingbert.core.files import atomic_write_text, read_json_lines
 
-__all__ = ["STATE_VERSION", "TENSORBOARD_DIR", "MetricsLog", "read_metrics_records", "summary_writer_class",
+__all__ = ["STATE_VERSION", "TENSORBOARD_DIR", "MetricsLog", "summary_writer_class",
            "scalar_fields", "TrainingProgress", "LossTracker", "check_resumable"]
 
 logger = logging.getLogger(__name__)
@@ -28,11 +28,6 @@ STATE_VERSION = 2       # 2: gradient norm in the loss sums, skipped_steps in th
 _FINGERPRINT_DEFAULTS = {"group_by_length": False}
 #: Where `report_to` tensorboard writes its event files, in the directory of ``metrics.jsonl``.
 TENSORBOARD_DIR = "tensorboard"
-
-
-def read_metrics_records(path: Path) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (`MetricsLog`), in file order."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class MetricsLog:
@@ -52,7 +47,7 @@ class MetricsLog:
         self.records: List[Dict[str, Any]] = []
         self._scalars = None
         if enabled and keep_until_step is not None and self.path.is_file():
-            self.records = [r for r in read_metrics_records(self.path) if r.get("step", 0) <= keep_until_step]
+            self.records = [r for r in read_json_lines(self.path) if r.get("step", 0) <= keep_until_step]
             self._flush()
         if enabled and report_to == "tensorboard":
             self._scalars = summary_writer_class()(
