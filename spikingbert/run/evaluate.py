@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -60,9 +61,9 @@ def run_evaluation(plan: RunPlan, runtime: Runtime) -> int:
         return 0
     with claim_output_dir(plan.output.path, "--output_dir"):
         if dev is not None:
-            results, dev_sets, metrics = dev
+            results = dict(dev.results)
             if spec.report or spec.adaptive:
-                results.update(_evaluation_report(plan, runtime, student, dev_sets, metrics))
+                results.update(_evaluation_report(plan, runtime, student, dev.dev_sets, dev.metrics))
             atomic_write_json(plan.output.path / "eval_results.json", results)
             print_table(f"{plan.task} dev evaluation of {plan.student.location}", flatten(results))
             logger.info("wrote %s", plan.output.path / "eval_results.json")
@@ -73,8 +74,17 @@ def run_evaluation(plan: RunPlan, runtime: Runtime) -> int:
     return 0
 
 
-def _dev_results(plan: RunPlan, runtime: Runtime, student: nn.Module, tokenizer):
-    """(eval_results.json's fields, the dev sets, the metrics) of ``student`` on the task's dev sets."""
+@dataclass(frozen=True)
+class _DevResults:
+    """A student on the task's dev sets."""
+
+    results: Dict[str, Any]             # eval_results.json's fields: the metrics, the settings, the time
+    dev_sets: Dict[str, Dataset]        # by name (MNLI: matched and mismatched)
+    metrics: Dict[str, float]           # the task's metrics alone
+
+
+def _dev_results(plan: RunPlan, runtime: Runtime, student: nn.Module, tokenizer) -> _DevResults:
+    """``student`` evaluated on the task's dev sets."""
     dev_sets = TaskData(plan.task, plan.data_dir, tokenizer, plan.max_seq_length, plan.cache_dir,
                         plan.skip_bad_rows).dev_sets()
     start = time.perf_counter()
@@ -87,7 +97,7 @@ def _dev_results(plan: RunPlan, runtime: Runtime, student: nn.Module, tokenizer)
         "max_seq_length": plan.max_seq_length, "examples": sum(len(d) for d in dev_sets.values()),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    return results, dev_sets, metrics
+    return _DevResults(results, dev_sets, metrics)
 
 
 def _check(plan: RunPlan, runtime: Runtime):
