@@ -85,6 +85,11 @@ def test_energy_stands_beside_accuracy_and_claims_nothing_for_a_student_that_has
     assert (ratio in teacher.get_label()) == learned
     assert ("has not learned" in ax.get_title()) == (not learned)
     assert lines[f"majority class ({majority:.3f})"].get_ydata()[0] == majority
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    for text in ax.texts:                                  # each point's label inside the frame, clear of its edges
+        box = text.get_window_extent(renderer)
+        assert frame.x0 < box.x0 and box.x1 < frame.x1 and frame.y0 < box.y0 and box.y1 < frame.y1, text.get_text()
 
 
 def test_convergence_plots_every_layer_and_its_error_with_the_types_written_out(measured):

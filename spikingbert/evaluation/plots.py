@@ -235,6 +235,8 @@ def _plot_energy(stats: SpikeStats, adaptive: Optional[AdaptiveTStats], referenc
     ax.set_xscale("log")
     low, high = ax.get_xlim()
     ax.set_xlim(low, high * 1.5)                                     # room for the labels of the rightmost point
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.12 * (high - low))                     # and of the topmost one
     ax.set_xlabel("estimated energy per example (µJ, log scale)")
     ax.set_ylabel(f"dev {metric_label(stats.metric)}")
     ax.grid(alpha=0.3, which="both")
