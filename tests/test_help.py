@@ -15,6 +15,7 @@ from bench.__main__ import bench_parser
 from spikingbert.apps import corpora, demo, finetune, paper, predict
 from spikingbert.apps.convert_published import convert_parser
 from spikingbert.cli import flags as script_args
+from spikingbert.cli.edge import CONSOLE_SCRIPTS
 from tests.helpers.students import REPO_ROOT
 
 PARSERS = {
@@ -44,6 +45,12 @@ def _parsers(parser: argparse.ArgumentParser):
 def _shown_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     """The help text as ``--help`` prints it (with the default the formatter adds)."""
     return parser._get_formatter()._expand_help(action)
+
+
+def test_each_console_script_stands_for_a_parsers_command():
+    """The table of console scripts names each checkout command by its parser's ``prog`` (checked below): renaming a
+    command's ``prog`` without the table would show an installed user a command that does not exist."""
+    assert sorted(CONSOLE_SCRIPTS.values()) == sorted(set(PARSERS) - {"python -m bench"})
 
 
 @pytest.mark.parametrize("command", PARSERS)
