@@ -28,13 +28,15 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def session(devices: Any) -> Iterator[Runtime]:
     """The run's `Runtime` (devices, torchrun process group) for a plan's ``devices`` (`spikingbert.run.plan.Devices`),
-    with console logging; closed at the end."""
+    with console logging; closed at the end (after a run that ended well, once every rank got there)."""
     runtime = setup_runtime(devices.no_cuda, devices.local_rank, devices.fp16)
     setup_logging(None, runtime.is_main, devices.debug)
     try:
         yield runtime
-    finally:
+    except BaseException:
         runtime.close()
+        raise
+    runtime.close(wait_for_peers=True)
 
 
 @dataclass

@@ -115,9 +115,16 @@ class Runtime:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def close(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, wait_for_peers: bool = False) -> None:
+        """Leave the torchrun process group. ``wait_for_peers`` (this rank's run ended well): first wait for every
+        rank to get here. torch's Gloo teardown can abort the rank that leaves while a peer still holds the group
+        (``terminate called without an active exception``: exit -6 after a finished run; docs/DESIGN.md, "Run
+        directories")."""
+        if not (self.distributed and dist.is_initialized()):
+            return
+        if wait_for_peers:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 @functools.lru_cache(maxsize=None)
