@@ -122,9 +122,11 @@ class Runtime:
         directories")."""
         if not (self.distributed and dist.is_initialized()):
             return
-        if wait_for_peers:
-            dist.barrier()
-        dist.destroy_process_group()
+        try:
+            if wait_for_peers:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 @functools.lru_cache(maxsize=None)
