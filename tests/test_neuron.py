@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikingbert.modules.neuron import if_scan, if_scan_surrogate
+from spikingbert.modules.neuron import if_scan, if_scan_surrogate, rate
 
 
 @settings(max_examples=200, deadline=None)
@@ -38,3 +38,31 @@ def test_surrogate_scan_same_spikes_and_has_gradient():
         assert torch.equal(spikes.detach(), ref)
         (grad,) = torch.autograd.grad(spikes.sum(), currents)
         assert grad.abs().sum() > 0
+
+
+def _clamp_grad(current: torch.Tensor, vth: float, grad: torch.Tensor) -> torch.Tensor:
+    x = current.clone().requires_grad_()
+    torch.clamp(x / vth, 0.0, 1.0).backward(grad)
+    return x.grad
+
+
+def test_rate_value_and_gradient_are_clamps_to_the_bit():
+    """``rate`` against torch's own ``clamp(current / vth, 0, 1)`` under autograd: the same values and the same
+    gradient bits (signed zeros included), with currents exactly at both ends of the range and next to them."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for vth in (1.0, 0.7, 2.5):
+            current = torch.randn(4096, generator=g).to(dtype) * vth
+            ends = torch.tensor([0.0, -0.0, vth, -vth], dtype=dtype)
+            info = torch.finfo(dtype)
+            near = torch.cat([ends, torch.nextafter(ends, ends + 1), torch.nextafter(ends, ends - 1),
+                              torch.tensor([info.tiny * info.eps, -info.tiny * info.eps], dtype=dtype)])
+            current = torch.cat([current, near, near * vth])
+            upstream = torch.randn(current.shape, generator=g).to(dtype)
+            x = current.clone().requires_grad_()
+            out = rate(x, vth)
+            out.backward(upstream)
+            ref = _clamp_grad(current, vth, upstream)
+            assert torch.equal(out.detach(), torch.clamp(current / vth, 0.0, 1.0))
+            assert torch.equal(torch.signbit(x.grad), torch.signbit(ref)) and torch.equal(x.grad, ref), (dtype, vth)
+            assert (ref == 0).any() and (ref != 0).any()

@@ -152,3 +152,20 @@ def test_tensor_and_group_clipping_differ():
     by_group = _expected_params(GRADS, warmup=0.4, t_total=3, scope="group")
     assert np.abs(by_tensor[-1][1] - by_group[-1][1]).max() > 1e-4
     assert BertAdam([torch.zeros(1, requires_grad=True)], lr=0.1).defaults["clip_scope"] == "tensor"
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-8, 1e-3, 2.0 ** -20, 1e-30, 0.0])
+def test_update_bits_match_the_plain_square_root(eps):
+    """The update is that of ``m / (sqrt(v) + e)`` to the last bit, for second moments from exact zeros and
+    subnormals up to large values (spread around the floor BertAdam raises them to before the square root)."""
+    g = torch.cat([torch.zeros(64), torch.logspace(-25, 2, 4000, dtype=torch.float64).float()])
+    g = torch.cat([g, -g[::3]])
+    p = torch.zeros_like(g, requires_grad=True)
+    opt = BertAdam([p], lr=0.5, schedule="none", e=eps, weight_decay=0.0, max_grad_norm=0.0)
+    p.grad = g.clone()
+    opt.step()
+    state = opt.state[p]
+    m, v = state["next_m"], state["next_v"]
+    assert (v == 0).any() and (v[v > 0] < torch.finfo(torch.float32).tiny).any()     # zeros and subnormals
+    expected = torch.zeros_like(g).sub_((m / (torch.sqrt(v) + eps)).mul_(0.5))
+    assert torch.equal(p.detach().view(torch.int32), expected.view(torch.int32))

@@ -48,6 +48,20 @@ SCHEDULES: dict[str, Callable[[float, float], float]] = {
 }
 
 
+def _sqrt_floor(dtype: torch.dtype, e: float) -> Optional[float]:
+    """A floor for ``v`` below which ``sqrt(v) + e`` is ``e`` in float32, or None (no floor: other dtypes, tiny ``e``).
+
+    ``sqrt(v) < e * 2**-26`` is under half a unit in the last place of ``e``, so the sum rounds to ``e`` whether
+    ``v`` is raised to the floor or not: the update keeps its every bit. The floor keeps zeros and subnormals (the
+    moments of embedding rows no batch has used) out of the square root, where some CPUs take 5-35x longer on them
+    (an AMD EPYC, Zen 4: 27 ms against 5 ms for the zeros of a 30522 x 384 table).
+    """
+    floor = (e * 2.0 ** -26) ** 2
+    if dtype != torch.float32 or floor < torch.finfo(torch.float32).tiny:
+        return None
+    return floor
+
+
 class BertAdam(Optimizer):
     """Adam without bias correction, with decoupled weight decay, gradient clipping and an LR schedule.
 
@@ -148,9 +162,15 @@ class BertAdam(Optimizer):
 
     def _update(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, group: dict, lr: float) -> None:
         """``p -= lr * (m / (sqrt(v) + e) + weight_decay * p)``, each operation as a whole-tensor pass in a reused
-        buffer (a fresh temporary as large as the word embeddings would be new pages, page-faulted, every step)."""
+        buffer (a fresh temporary as large as the word embeddings would be new pages, page-faulted, every step);
+        ``v`` is first raised to `_sqrt_floor`, which changes no bit of the update."""
         update = self._scratch(p)
-        torch.sqrt(v, out=update)
+        floor = _sqrt_floor(p.dtype, group["e"])
+        if floor is None:
+            torch.sqrt(v, out=update)
+        else:
+            torch.clamp(v, min=floor, out=update)
+            update.sqrt_()
         update.add_(group["e"])
         torch.div(m, update, out=update)
         if group["weight_decay"] > 0.0:
