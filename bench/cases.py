@@ -23,6 +23,7 @@ from bench.firing import DEMO_RATES, DENSE_RATES, shape_firing
 from spikingbert.core.linear import linear
 from spikingbert.models.spiking_bert import SpikingBertConfig, SpikingBertForSequenceClassification
 from spikingbert.modules import event_engine
+from spikingbert.modules.event_engine import fused_bert_adam_update
 from spikingbert.runtime import cpu_name
 from spikingbert.transformer.modeling import BertConfig, BertModel
 from spikingbert.transformer.optimization import BertAdam
@@ -179,7 +180,7 @@ def _train_step_fn(student, ids, types, mask, setting: Setting):
     atts = [torch.randn(b, cfg.num_attention_heads, s, s, generator=g).to(ids.device)
             for _ in range(cfg.num_hidden_layers)]
     logits_t = torch.randn(b, cfg.num_labels, generator=g).to(ids.device)
-    opt = BertAdam(student.parameters(), lr=1e-5, warmup=0.1, t_total=1000)
+    opt = BertAdam(student.parameters(), lr=1e-5, warmup=0.1, t_total=1000, update_kernel=fused_bert_adam_update)
     student.train()
 
     def step():

@@ -39,7 +39,8 @@ from spikingbert.core.linear import linear
 
 from . import event_ops
 
-__all__ = ["spike_linear", "spike_attention", "fused_if_scan", "engine", "engine_override", "max_density",
+__all__ = ["spike_linear", "spike_attention", "fused_if_scan", "fused_bert_adam_update", "engine", "engine_override",
+           "max_density",
            "ENGINE_ENV"]
 
 logger = logging.getLogger(__name__)
@@ -226,3 +227,43 @@ def fused_if_scan(currents: Tensor, u: Tensor, vth: float, leak: float) -> Optio
         grid = grid.contiguous()
     spikes = torch.ops.spikingbert.if_scan(grid, u, float(vth), float(leak))
     return spikes.view(currents.shape)
+
+
+def fused_bert_adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, b1: float, b2: float,
+                           e: float, weight_decay: float, lr: float, floor: float) -> bool:
+    """BertAdam's update of one parameter (its moments ``exp_avg``/``exp_avg_sq`` and ``param``, in place) by the
+    compiled kernel, one pass where the optimizer's tensor operations take thirteen, bit-identical to them; the
+    optimizer's ``update_kernel``. False where it does not apply (then the optimizer runs its own operations):
+    tensors other than contiguous CPU float32, or the dense engine."""
+    tensors = (param, grad, exp_avg, exp_avg_sq)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+        return False
+    name, isa = engine()
+    if name != "event" or not _adam_kernel_agrees(isa):
+        return False
+    torch.ops.spikingbert.bert_adam_update(param, grad, exp_avg, exp_avg_sq, b1, b2, e, weight_decay, lr, floor, isa)
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _adam_kernel_agrees(isa: int) -> bool:
+    """Whether the compiled update gives this torch build's bits (it repeats how torch's kernels round, which
+    another build may do otherwise): two steps on 16,437 values both ways, once per process."""
+    from spikingbert.transformer.optimization import BertAdam
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(16437, generator=gen)
+    grads = [torch.randn(16437, generator=gen) * torch.logspace(-12, 0, 16437) for _ in range(2)]
+    results = []
+    for kernel in (None, lambda *args: torch.ops.spikingbert.bert_adam_update(*args, isa) is None):
+        p = start.clone().requires_grad_()
+        opt = BertAdam([p], lr=0.1, schedule="none", update_kernel=kernel)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        results.append(p.detach())
+    agrees = torch.equal(results[0].view(torch.int32), results[1].view(torch.int32))
+    if not agrees:
+        logger.warning("the compiled BertAdam update does not give this torch build's bits; the optimizer runs its "
+                       "tensor operations")
+    return agrees

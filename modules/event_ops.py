@@ -10,6 +10,8 @@ The sources in ``modules/csrc/`` register ``torch.ops.spikingbert``:
   (AVX-512 only), additions in place of the products by 0/1;
 * ``vector_peak(kind, iterations)`` — register-only vector adds (0) or FMAs (1): the core's peak rate, timed by
   ``bench/limit.py``;
+* ``bert_adam_update(param, grad, exp_avg, exp_avg_sq, b1, b2, e, weight_decay, lr, floor, isa)`` — BertAdam's
+  update of one float32 parameter in one pass, bit-identical to the optimizer's tensor operations;
 * ``event_isa()`` — 2 with AVX-512, 1 with AVX2 + FMA, 0 without either (no ``spike_linear``).
 
 ``make install`` builds the library once (``python -m spikingbert.modules.event_ops``) with PyTorch's C++
@@ -43,14 +45,15 @@ logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 #: The library's sources; the header they share is part of what names a build.
-SOURCES = (CSRC / "event_ops.cpp", CSRC / "spike_attention.cpp", CSRC / "vector_peak.cpp")
+SOURCES = (CSRC / "event_ops.cpp", CSRC / "spike_attention.cpp", CSRC / "vector_peak.cpp", CSRC / "bert_adam.cpp")
 HEADERS = (CSRC / "event_common.h",)
 BUILD_ROOT = CSRC / "build"
 # -fopenmp: at::parallel_for runs on OpenMP threads (the libgomp torch already loaded), so the kernels
 # follow torch.set_num_threads. No fast-math: the float32 arithmetic must stay that of the dense path.
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno")
 #: The ops the library registers (`torch.ops.spikingbert`); a library without one of them is another build's.
-OPS = ("pack_weight", "spike_linear", "if_scan", "event_isa", "train_convergence", "spike_attention", "vector_peak")
+OPS = ("pack_weight", "spike_linear", "if_scan", "event_isa", "train_convergence", "spike_attention", "vector_peak",
+       "bert_adam_update")
 
 
 def _tag() -> str:

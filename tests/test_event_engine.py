@@ -336,3 +336,68 @@ def test_weights_made_in_inference_mode(use_engine):
         out = event_engine.spike_linear(x, lin.weight, lin.bias)
         ref = linear(x, lin.weight, lin.bias)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+def _adam_params(seed: int) -> list:
+    """Parameters across the kernel's 16384-element blocks and vector widths: two blocks and a tail, a block and
+    a few, under one vector, one element."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).requires_grad_() for shape in ((2, 16400), (16384 + 37,), (13,), (1,))]
+
+
+@pytest.mark.parametrize("isa", [0, *ISAS])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_fused_bert_adam_equals_its_tensor_operations(isa, weight_decay):
+    """BertAdam with the compiled update against its own tensor operations, bit for bit (parameters and both
+    moments) over four steps of a warm-up schedule, with gradients from exact zeros over nine decades (second
+    moments from zero and below the optimizer's square-root floor up to large) and clipping at work."""
+    from spikingbert.transformer.optimization import BertAdam
+
+    def kernel(*args) -> bool:
+        torch.ops.spikingbert.bert_adam_update(*args, isa)
+        return True
+
+    runs = []
+    for update_kernel in (None, kernel):
+        params = _adam_params(0)
+        opt = BertAdam(params, lr=0.01, warmup=0.5, t_total=8, weight_decay=weight_decay, max_grad_norm=50.0,
+                       update_kernel=update_kernel)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            for p in params:
+                scale = torch.logspace(-12, -3, p.numel(), dtype=torch.float64).float().view(p.shape)
+                p.grad = torch.randn(p.shape, generator=g) * scale * (torch.rand(p.shape, generator=g) > 0.2)
+            opt.step()
+        runs.append([(p.detach(), opt.state[p]["next_m"], opt.state[p]["next_v"]) for p in params])
+    for ops, fused in zip(*runs):
+        for a, b in zip(ops, fused):
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def test_ide_steps_with_the_compiled_optimizer_equal_those_without(use_engine):
+    """Three IDE training steps of a student on the event engine, optimizer from the trainer's `build_optimizer`
+    (compiled update) and plain, give the same parameters to the bit: the update also marks the weights as changed,
+    so the engine's packed copies of them are made anew for the next step."""
+    from spikingbert.training.losses import soft_cross_entropy
+    from spikingbert.training.objectives import build_optimizer
+
+    use_engine("auto", max_density=1.0)
+    assert event_engine._adam_kernel_agrees(event_engine.engine()[1])            # the compiled update runs
+    inputs = tiny_inputs(batch=4, seq=12)
+    target = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = SpikingBertForSequenceClassification(tiny_config(hidden=64, inter=128, t_conv=8))
+        initial = [p.detach().clone() for p in model.parameters()]
+        opt = build_optimizer(model, 0.05, -1, 0.01, "none", 3)
+        if not fused:
+            opt.update_kernel = None
+        for _ in range(3):
+            loss = soft_cross_entropy(model(*inputs).logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert sum(not torch.equal(a, b) for a, b in zip(results[0], initial)) > len(initial) // 2     # they trained

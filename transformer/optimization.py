@@ -77,6 +77,10 @@ class BertAdam(Optimizer):
         max_grad_norm: gradient-norm clipping threshold (``<= 0``: no clipping).
         clip_scope: "tensor" clips each parameter tensor's gradient on its own (the original
             BertAdam, used by the published code); "group" clips the group's joint norm.
+        update_kernel: optional ``kernel(param, grad, exp_avg, exp_avg_sq, b1, b2, e, weight_decay, lr, floor)
+            -> bool`` that makes one parameter's update (moments and parameter, in place, after clipping) with the
+            same float32 arithmetic as the tensor operations below, bit for bit, and returns True, or returns False
+            to leave that parameter to them (``floor``: see `_sqrt_floor`, 0 for none).
 
     The scheduled rate of a step is ``lr * schedule(min(step / t_total, 1), warmup)``, ``step``
     being the number of updates made before it (so a warm-up starts from 0).
@@ -84,7 +88,8 @@ class BertAdam(Optimizer):
 
     def __init__(self, params: Iterable, lr: float, warmup: float = -1, t_total: int = -1,
                  schedule: Optional[str] = "warmup_linear", b1: float = 0.9, b2: float = 0.999, e: float = 1e-6,
-                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, clip_scope: str = "tensor"):
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, clip_scope: str = "tensor",
+                 update_kernel: Optional[Callable[..., bool]] = None):
         schedule = schedule or "none"
         if lr < 0.0:
             raise ValueError(f"invalid learning rate {lr}: must be >= 0")
@@ -101,6 +106,7 @@ class BertAdam(Optimizer):
         defaults = dict(lr=lr, schedule=schedule, warmup=warmup, t_total=t_total, b1=b1, b2=b2, e=e,
                         weight_decay=weight_decay, max_grad_norm=max_grad_norm, clip_scope=clip_scope)
         super().__init__(params, defaults)
+        self.update_kernel = update_kernel
 
     @staticmethod
     def scheduled_lr(group: dict, step: int) -> float:
@@ -147,18 +153,31 @@ class BertAdam(Optimizer):
                     state["step"] = 0
                     state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            states = [self.state[p] for p in params]
-            exp_avg = [s["next_m"] for s in states]
-            exp_avg_sq = [s["next_v"] for s in states]
-
-            torch._foreach_mul_(exp_avg, group["b1"])
-            torch._foreach_add_(exp_avg, grads, alpha=1.0 - group["b1"])
-            torch._foreach_mul_(exp_avg_sq, group["b2"])
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - group["b2"])
-            for p, m, v, s in zip(params, exp_avg, exp_avg_sq, states):
-                self._update(p, m, v, group, self.scheduled_lr(group, s["step"]))
-                s["step"] += 1
+            rest = []                                   # (parameter, state, rate) the kernel left to the operations
+            for p in params:
+                state = self.state[p]
+                lr = self.scheduled_lr(group, state["step"])
+                state["step"] += 1
+                if self.update_kernel is None or not self.update_kernel(
+                        p, p.grad, state["next_m"], state["next_v"], group["b1"], group["b2"], group["e"],
+                        group["weight_decay"], lr, _sqrt_floor(torch.float32, group["e"]) or 0.0):
+                    rest.append((p, state, lr))
+            if rest:
+                self._tensor_updates(rest, group)
         return loss
+
+    def _tensor_updates(self, items: list, group: dict) -> None:
+        """The moments of every ``(parameter, state, rate)`` in ``items`` as multi-tensor operations, then each
+        parameter's update."""
+        grads = [p.grad for p, _, _ in items]
+        exp_avg = [s["next_m"] for _, s, _ in items]
+        exp_avg_sq = [s["next_v"] for _, s, _ in items]
+        torch._foreach_mul_(exp_avg, group["b1"])
+        torch._foreach_add_(exp_avg, grads, alpha=1.0 - group["b1"])
+        torch._foreach_mul_(exp_avg_sq, group["b2"])
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - group["b2"])
+        for (p, _, lr), m, v in zip(items, exp_avg, exp_avg_sq):
+            self._update(p, m, v, group, lr)
 
     def _update(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, group: dict, lr: float) -> None:
         """``p -= lr * (m / (sqrt(v) + e) + weight_decay * p)``, each operation as a whole-tensor pass in a reused

@@ -122,7 +122,9 @@ def teacher_forward(teacher: nn.Module) -> Callable[[Sequence[Tensor]], object]:
 
 def build_optimizer(model: nn.Module, learning_rate: float, warmup_proportion: float, weight_decay: float,
                     schedule: str, total_steps: int):
-    """BertAdam with decoupled weight decay on all weights except biases and LayerNorm parameters."""
+    """BertAdam with decoupled weight decay on all weights except biases and LayerNorm parameters; CPU float32
+    parameters are updated by the compiled kernel where the event engine runs (the same bits, one pass)."""
+    from spikingbert.modules.event_engine import fused_bert_adam_update
     from spikingbert.transformer.optimization import BertAdam
 
     no_decay = set()
@@ -137,4 +139,5 @@ def build_optimizer(model: nn.Module, learning_rate: float, warmup_proportion: f
     ]
     groups = [g for g in groups if g["params"]]
     return BertAdam(groups, lr=learning_rate, warmup=warmup_proportion, t_total=total_steps,
-                    schedule=schedule, weight_decay=weight_decay, max_grad_norm=1.0)
+                    schedule=schedule, weight_decay=weight_decay, max_grad_norm=1.0,
+                    update_kernel=fused_bert_adam_update)
