@@ -40,8 +40,7 @@ from spikingbert.core.linear import linear
 from . import event_ops
 
 __all__ = ["spike_linear", "spike_attention", "fused_if_scan", "fused_bert_adam_update", "engine", "engine_override",
-           "max_density",
-           "ENGINE_ENV"]
+           "max_density", "ENGINE_ENV"]
 
 logger = logging.getLogger(__name__)
 
