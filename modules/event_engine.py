@@ -22,6 +22,10 @@ Engines (environment variable ``SPIKINGBERT_ENGINE``):
 
 CUDA tensors always take the dense path: tensor-core GEMMs are the fast way there. One log line
 says which engine runs. :func:`engine_override` switches engines within a process (benchmarks).
+
+In training the same library makes BertAdam's update of a CPU float32 parameter one pass
+(:func:`fused_bert_adam_update`, the optimizer's ``update_kernel``), on the event engine only and with the
+bits of the optimizer's own tensor operations.
 """
 from __future__ import annotations
 
