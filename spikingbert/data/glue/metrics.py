@@ -3,8 +3,6 @@ from typing import Dict
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from spikingbert.data.glue.tasks import canonical_task_name
 
@@ -28,14 +26,19 @@ def compute_metrics(task_name: str, preds, labels) -> Dict[str, float]:
         preds, labels = preds.reshape(-1).astype(np.float64), labels.reshape(-1).astype(np.float64)
     if preds.shape != labels.shape:
         raise ValueError(f"preds {preds.shape} and labels {labels.shape} differ in shape")
+    # scipy.stats and sklearn.metrics are imported where a task needs them: together they take about a second to
+    # import, which every command (even --help) paid at start-up
     if task == "cola":
+        from sklearn.metrics import matthews_corrcoef
         return {"mcc": float(matthews_corrcoef(labels, preds))}
     if task == "sts-b":
+        from scipy.stats import pearsonr, spearmanr
         pearson = float(pearsonr(preds, labels)[0])
         spearman = float(spearmanr(preds, labels)[0])
         return {"pearson": pearson, "spearmanr": spearman, "corr": (pearson + spearman) / 2}
     acc = float((preds == labels).mean())
     if task in ("mrpc", "qqp"):
+        from sklearn.metrics import f1_score
         f1 = float(f1_score(y_true=labels, y_pred=preds))
         return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
     return {"acc": acc}
