@@ -155,3 +155,16 @@ def test_abbreviated_flags_are_refused(command):
         positionals = ["1" for a in parser._actions if a.required and not a.option_strings]
         _, rest = parser.parse_known_args(options + [flag[:-1]] + positionals)
         assert flag[:-1] in rest, f"{parser.prog}: {flag[:-1]} was taken for {flag}"
+
+
+@pytest.mark.parametrize("script", ["spiking_bert_task_distill.py", "spiking_bert_general_distill.py"])
+def test_stage_commands_start_without_scipy_or_sklearn(script):
+    """The stages load scipy.stats and sklearn.metrics only when a task's metric needs them (together about a
+    second of start-up on every command): ``--help`` imports neither."""
+    result = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time")}
+    assert "torch" in imported                                        # the import trace is there
+    assert not {name for name in imported if name.split(".")[0] in ("scipy", "sklearn")}
