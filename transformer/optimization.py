@@ -147,20 +147,19 @@ class BertAdam(Optimizer):
                     torch._foreach_mul_(scales, group["max_grad_norm"])
                     torch._foreach_clamp_max_(scales, 1.0)
                     torch._foreach_mul_(grads, scales)
+            floor = _sqrt_floor(torch.float32, group["e"]) or 0.0          # the kernel's (float32 only)
+            rest = []                                   # (parameter, state, rate) the kernel left to the operations
             for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            rest = []                                   # (parameter, state, rate) the kernel left to the operations
-            for p in params:
-                state = self.state[p]
                 lr = self.scheduled_lr(group, state["step"])
                 state["step"] += 1
                 if self.update_kernel is None or not self.update_kernel(
                         p, p.grad, state["next_m"], state["next_v"], group["b1"], group["b2"], group["e"],
-                        group["weight_decay"], lr, _sqrt_floor(torch.float32, group["e"]) or 0.0):
+                        group["weight_decay"], lr, floor):
                     rest.append((p, state, lr))
             if rest:
                 self._tensor_updates(rest, group)
