@@ -82,7 +82,7 @@ def product_row(name: str, inputs, weights, biases, peaks: dict, repeats: int) -
 
     def event():
         for c in inputs:
-            event_engine.spike_linear(c, weights, biases)
+            event_engine.spike_linear(c, weights, biases, c.shape[0])
 
     def dense():
         for c in inputs:

@@ -64,14 +64,15 @@ class SpikingBertEmbeddings(BertEmbeddings):
 class SpikingBertSelfAttention(BertSelfAttention):
     """Projections of neuron layers K, V (``key``, ``value``) and the query of layer A (the teacher's modules)."""
 
-    def key_value_query(self, x: Tensor, spikes: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def key_value_query(self, x: Tensor, spikes: bool = False, steps: int = 1) -> tuple[Tensor, Tensor, Tensor]:
         """One product for the three projections of the input layer: ``(N, S, H)`` -> 3 x ``(N, S, H)``.
 
-        ``spikes``: ``x`` is 0/1 (the simulation), so :func:`~modules.event_engine.spike_linear` computes it."""
+        ``spikes``: ``x`` is 0/1 (the simulation, ``N`` = ``steps`` x B), so
+        :func:`~modules.event_engine.spike_linear` computes it."""
         weights = [self.key.weight, self.value.weight, self.query.weight]                # 3 x (H, H)
         biases = [self.key.bias, self.value.bias, self.query.bias]
         if spikes:
-            return spike_linear(x, weights, biases).chunk(3, dim=-1)
+            return spike_linear(x, weights, biases, steps).chunk(3, dim=-1)
         return linear(x, torch.cat(weights), torch.cat(biases)).chunk(3, dim=-1)
 
     def attend_spikes(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
@@ -132,16 +133,16 @@ class SpikingBertLayer(nn.Module):
         """
         tc, b, s, h = s_in.shape
         s_flat = s_in.reshape(tc * b, s, h)                                   # (Tc*B, S, H)
-        k, v, q = self.attention.self.key_value_query(s_flat, spikes=True)
+        k, v, q = self.attention.self.key_value_query(s_flat, spikes=True, steps=tc)
         s_k = scan("K", k.view(tc, b, s, h))
         s_v = scan("V", v.view(tc, b, s, h))
         att, scores = self.attention.self.attend_spikes(q, s_k.view(tc * b, s, h), s_v.view(tc * b, s, h), mask,
                                                         keep_scores)
         s_a = scan("A", att.view(tc, b, s, h))
         out, inter, ffn = self.attention.output, self.intermediate, self.output
-        s_o1 = scan("O1", out.after_dense(spike_linear(s_a, out.dense.weight, out.dense.bias), s_in))
-        s_i = scan("I", inter.after_dense(spike_linear(s_o1, inter.dense.weight, inter.dense.bias)))
-        s_o2 = scan("O2", ffn.after_dense(spike_linear(s_i, ffn.dense.weight, ffn.dense.bias), s_o1))
+        s_o1 = scan("O1", out.after_dense(spike_linear(s_a, out.dense.weight, out.dense.bias, tc), s_in))
+        s_i = scan("I", inter.after_dense(spike_linear(s_o1, inter.dense.weight, inter.dense.bias, tc)))
+        s_o2 = scan("O2", ffn.after_dense(spike_linear(s_i, ffn.dense.weight, ffn.dense.bias, tc), s_o1))
         score_sum = scores.view(tc, b, *scores.shape[1:]).sum(0) if keep_scores else None
         return s_o2, score_sum
 

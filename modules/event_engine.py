@@ -175,11 +175,14 @@ def _packed(weights: Sequence[Tensor]) -> Tensor:
     return entry.packed
 
 
-def spike_linear(spikes: Tensor, weight: Weights, bias: Union[None, Tensor, Sequence[Tensor]] = None) -> Tensor:
+def spike_linear(spikes: Tensor, weight: Weights, bias: Union[None, Tensor, Sequence[Tensor]] = None,
+                 steps: int = 1) -> Tensor:
     """``spikes @ W^T + b`` for binary (0/1) ``spikes`` ``(..., K)`` -> ``(..., N)``.
 
     ``weight`` is ``(N, K)``, or a sequence of weights ``(N_i, K)`` stacked along the outputs (as
     one GEMM would take their concatenation), with ``bias`` ``(N,)`` or the matching sequence.
+    ``steps``: the leading dimension of ``spikes`` (its rows, flattened) counts that many steps of the
+    simulation, the same positions at each; the kernel may then group a position's steps (the same result).
     Runs on the active inputs only where the event engine applies and the chunk is sparse enough,
     else the dense :func:`core.linear.linear`.
     """
@@ -191,7 +194,8 @@ def spike_linear(spikes: Tensor, weight: Weights, bias: Union[None, Tensor, Sequ
         return linear(spikes, _stack(weights), b)
     flat = spikes.reshape(-1, spikes.shape[-1])                                  # (M, K)
     n_out = sum(w.shape[0] for w in weights)
-    out = torch.ops.spikingbert.spike_linear(flat, _packed(weights), b, n_out, max_density(flat.shape[1], isa), isa)
+    out = torch.ops.spikingbert.spike_linear(flat, _packed(weights), b, n_out, max_density(flat.shape[1], isa), isa,
+                                             steps)
     if out.numel() == 0 and flat.numel() > 0:                                    # too dense: the GEMM
         return linear(spikes, _stack(weights), b)
     return out.view(*spikes.shape[:-1], n_out)

@@ -3,8 +3,9 @@
 The sources in ``modules/csrc/`` register ``torch.ops.spikingbert``:
 
 * ``pack_weight(W)`` — a dense weight ``(N, K)`` as tiles of ``W^T`` for :func:`spike_linear`;
-* ``spike_linear(spikes, packed, bias, N, max_density, isa)`` — binary spikes ``(M, K)`` times ``W^T``
-  plus bias from the inputs that fired only (an empty tensor when more than ``max_density`` fired);
+* ``spike_linear(spikes, packed, bias, N, max_density, isa, steps=1)`` — binary spikes ``(M, K)`` times ``W^T``
+  plus bias from the inputs that fired only (an empty tensor when more than ``max_density`` fired); ``steps``: the
+  rows are that many steps of the same positions, which the kernel may group by position;
 * ``if_scan(currents, u, vth, leak)`` — the integrate-and-fire update of a chunk of steps;
 * ``spike_attention(q, k, v, mask, heads)`` — the attention context from spiking keys and values
   (AVX-512 only), additions in place of the products by 0/1;

@@ -76,6 +76,31 @@ def test_spike_linear_is_the_ordered_sum_of_active_weight_rows(isa, m, k, n, den
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("steps,positions,k,n,persist", [
+    (5, 13, 50, 70, True),       # a position's inputs fire again at the next step: 6 positions x 5 steps a block
+    (42, 3, 40, 130, True),      # one position's 42 steps in a block (more rows than a block of time steps)
+    (3, 40, 384, 64, True),
+    (5, 13, 50, 70, False),      # neighbouring positions share their inputs: blocks of consecutive rows
+    (4, 1, 24, 33, True),
+])
+def test_spike_linear_groups_a_positions_steps_without_changing_a_bit(isa, steps, positions, k, n, persist):
+    g = torch.Generator().manual_seed(steps * positions + k)
+    if persist:         # (steps, positions, K): a pattern per position, a few inputs flipped at each step
+        base = torch.rand(1, positions, k, generator=g) < 0.3
+        x = base ^ (torch.rand(steps, positions, k, generator=g) < 0.05)
+    else:               # a pattern per step, a few inputs flipped at each position
+        base = torch.rand(steps, 1, k, generator=g) < 0.3
+        x = base ^ (torch.rand(steps, positions, k, generator=g) < 0.05)
+    x = x.float().reshape(steps * positions, k)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    packed = torch.ops.spikingbert.pack_weight(w)
+    out = torch.ops.spikingbert.spike_linear(x, packed, b, n, 1.0, isa, steps)
+    np.testing.assert_array_equal(out.numpy(), sequential_reference(x.numpy(), w.numpy(), b.numpy()))
+    with pytest.raises(RuntimeError, match="whole number of steps"):
+        torch.ops.spikingbert.spike_linear(x[1:], packed, b, n, 1.0, isa, steps)
+
+
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, heads: int) -> np.ndarray:
     """float64 ``softmax(q k^T / sqrt(dh) + mask) v`` per head: q, k, v (N, S, H), mask (B, S) (row n % B for
     sequence n)."""

@@ -17,6 +17,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -53,8 +54,9 @@ at::Tensor pack_weight(const at::Tensor& weight) {
 }
 
 #ifdef EVENT_X86
-// Offsets (k * kTile) of the nonzero entries of x[0:K] into out (room for K + 16); returns the count.
-EVENT_AVX512 int64_t active_avx512(const float* x, int64_t k, int32_t* out) {
+// Offsets (k * kTile) of the nonzero entries of x[0:K] into out (room for K + 16); returns the count. With `bits`
+// (room for ceil(K / 64) words, zeroed), bit i of the row's little-endian bit string is set where x[i] != 0.
+EVENT_AVX512 int64_t active_avx512(const float* x, int64_t k, int32_t* out, uint8_t* bits) {
   int64_t c = 0, i = 0;
   __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                     _mm512_set1_epi32(kTile));
@@ -65,24 +67,43 @@ EVENT_AVX512 int64_t active_avx512(const float* x, int64_t k, int32_t* out) {
     _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, offs));
     c += __builtin_popcount(m);
     offs = _mm512_add_epi32(offs, step);
+    if (bits != nullptr) std::memcpy(bits + i / 8, &m, sizeof(m));
   }
   for (; i < k; ++i)
-    if (x[i] != 0.0f) out[c++] = static_cast<int32_t>(i * kTile);
+    if (x[i] != 0.0f) {
+      out[c++] = static_cast<int32_t>(i * kTile);
+      if (bits != nullptr) bits[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+    }
   return c;
 }
 
-EVENT_AVX2 int64_t active_avx2(const float* x, int64_t k, int32_t* out) {
+EVENT_AVX2 int64_t active_avx2(const float* x, int64_t k, int32_t* out, uint8_t* bits) {
   int64_t c = 0, i = 0;
   for (; i + 8 <= k; i += 8) {
     unsigned m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    if (bits != nullptr) bits[i / 8] = static_cast<uint8_t>(m);
     while (m) {
       out[c++] = static_cast<int32_t>((i + __builtin_ctz(m)) * kTile);
       m &= m - 1;
     }
   }
   for (; i < k; ++i)
-    if (x[i] != 0.0f) out[c++] = static_cast<int32_t>(i * kTile);
+    if (x[i] != 0.0f) {
+      out[c++] = static_cast<int32_t>(i * kTile);
+      if (bits != nullptr) bits[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+    }
   return c;
+}
+
+// Inputs active in both rows a and b of a bit-string table (words per row), summed over the pairs (r, r + gap).
+int64_t shared_inputs(const uint64_t* bits, int64_t words, int64_t rows, int64_t gap) {
+  int64_t shared = 0;
+  for (int64_t r = 0; r + gap < rows; ++r) {
+    const uint64_t* a = bits + r * words;
+    const uint64_t* b = a + gap * words;
+    for (int64_t w = 0; w < words; ++w) shared += __builtin_popcountll(a[w] & b[w]);
+  }
+  return shared;
 }
 
 // One row: out[0:cols] = sum over its active offsets of tile[offset : offset + kTile] (+ bias); `stream`: whole,
@@ -132,15 +153,22 @@ EVENT_AVX2 void row_avx2(const float* tile, const int32_t* act, int64_t n_act, c
 #endif
 
 // Binary spikes (M, K) @ W^T + bias -> (M, N) from the active inputs, or an empty tensor when more
-// than max_density of the inputs are active (the caller then runs the dense GEMM).
+// than max_density of the inputs are active (the caller then runs the dense GEMM). With steps > 1 the rows are
+// (steps, M / steps): the same positions at consecutive steps of the simulation.
+//
+// Rows share a pass over each weight tile in blocks, and the tile rows of the inputs a row shares with the one
+// before it in its block are still in L1. Consecutive rows of a time step (neighbouring positions) or one
+// position at consecutive steps (a neuron that fires often fires again): the kernel counts the inputs each
+// order's neighbours share and takes the larger (bench/README.md). Only the grouping changes, not a row's sum.
 at::Tensor spike_linear(const at::Tensor& spikes, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                        int64_t out_features, double max_density, int64_t isa) {
+                        int64_t out_features, double max_density, int64_t isa, int64_t steps) {
   check_float_cpu(spikes, "spikes");
   check_float_cpu(packed, "packed weight");
   TORCH_CHECK(spikes.dim() == 2 && packed.dim() == 3 && packed.size(2) == kTile && packed.size(1) == spikes.size(1),
               "spike_linear: spikes (M, K) and a weight packed by pack_weight with K inputs expected");
   const int64_t m = spikes.size(0), k = spikes.size(1), n = out_features, tiles = packed.size(0);
   TORCH_CHECK(n > (tiles - 1) * kTile && n <= tiles * kTile, "out_features does not match the packed weight");
+  TORCH_CHECK(steps >= 1 && m % steps == 0, "spike_linear: rows must be a whole number of steps");
   const bool has_bias = bias.has_value() && bias->defined();
   at::Tensor b;
   if (has_bias) {
@@ -159,29 +187,49 @@ at::Tensor spike_linear(const at::Tensor& spikes, const at::Tensor& packed, cons
   const at::Tensor active_buf = at::empty({m * stride + m}, spikes.options().dtype(at::kInt));
   int32_t* active = active_buf.data_ptr<int32_t>();
   int32_t* count = active + m * stride;
+  // which inputs fired, as bits, where there are two orders to choose from
+  const int64_t words = (k + 63) / 64;
+  const at::Tensor bit_buf = steps > 1 ? at::zeros({m * words}, spikes.options().dtype(at::kLong)) : at::Tensor();
+  uint64_t* bits = steps > 1 ? reinterpret_cast<uint64_t*>(bit_buf.data_ptr<int64_t>()) : nullptr;
   at::parallel_for(0, m, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      count[r] = static_cast<int32_t>(isa == kAvx512 ? active_avx512(xp + r * k, k, active + r * stride)
-                                                     : active_avx2(xp + r * k, k, active + r * stride));
+    for (int64_t r = r0; r < r1; ++r) {
+      uint8_t* row_bits = bits != nullptr ? reinterpret_cast<uint8_t*>(bits + r * words) : nullptr;
+      count[r] = static_cast<int32_t>(isa == kAvx512 ? active_avx512(xp + r * k, k, active + r * stride, row_bits)
+                                                     : active_avx2(xp + r * k, k, active + r * stride, row_bits));
+    }
   });
   int64_t total = 0;
   for (int64_t r = 0; r < m; ++r) total += count[r];
   if (static_cast<double>(total) > max_density * static_cast<double>(m * k)) return at::empty({0}, spikes.options());
 
+  // the block's rows: kRowBlock consecutive rows, or `per` positions at all steps, position by position
+  const int64_t positions = m / steps;
+  const bool fold = bits != nullptr &&
+                    shared_inputs(bits, words, m, positions) > shared_inputs(bits, words, m, 1);
+  const int64_t per = std::max<int64_t>(1, kRowBlock / steps);
+  const int64_t blocks = fold ? (positions + per - 1) / per : (m + kRowBlock - 1) / kRowBlock;
+
   at::Tensor out = at::empty({m, n}, spikes.options());
   const float* wp = packed.const_data_ptr<float>();
   const float* bp = has_bias ? b.const_data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
   const bool stream = m * n * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   parallel_items(blocks, [&](WorkQueue& queue) {
+    std::vector<int64_t> rows(static_cast<size_t>(std::max(kRowBlock, per * steps)));
     for (int64_t blk; queue.take(blk);) {
-      const int64_t r0 = blk * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
+      int64_t nr = 0;
+      if (fold) {
+        for (int64_t p = blk * per; p < std::min(positions, (blk + 1) * per); ++p)
+          for (int64_t step = 0; step < steps; ++step) rows[nr++] = step * positions + p;
+      } else {
+        for (int64_t r = blk * kRowBlock; r < std::min(m, (blk + 1) * kRowBlock); ++r) rows[nr++] = r;
+      }
       for (int64_t t = 0; t < tiles; ++t) {
         const float* tile = wp + t * k * kTile;
         const int64_t c0 = t * kTile, cols = std::min(kTile, n - c0);
         const float* bt = bp != nullptr ? bp + c0 : nullptr;
-        for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t i = 0; i < nr; ++i) {
+          const int64_t r = rows[i];
           if (isa == kAvx512)
             row_avx512(tile, active + r * stride, count[r], bt, op + r * n + c0, cols, stream);
           else
@@ -320,7 +368,8 @@ at::Tensor train_convergence(const at::Tensor& bits, int64_t t_conv) {
 TORCH_LIBRARY(spikingbert, m) {
   m.def("event_isa() -> int");
   m.def("pack_weight(Tensor weight) -> Tensor");
-  m.def("spike_linear(Tensor spikes, Tensor packed, Tensor? bias, int out_features, float max_density, int isa) -> Tensor");
+  m.def("spike_linear(Tensor spikes, Tensor packed, Tensor? bias, int out_features, float max_density, int isa, "
+        "int steps=1) -> Tensor");
   m.def("if_scan(Tensor currents, Tensor(a!) u, float vth, float leak) -> Tensor");
   m.def("train_convergence(Tensor bits, int t_conv) -> Tensor");
 }
