@@ -181,8 +181,8 @@ def spike_linear(spikes: Tensor, weight: Weights, bias: Union[None, Tensor, Sequ
 
     ``weight`` is ``(N, K)``, or a sequence of weights ``(N_i, K)`` stacked along the outputs (as
     one GEMM would take their concatenation), with ``bias`` ``(N,)`` or the matching sequence.
-    ``steps``: the leading dimension of ``spikes`` (its rows, flattened) counts that many steps of the
-    simulation, the same positions at each; the kernel may then group a position's steps (the same result).
+    ``steps``: the rows of ``spikes`` (every dimension but the last, flattened) are that many steps of the
+    simulation over the same positions, step-major; the kernel may then group a position's steps (same result).
     Runs on the active inputs only where the event engine applies and the chunk is sparse enough,
     else the dense :func:`core.linear.linear`.
     """
